@@ -1,0 +1,364 @@
+//! The bus's wire format: length-prefixed binary records between workers.
+//!
+//! A record is `u32 length (LE, of what follows) | u8 kind | body`. Integers
+//! are little-endian, strings and byte strings are `u32 length | bytes`, a
+//! [`ConnId`] is `u16 worker | u32 key | u64 serial`. Payloads of deliveries are
+//! already encoded for the listener's protocol (a whole WebSocket frame, say),
+//! so the receiving worker queues them as they are, shared among recipients.
+
+use crate::ConnId;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Largest record accepted from a peer; a larger length means a corrupt link.
+pub(crate) const MAX_RECORD: usize = 1 << 30;
+
+/// Who a delivery is for, resolved by the receiving worker against its own
+/// connections.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Target {
+    Conn(ConnId),
+    All { exclude: Vec<ConnId> },
+    Uids(Vec<String>),
+    Group { group: String, exclude: Vec<ConnId> },
+}
+
+/// One record.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Record {
+    /// First record on every link: who is talking, and which link this is.
+    Hello {
+        slot: u16,
+        incarnation: u32,
+        epoch: u64,
+    },
+    Open(ConnId),
+    Close(ConnId),
+    Bind(ConnId, String),
+    Unbind(ConnId),
+    Join(ConnId, String),
+    Leave(ConnId, String),
+    Session(ConnId, Option<Bytes>),
+    Ungroup(String),
+    Deliver { target: Target, payload: Bytes },
+    CloseConn { id: ConnId, code: u16, reason: String },
+}
+
+mod kind {
+    pub const HELLO: u8 = 1;
+    pub const OPEN: u8 = 2;
+    pub const CLOSE: u8 = 3;
+    pub const BIND: u8 = 4;
+    pub const UNBIND: u8 = 5;
+    pub const JOIN: u8 = 6;
+    pub const LEAVE: u8 = 7;
+    pub const SESSION: u8 = 8;
+    pub const UNGROUP: u8 = 9;
+    pub const DELIVER: u8 = 10;
+    pub const CLOSE_CONN: u8 = 11;
+    pub const T_CONN: u8 = 0;
+    pub const T_ALL: u8 = 1;
+    pub const T_UIDS: u8 = 2;
+    pub const T_GROUP: u8 = 3;
+}
+
+fn put_id(out: &mut BytesMut, id: ConnId) {
+    out.put_u16_le(id.worker);
+    out.put_u32_le(id.key);
+    out.put_u64_le(id.serial);
+}
+
+fn put_bytes(out: &mut BytesMut, b: &[u8]) {
+    out.put_u32_le(b.len() as u32);
+    out.put_slice(b);
+}
+
+fn put_ids(out: &mut BytesMut, ids: &[ConnId]) {
+    out.put_u32_le(ids.len() as u32);
+    for id in ids {
+        put_id(out, *id);
+    }
+}
+
+/// Appends one record to `out`.
+pub(crate) fn encode(out: &mut BytesMut, rec: &Record) {
+    let start = out.len();
+    out.put_u32_le(0);
+    match rec {
+        Record::Hello {
+            slot,
+            incarnation,
+            epoch,
+        } => {
+            out.put_u8(kind::HELLO);
+            out.put_u16_le(*slot);
+            out.put_u32_le(*incarnation);
+            out.put_u64_le(*epoch);
+        }
+        Record::Open(id) => {
+            out.put_u8(kind::OPEN);
+            put_id(out, *id);
+        }
+        Record::Close(id) => {
+            out.put_u8(kind::CLOSE);
+            put_id(out, *id);
+        }
+        Record::Bind(id, s) | Record::Join(id, s) | Record::Leave(id, s) => {
+            out.put_u8(match rec {
+                Record::Bind(..) => kind::BIND,
+                Record::Join(..) => kind::JOIN,
+                _ => kind::LEAVE,
+            });
+            put_id(out, *id);
+            put_bytes(out, s.as_bytes());
+        }
+        Record::Unbind(id) => {
+            out.put_u8(kind::UNBIND);
+            put_id(out, *id);
+        }
+        Record::Session(id, data) => {
+            out.put_u8(kind::SESSION);
+            put_id(out, *id);
+            match data {
+                None => out.put_u8(0),
+                Some(d) => {
+                    out.put_u8(1);
+                    put_bytes(out, d);
+                }
+            }
+        }
+        Record::Ungroup(g) => {
+            out.put_u8(kind::UNGROUP);
+            put_bytes(out, g.as_bytes());
+        }
+        Record::Deliver { target, payload } => {
+            out.put_u8(kind::DELIVER);
+            match target {
+                Target::Conn(id) => {
+                    out.put_u8(kind::T_CONN);
+                    put_id(out, *id);
+                }
+                Target::All { exclude } => {
+                    out.put_u8(kind::T_ALL);
+                    put_ids(out, exclude);
+                }
+                Target::Uids(uids) => {
+                    out.put_u8(kind::T_UIDS);
+                    out.put_u32_le(uids.len() as u32);
+                    for u in uids {
+                        put_bytes(out, u.as_bytes());
+                    }
+                }
+                Target::Group { group, exclude } => {
+                    out.put_u8(kind::T_GROUP);
+                    put_bytes(out, group.as_bytes());
+                    put_ids(out, exclude);
+                }
+            }
+            put_bytes(out, payload);
+        }
+        Record::CloseConn { id, code, reason } => {
+            out.put_u8(kind::CLOSE_CONN);
+            put_id(out, *id);
+            out.put_u16_le(*code);
+            put_bytes(out, reason.as_bytes());
+        }
+    }
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// A record the peer sent was malformed: the link is corrupt and is dropped.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Corrupt;
+
+/// Reads primitives from one record's body; every read checks the length.
+struct Reader(Bytes);
+
+impl Reader {
+    fn need(&self, n: usize) -> Result<(), Corrupt> {
+        if self.0.remaining() < n {
+            Err(Corrupt)
+        } else {
+            Ok(())
+        }
+    }
+    fn u8(&mut self) -> Result<u8, Corrupt> {
+        self.need(1)?;
+        Ok(self.0.get_u8())
+    }
+    fn u16(&mut self) -> Result<u16, Corrupt> {
+        self.need(2)?;
+        Ok(self.0.get_u16_le())
+    }
+    fn u32(&mut self) -> Result<u32, Corrupt> {
+        self.need(4)?;
+        Ok(self.0.get_u32_le())
+    }
+    fn u64(&mut self) -> Result<u64, Corrupt> {
+        self.need(8)?;
+        Ok(self.0.get_u64_le())
+    }
+    fn id(&mut self) -> Result<ConnId, Corrupt> {
+        Ok(ConnId::new(self.u16()?, self.u32()?, self.u64()?))
+    }
+    fn bytes(&mut self) -> Result<Bytes, Corrupt> {
+        let n = self.u32()? as usize;
+        self.need(n)?;
+        Ok(self.0.split_to(n))
+    }
+    fn string(&mut self) -> Result<String, Corrupt> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| Corrupt)
+    }
+    fn ids(&mut self) -> Result<Vec<ConnId>, Corrupt> {
+        let n = self.u32()? as usize;
+        self.need(n.saturating_mul(14))?;
+        (0..n).map(|_| self.id()).collect()
+    }
+}
+
+/// Takes one whole record off the front of `buf`, if there is one. Payload
+/// bytes are shared with `buf`'s allocation, not copied.
+pub(crate) fn decode(buf: &mut BytesMut) -> Result<Option<Record>, Corrupt> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len == 0 || len > MAX_RECORD {
+        return Err(Corrupt);
+    }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    let mut r = Reader(buf.split_to(len).freeze());
+    let rec = match r.u8()? {
+        kind::HELLO => Record::Hello {
+            slot: r.u16()?,
+            incarnation: r.u32()?,
+            epoch: r.u64()?,
+        },
+        kind::OPEN => Record::Open(r.id()?),
+        kind::CLOSE => Record::Close(r.id()?),
+        kind::BIND => Record::Bind(r.id()?, r.string()?),
+        kind::UNBIND => Record::Unbind(r.id()?),
+        kind::JOIN => Record::Join(r.id()?, r.string()?),
+        kind::LEAVE => Record::Leave(r.id()?, r.string()?),
+        kind::SESSION => {
+            let id = r.id()?;
+            let data = match r.u8()? {
+                0 => None,
+                _ => Some(r.bytes()?),
+            };
+            Record::Session(id, data)
+        }
+        kind::UNGROUP => Record::Ungroup(r.string()?),
+        kind::DELIVER => {
+            let target = match r.u8()? {
+                kind::T_CONN => Target::Conn(r.id()?),
+                kind::T_ALL => Target::All { exclude: r.ids()? },
+                kind::T_UIDS => {
+                    let n = r.u32()? as usize;
+                    r.need(n.saturating_mul(4))?;
+                    Target::Uids((0..n).map(|_| r.string()).collect::<Result<_, _>>()?)
+                }
+                kind::T_GROUP => Target::Group {
+                    group: r.string()?,
+                    exclude: r.ids()?,
+                },
+                _ => return Err(Corrupt),
+            };
+            Record::Deliver {
+                target,
+                payload: r.bytes()?,
+            }
+        }
+        kind::CLOSE_CONN => Record::CloseConn {
+            id: r.id()?,
+            code: r.u16()?,
+            reason: r.string()?,
+        },
+        _ => return Err(Corrupt),
+    };
+    Ok(Some(rec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Record> {
+        let a = ConnId::new(1, 2, 3);
+        let b = ConnId::new(4, 5, 6);
+        vec![
+            Record::Hello {
+                slot: 3,
+                incarnation: 7,
+                epoch: 9,
+            },
+            Record::Open(a),
+            Record::Close(b),
+            Record::Bind(a, "ann".into()),
+            Record::Unbind(a),
+            Record::Join(a, "room".into()),
+            Record::Leave(b, "room".into()),
+            Record::Session(a, Some(Bytes::from_static(b"{}"))),
+            Record::Session(a, None),
+            Record::Ungroup("room".into()),
+            Record::Deliver {
+                target: Target::Group {
+                    group: "g".into(),
+                    exclude: vec![a, b],
+                },
+                payload: Bytes::from_static(b"\x81\x02hi"),
+            },
+            Record::Deliver {
+                target: Target::Uids(vec!["x".into(), "y".into()]),
+                payload: Bytes::new(),
+            },
+            Record::Deliver {
+                target: Target::All { exclude: vec![] },
+                payload: Bytes::from_static(b"p"),
+            },
+            Record::Deliver {
+                target: Target::Conn(b),
+                payload: Bytes::from_static(b"q"),
+            },
+            Record::CloseConn {
+                id: a,
+                code: 1000,
+                reason: "bye".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_record_round_trips_even_when_split() {
+        let mut wire = BytesMut::new();
+        for r in samples() {
+            encode(&mut wire, &r);
+        }
+        let wire = wire.freeze();
+        // Feed one byte at a time: records come out whole and in order.
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for byte in wire.iter() {
+            buf.put_u8(*byte);
+            while let Some(r) = decode(&mut buf).unwrap() {
+                got.push(r);
+            }
+        }
+        assert_eq!(got, samples());
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn truncated_bodies_and_unknown_kinds_are_corrupt() {
+        let mut buf = BytesMut::from(&[2, 0, 0, 0, kind::OPEN, 1][..]);
+        assert_eq!(decode(&mut buf), Err(Corrupt));
+        let mut buf = BytesMut::from(&[1, 0, 0, 0, 99][..]);
+        assert_eq!(decode(&mut buf), Err(Corrupt));
+        let mut buf = BytesMut::from(&[0, 0, 0, 0][..]);
+        assert_eq!(decode(&mut buf), Err(Corrupt));
+    }
+}

@@ -1,0 +1,393 @@
+//! Configuration: the `[server]` table of a TOML file (or [`Config::default`])
+//! validated into a [`Config`].
+//!
+//! Pipeline: file -> [`ServerSection`] (serde, unknown keys refused, every key
+//! optional) -> [`Config::from_section`] (defaults, validation). A bad file
+//! stops start-up with a message naming the key and the problem.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+/// The wire protocol of a listener, chosen by the scheme of the listen URL as
+/// in Workerman.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// `websocket://` (also `ws://` and `http://`): HTTP/1.1 with WebSocket
+    /// upgrades on the configured path; other requests go to
+    /// [`crate::Handler::on_http_request`].
+    WebSocket,
+    /// `text://`: newline-delimited messages. A trailing `\r` is stripped on
+    /// input; sends append `\n`.
+    Text,
+    /// `frame://`: a 4-byte big-endian length followed by the payload. As in
+    /// Workerman, the length counts the 4 header bytes too (`len = 4 + payload`).
+    Frame,
+    /// `tcp://`: raw bytes; each read is one message, sends are written as is.
+    Tcp,
+}
+
+impl Protocol {
+    /// The URL scheme that selects this protocol.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Protocol::WebSocket => "websocket",
+            Protocol::Text => "text",
+            Protocol::Frame => "frame",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// What happens to a send to a connection whose queued output is already at
+/// `max_output_bytes` (a consumer that does not read fast enough).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverflowPolicy {
+    /// Close the connection (WebSocket code 1008) and report
+    /// [`crate::ConnError::Overflow`]: the client knows it missed messages and
+    /// can reconnect. The default.
+    Close,
+    /// Drop the message and count it ([`crate::Ctx::dropped_sends`]); the
+    /// connection stays open and silently misses it.
+    Drop,
+}
+
+/// The `[server]` table of a config file, as written: every key optional.
+/// [`Config::from_section`] fills defaults and validates. Applications that
+/// keep their own tables in the same file embed this type as their `server`
+/// field.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// `scheme://host:port`, or `host:port` for `websocket://`.
+    pub listen: Option<String>,
+    /// Worker processes.
+    pub count: Option<usize>,
+    /// One SO_REUSEPORT socket per worker instead of one shared socket.
+    pub reuse_port: Option<bool>,
+    /// The path that accepts WebSocket upgrades; absent: every path.
+    pub websocket_path: Option<String>,
+    /// A name for logs and status output.
+    pub name: Option<String>,
+    /// Where the master writes its pid (for `stop`, `status`).
+    pub pid_file: Option<String>,
+    /// Graceful stop: how long workers get before they are killed.
+    pub stop_timeout_ms: Option<u64>,
+    /// How long a client has to send its request head.
+    pub handshake_timeout_ms: Option<u64>,
+    /// Close connections that sent nothing for this long (0 = never).
+    pub idle_timeout_ms: Option<u64>,
+    /// Send a WebSocket ping to connections quiet for this long (0 = never).
+    pub ping_interval_ms: Option<u64>,
+    /// Largest WebSocket frame, `text://` line or `frame://` payload accepted.
+    pub max_frame_bytes: Option<usize>,
+    /// Largest WebSocket message (all fragments) accepted.
+    pub max_message_bytes: Option<usize>,
+    /// Most connections one worker holds.
+    pub max_connections: Option<usize>,
+    /// Most bytes queued for one connection.
+    pub max_output_bytes: Option<usize>,
+    /// `close` or `drop`: what a send past `max_output_bytes` does.
+    pub output_overflow: Option<OverflowPolicy>,
+    /// Largest plain HTTP request body accepted.
+    pub max_http_body_bytes: Option<usize>,
+    /// Most bytes queued on the bus for one other worker before it is
+    /// considered stuck.
+    pub bus_peer_buffer_bytes: Option<usize>,
+}
+
+/// A validated server configuration. Build it with [`Config::default`] and the
+/// public fields, from a file with [`Config::load`], or from a parsed table with
+/// [`Config::from_section`]; [`Config::validate`] checks it.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listener protocol, from the listen URL's scheme.
+    pub protocol: Protocol,
+    /// Listener address as written (`127.0.0.1:8000`, `localhost:0`).
+    pub addr: String,
+    /// Worker processes (1 to 1024). Default 1.
+    pub count: usize,
+    /// `false` (default): the master binds one socket and every worker accepts
+    /// on it. `true`: one SO_REUSEPORT socket per worker slot, balanced by the
+    /// kernel; the master keeps each slot's socket open across worker restarts
+    /// so no queued connection is lost.
+    pub reuse_port: bool,
+    /// The path that accepts WebSocket upgrades (`/ws`); `None` (default):
+    /// every path does. Other requests go to `on_http_request`.
+    pub websocket_path: Option<String>,
+    /// A name for logs and status output. Default `foreman`.
+    pub name: String,
+    /// Where the master writes its pid; `None` (default): nowhere.
+    pub pid_file: Option<String>,
+    /// Graceful stop: workers close their clients (1001) and exit; the master
+    /// kills what is left after this. Default 5 s.
+    pub stop_timeout: Duration,
+    /// A request head (HTTP or upgrade) must be complete within this. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Close connections that sent nothing for this long; `None` (default): never.
+    pub idle_timeout: Option<Duration>,
+    /// Ping WebSocket connections that were quiet this long; `None` (default): never.
+    pub ping_interval: Option<Duration>,
+    /// Largest frame, line or payload accepted (close 1009 past it). Default 1 MiB.
+    pub max_frame_bytes: usize,
+    /// Largest WebSocket message accepted (close 1009 past it). Default 1 MiB.
+    pub max_message_bytes: usize,
+    /// Most connections per worker. Near it the worker stops accepting and
+    /// resumes below it; it is also capped by the open-files limit. Default 100,000.
+    pub max_connections: usize,
+    /// Most bytes queued for one connection; see [`OverflowPolicy`]. Default 4 MiB.
+    pub max_output_bytes: usize,
+    /// What a send past `max_output_bytes` does. Default [`OverflowPolicy::Close`].
+    pub output_overflow: OverflowPolicy,
+    /// Largest plain HTTP body accepted (413 past it). Default 64 KiB.
+    pub max_http_body_bytes: usize,
+    /// Most bytes queued on the bus for one other worker. Past it that worker is
+    /// treated as stuck: its queue is dropped (counted), the link is re-made and
+    /// the registry resynchronised. Default 64 MiB.
+    pub bus_peer_buffer_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            protocol: Protocol::WebSocket,
+            addr: "127.0.0.1:8000".into(),
+            count: 1,
+            reuse_port: false,
+            websocket_path: None,
+            name: "foreman".into(),
+            pid_file: None,
+            stop_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: None,
+            ping_interval: None,
+            max_frame_bytes: 1 << 20,
+            max_message_bytes: 1 << 20,
+            max_connections: 100_000,
+            max_output_bytes: 4 << 20,
+            output_overflow: OverflowPolicy::Close,
+            max_http_body_bytes: 64 << 10,
+            bus_peer_buffer_bytes: 64 << 20,
+        }
+    }
+}
+
+fn ms(key: &str, v: u64) -> Result<Duration> {
+    if v > 86_400_000 {
+        return Err(Error::Config(format!(
+            "server.{key} = {v}: at most 86400000 (one day)"
+        )));
+    }
+    Ok(Duration::from_millis(v))
+}
+
+fn optional_ms(key: &str, v: u64) -> Result<Option<Duration>> {
+    Ok((v > 0).then_some(ms(key, v)?))
+}
+
+impl Config {
+    /// Reads `path` and builds the config from its `[server]` table. Other
+    /// top-level tables belong to the application and are ignored here; keys
+    /// inside `[server]` must all be known.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Builds the config from the `[server]` table of TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Config> {
+        #[derive(Deserialize)]
+        struct File {
+            #[serde(default)]
+            server: Option<toml::Value>,
+        }
+        let file: File = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        let section = match file.server {
+            None => ServerSection::default(),
+            Some(v) => ServerSection::deserialize(v)
+                .map_err(|e| Error::Config(format!("[server]: {e}")))?,
+        };
+        Config::from_section(&section)
+    }
+
+    /// Fills defaults for absent keys and validates.
+    pub fn from_section(s: &ServerSection) -> Result<Config> {
+        let mut c = Config::default();
+        if let Some(listen) = &s.listen {
+            c.set_listen(listen)?;
+        }
+        if let Some(v) = s.count {
+            c.count = v;
+        }
+        if let Some(v) = s.reuse_port {
+            c.reuse_port = v;
+        }
+        c.websocket_path.clone_from(&s.websocket_path);
+        if let Some(v) = &s.name {
+            c.name.clone_from(v);
+        }
+        c.pid_file.clone_from(&s.pid_file);
+        if let Some(v) = s.stop_timeout_ms {
+            c.stop_timeout = ms("stop_timeout_ms", v)?;
+        }
+        if let Some(v) = s.handshake_timeout_ms {
+            c.handshake_timeout = ms("handshake_timeout_ms", v)?;
+        }
+        if let Some(v) = s.idle_timeout_ms {
+            c.idle_timeout = optional_ms("idle_timeout_ms", v)?;
+        }
+        if let Some(v) = s.ping_interval_ms {
+            c.ping_interval = optional_ms("ping_interval_ms", v)?;
+        }
+        let sizes = [
+            (&mut c.max_frame_bytes, s.max_frame_bytes),
+            (&mut c.max_message_bytes, s.max_message_bytes),
+            (&mut c.max_connections, s.max_connections),
+            (&mut c.max_output_bytes, s.max_output_bytes),
+            (&mut c.max_http_body_bytes, s.max_http_body_bytes),
+            (&mut c.bus_peer_buffer_bytes, s.bus_peer_buffer_bytes),
+        ];
+        for (field, value) in sizes {
+            if let Some(v) = value {
+                *field = v;
+            }
+        }
+        if let Some(v) = s.output_overflow {
+            c.output_overflow = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Sets protocol and address from a listen URL: `websocket://host:port`,
+    /// `ws://`, `http://`, `text://`, `frame://`, `tcp://`, or a bare
+    /// `host:port` (WebSocket).
+    pub fn set_listen(&mut self, url: &str) -> Result<()> {
+        let (protocol, addr) = match url.split_once("://") {
+            None => (Protocol::WebSocket, url),
+            Some((scheme, rest)) => {
+                let p = match scheme.to_ascii_lowercase().as_str() {
+                    "websocket" | "ws" | "http" => Protocol::WebSocket,
+                    "text" => Protocol::Text,
+                    "frame" => Protocol::Frame,
+                    "tcp" => Protocol::Tcp,
+                    other => {
+                        return Err(Error::Config(format!(
+                            "listen = {url:?}: unknown scheme {other:?} \
+                             (use websocket, text, frame or tcp)"
+                        )))
+                    }
+                };
+                (p, rest.trim_end_matches('/'))
+            }
+        };
+        if addr.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+            return Err(Error::Config(format!(
+                "listen = {url:?}: expected host:port, as in websocket://127.0.0.1:8000"
+            )));
+        }
+        self.protocol = protocol;
+        self.addr = addr.to_string();
+        Ok(())
+    }
+
+    /// The listen URL, `scheme://addr`.
+    pub fn listen_url(&self) -> String {
+        format!("{}://{}", self.protocol.scheme(), self.addr)
+    }
+
+    /// Resolves the listen address.
+    pub(crate) fn socket_addr(&self) -> Result<SocketAddr> {
+        self.addr
+            .to_socket_addrs()
+            .map_err(|e| Error::Config(format!("listen = {:?}: {e}", self.addr)))?
+            .next()
+            .ok_or_else(|| Error::Config(format!("listen = {:?}: no address", self.addr)))
+    }
+
+    /// Checks ranges and relations between keys.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if !(1..=1024).contains(&self.count) {
+            return bad(format!("server.count = {}: must be 1 to 1024", self.count));
+        }
+        if self.max_frame_bytes < 125 || self.max_message_bytes < 125 {
+            return bad("server.max_frame_bytes and max_message_bytes must be at least 125".into());
+        }
+        if self.max_frame_bytes > self.max_message_bytes {
+            return bad(format!(
+                "server.max_frame_bytes = {} is larger than max_message_bytes = {}",
+                self.max_frame_bytes, self.max_message_bytes
+            ));
+        }
+        if self.max_message_bytes > 1 << 30 {
+            return bad("server.max_message_bytes: at most 1 GiB".into());
+        }
+        if self.max_connections == 0 {
+            return bad("server.max_connections must be at least 1".into());
+        }
+        if self.max_output_bytes < 1024 {
+            return bad("server.max_output_bytes must be at least 1024".into());
+        }
+        if self.bus_peer_buffer_bytes < 1 << 20 {
+            return bad("server.bus_peer_buffer_bytes must be at least 1 MiB".into());
+        }
+        if let Some(p) = &self.websocket_path {
+            if !p.starts_with('/') {
+                return bad(format!("server.websocket_path = {p:?}: must start with '/'"));
+            }
+        }
+        if self.handshake_timeout.is_zero() {
+            return bad("server.handshake_timeout_ms must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply_to_an_empty_file() {
+        let c = Config::from_toml_str("").unwrap();
+        assert_eq!(c.listen_url(), "websocket://127.0.0.1:8000");
+        assert_eq!(c.count, 1);
+    }
+
+    #[test]
+    fn schemes_select_protocols() {
+        let c = Config::from_toml_str("[server]\nlisten = \"frame://0.0.0.0:9\"").unwrap();
+        assert_eq!((c.protocol, c.addr.as_str()), (Protocol::Frame, "0.0.0.0:9"));
+        let e = Config::from_toml_str("[server]\nlisten = \"gopher://x:1\"").unwrap_err();
+        assert!(e.to_string().contains("unknown scheme"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = Config::from_toml_str("[server]\ncuont = 2").unwrap_err();
+        assert!(e.to_string().contains("cuont"), "{e}");
+        let e = Config::from_toml_str("[server]\ncount = 0").unwrap_err();
+        assert!(e.to_string().contains("server.count"), "{e}");
+        let e = Config::from_toml_str("[server]\ncount = \"two\"").unwrap_err();
+        assert!(e.to_string().contains("count"), "{e}");
+        let e = Config::from_toml_str("[server]\nlisten = \"nohost\"").unwrap_err();
+        assert!(e.to_string().contains("host:port"), "{e}");
+    }
+
+    #[test]
+    fn other_tables_belong_to_the_application() {
+        let c = Config::from_toml_str("[chat]\nanything = 1\n[server]\ncount = 3").unwrap();
+        assert_eq!(c.count, 3);
+    }
+}

@@ -1,0 +1,223 @@
+//! One client connection: its socket, protocol state and queued output.
+
+use bytes::{Buf, Bytes, BytesMut};
+use mio::net::TcpStream;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
+use std::time::Instant;
+use tungstenite::protocol::WebSocketContext;
+
+/// Most buffers handed to one `writev`.
+const MAX_IOV: usize = 64;
+
+/// Output waiting for the socket: whole encoded frames, shared with other
+/// recipients of the same broadcast. Written with one `writev` per loop turn.
+#[derive(Default)]
+pub(crate) struct OutQueue {
+    bufs: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl OutQueue {
+    pub(crate) fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.bytes += b.len();
+            self.bufs.push_back(b);
+        }
+    }
+
+    /// Bytes queued.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Writes as much as the socket takes. `Ok(true)`: all written.
+    pub(crate) fn write_to(&mut self, w: &mut impl Write) -> io::Result<bool> {
+        while !self.bufs.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let n = self
+                .bufs
+                .iter()
+                .zip(slices.iter_mut())
+                .map(|(b, s)| *s = IoSlice::new(b))
+                .count();
+            match w.write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => self.advance(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // An idle connection keeps no queue allocation.
+        self.bufs = VecDeque::new();
+        Ok(true)
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.bytes -= n;
+        while n > 0 {
+            let front = self.bufs.front_mut().expect("wrote more than queued");
+            if front.len() <= n {
+                n -= front.len();
+                self.bufs.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+}
+
+/// The stream tungstenite sees: reads come from the bytes the worker already
+/// read from the socket, writes (pongs, close frames) go to the queue, in order
+/// with the frames the worker queued itself.
+pub(crate) struct WsIo<'a> {
+    pub(crate) input: &'a [u8],
+    pub(crate) out: &'a mut OutQueue,
+}
+
+impl Read for WsIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.input.len());
+        buf[..n].copy_from_slice(&self.input[..n]);
+        self.input = &self.input[n..];
+        Ok(n)
+    }
+}
+
+impl Write for WsIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.push(Bytes::copy_from_slice(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where a connection is in its life.
+pub(crate) enum State {
+    /// Reading an HTTP request head (and body) on a `websocket://` listener.
+    Head(BytesMut),
+    /// An open WebSocket.
+    Ws(Box<WebSocketContext>),
+    /// An open `text://`, `frame://` or `tcp://` connection, with its partial input.
+    Plain(BytesMut),
+    /// Nothing more is read: an HTTP response or a close is being written.
+    Done,
+}
+
+/// One connection in the worker's slab.
+pub(crate) struct Conn {
+    pub(crate) sock: TcpStream,
+    /// With the slot and key, the [`crate::ConnId`].
+    pub(crate) serial: u64,
+    pub(crate) peer: SocketAddr,
+    pub(crate) state: State,
+    pub(crate) out: OutQueue,
+    /// Visible to the handler: `on_connect` was called and `on_close` not yet.
+    pub(crate) open: bool,
+    /// We are closing: drop the socket once the output is written (and, for a
+    /// WebSocket, the peer answered our close) or `deadline` passes.
+    pub(crate) closing: bool,
+    /// In the worker's list of connections to flush this turn.
+    pub(crate) dirty: bool,
+    /// `on_buffer_full` fired; `on_buffer_drain` is due when the queue empties.
+    pub(crate) full: bool,
+    /// Handshake or close deadline.
+    pub(crate) deadline: Option<Instant>,
+    /// Last time the peer sent anything (idle timeout, pings).
+    pub(crate) last_read: Instant,
+    /// A ping went out since the peer last sent anything.
+    pub(crate) pinged: bool,
+}
+
+impl Conn {
+    pub(crate) fn new(sock: TcpStream, peer: SocketAddr, serial: u64, state: State, now: Instant) -> Self {
+        Conn {
+            sock,
+            serial,
+            peer,
+            state,
+            out: OutQueue::default(),
+            open: false,
+            closing: false,
+            dirty: false,
+            full: false,
+            deadline: None,
+            last_read: now,
+            pinged: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that takes `room` bytes, then blocks, like a full send buffer.
+    struct Tight {
+        got: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Tight {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_resume_where_they_stopped() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"hello "));
+        q.push(Bytes::from_static(b"world"));
+        let mut sock = Tight {
+            got: Vec::new(),
+            room: 8,
+        };
+        assert!(!q.write_to(&mut sock).unwrap());
+        assert_eq!(q.len(), 3);
+        sock.room = 100;
+        assert!(q.write_to(&mut sock).unwrap());
+        assert_eq!(sock.got, b"hello world");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn ws_io_reads_what_it_was_given_then_would_block() {
+        let mut out = OutQueue::default();
+        let mut io = WsIo {
+            input: b"abc",
+            out: &mut out,
+        };
+        let mut buf = [0u8; 2];
+        assert_eq!(io.read(&mut buf).unwrap(), 2);
+        assert_eq!(io.read(&mut buf).unwrap(), 1);
+        assert_eq!(
+            io.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        io.write_all(b"pong").unwrap();
+        assert_eq!(out.len(), 4);
+    }
+}

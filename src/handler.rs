@@ -1,0 +1,83 @@
+//! The [`Handler`] trait: what a worker calls when something happens.
+
+use crate::http::{Request, Response};
+use crate::{ConnId, ConnError, Ctx, Message, TimerId};
+
+/// The application's callbacks, one instance per worker process.
+///
+/// Every method has a default that does nothing (or answers 404 for HTTP), so a
+/// handler implements only what it needs. All methods run on the worker's event
+/// loop thread: they must not block. Hand blocking work (disk, database, CPU
+/// heavy) to a thread of your own and come back with [`Ctx::waker`] and
+/// [`Handler::on_wake`].
+///
+/// # Panics
+///
+/// A panic inside a callback that concerns one connection (`on_connect`,
+/// `on_websocket_connect`, `on_message`, `on_buffer_full`, `on_buffer_drain`)
+/// is caught: that connection is closed (WebSocket close code 1011), `on_error`
+/// reports [`ConnError::HandlerPanic`], and the worker goes on serving everyone
+/// else. A panic in any other callback is caught and logged; the worker lives on.
+///
+/// # Order of calls for one WebSocket connection
+///
+/// `on_websocket_connect` (may refuse) -> `on_connect` -> `on_message`* ->
+/// `on_close`. `on_error` may come before `on_close` when the connection ends
+/// because of an error. `on_close` is called exactly once for every connection
+/// that got `on_connect`, whatever ends it.
+#[allow(unused_variables)]
+pub trait Handler: 'static {
+    /// The worker's loop is ready, before the first connection is accepted.
+    /// Start timers and background threads here (never before: the master forks).
+    fn on_worker_start(&mut self, ctx: &mut Ctx) {}
+
+    /// The worker is stopping: listeners are closed and clients are being closed.
+    fn on_worker_stop(&mut self, ctx: &mut Ctx) {}
+
+    /// A connection is open for messages: after the WebSocket handshake for
+    /// `websocket://`, on accept for `text://`, `frame://` and `tcp://`.
+    fn on_connect(&mut self, ctx: &mut Ctx, conn: ConnId) {}
+
+    /// A WebSocket upgrade request arrived on the configured path. Return
+    /// `Err(response)` to refuse it with that HTTP response (say 401 or 403);
+    /// the connection then never reaches `on_connect`.
+    fn on_websocket_connect(
+        &mut self,
+        ctx: &mut Ctx,
+        conn: ConnId,
+        request: &Request,
+    ) -> Result<(), Response> {
+        Ok(())
+    }
+
+    /// One whole message: a WebSocket text or binary message, a `text://` line
+    /// (without its newline), a `frame://` payload or a `tcp://` chunk.
+    fn on_message(&mut self, ctx: &mut Ctx, conn: ConnId, msg: Message) {}
+
+    /// The connection is gone. Sends to it from now on are no-ops.
+    fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId) {}
+
+    /// Something went wrong on a connection: a protocol error, an oversized
+    /// message, a panic in a callback, a socket error.
+    fn on_error(&mut self, ctx: &mut Ctx, conn: ConnId, error: &ConnError) {}
+
+    /// The connection's queued output reached `max_output_bytes`. See
+    /// [`crate::OverflowPolicy`] for what happens to further sends.
+    fn on_buffer_full(&mut self, ctx: &mut Ctx, conn: ConnId) {}
+
+    /// The connection's queued output, which was full, has been written out.
+    fn on_buffer_drain(&mut self, ctx: &mut Ctx, conn: ConnId) {}
+
+    /// A plain HTTP request (anything that is not a WebSocket upgrade on the
+    /// configured path). The default answers 404.
+    fn on_http_request(&mut self, ctx: &mut Ctx, request: &Request) -> Response {
+        Response::not_found()
+    }
+
+    /// A timer made by [`Ctx::add_timer`] is due.
+    fn on_timer(&mut self, ctx: &mut Ctx, timer: TimerId) {}
+
+    /// Somebody called [`crate::Waker::wake`] (from any thread) since the last
+    /// call. Wakes are coalesced: drain your own channel here.
+    fn on_wake(&mut self, ctx: &mut Ctx) {}
+}

@@ -1,0 +1,561 @@
+//! The master process: binds the listeners, forks the workers, supervises
+//! them, and acts on signals. It never serves a client.
+//!
+//! Signals are blocked and read from a signalfd in the master's own loop, so
+//! they only ever mark work for the loop to do (nginx's rule).
+
+use crate::bus;
+use crate::cli::{Args, Command};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::worker::{self, Setup, Worker};
+use crate::Handler;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use socket2::{Domain, Socket, Type};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixListener;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The worker slot of this process, -1 in the master (for log lines).
+static WORKER_SLOT: AtomicI32 = AtomicI32::new(-1);
+/// A worker that dies sooner than this after start is respawned with backoff.
+const QUICK_DEATH: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A server: a config and the command to carry out. See the crate docs.
+pub struct Server {
+    cfg: Config,
+    command: Command,
+}
+
+/// One worker slot as the master sees it.
+struct Slot {
+    pid: Option<Pid>,
+    started: Instant,
+    incarnation: u32,
+    /// When to respawn an empty slot.
+    respawn_at: Option<Instant>,
+    backoff: Duration,
+    listener: TcpListener,
+    bus_listener: UnixListener,
+}
+
+fn master_signals() -> SigSet {
+    let mut s = worker::worker_signals();
+    for sig in [Signal::SIGCHLD, Signal::SIGHUP, Signal::SIGUSR2] {
+        s.add(sig);
+    }
+    s
+}
+
+/// How many threads this process has (Linux: /proc/self/status).
+fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(1)
+}
+
+/// Sets up `env_logger` (unless the application set a logger) with lines
+/// tagged `master` or `wN`. `RUST_LOG` filters; the default is `info`.
+fn init_logging() {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|buf, rec| {
+            let slot = WORKER_SLOT.load(Ordering::Relaxed);
+            let who = if slot < 0 {
+                "master".to_string()
+            } else {
+                format!("w{slot}")
+            };
+            writeln!(
+                buf,
+                "{} {:<5} [{who}] {}",
+                buf.timestamp_millis(),
+                rec.level(),
+                rec.args()
+            )
+        })
+        .try_init();
+}
+
+/// Raises the soft open-files limit to the hard one.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
+fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    if reuse_port {
+        s.set_reuse_port(true)?;
+    }
+    s.set_cloexec(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+impl Server {
+    /// A server that will `start` with this config.
+    pub fn new(cfg: Config) -> Server {
+        Server {
+            cfg,
+            command: Command::Start,
+        }
+    }
+
+    /// A server configured by the `[server]` table of a TOML file.
+    pub fn from_config_file(path: impl AsRef<std::path::Path>) -> Result<Server> {
+        Ok(Server::new(Config::load(path)?))
+    }
+
+    /// A server configured by the process's command line (see [`crate::cli`]):
+    /// the `-c` file, the flags, and the command. Returns the arguments the
+    /// library did not recognise, for the application.
+    pub fn from_args() -> Result<(Server, Vec<String>)> {
+        let args = Args::from_env()?;
+        let cfg = args.config()?;
+        Ok((Server::new(cfg).command(args.command), args.rest))
+    }
+
+    /// Sets the command to carry out (default [`Command::Start`]).
+    pub fn command(mut self, command: Command) -> Server {
+        self.command = command;
+        self
+    }
+
+    /// The config this server runs with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Carries out the command. For `start`: binds, prints
+    /// `listening on URL` on stdout, forks `count` workers that each call
+    /// `factory(worker_id)` once for their handler, supervises them until
+    /// SIGINT or SIGTERM, stops gracefully, and returns `Ok(())`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Threaded`] if the process already has other threads (fork would
+    /// copy only this one), [`Error::Listen`] if the address cannot be bound,
+    /// [`Error::Config`] for an invalid config.
+    pub fn run<H, F>(self, factory: F) -> Result<()>
+    where
+        H: Handler,
+        F: FnMut(usize) -> H,
+    {
+        self.cfg.validate()?;
+        match self.command {
+            Command::Start => Master::start(self.cfg, factory),
+            Command::Stop => control::stop(&self.cfg),
+            Command::Reload => control::signal(&self.cfg, Signal::SIGUSR1, "reload"),
+            Command::Status => control::status(&self.cfg),
+        }
+    }
+}
+
+/// The running master.
+struct Master<F> {
+    cfg: Arc<Config>,
+    factory: F,
+    pid: u32,
+    slots: Vec<Slot>,
+    signals: SignalFd,
+    stop_deadline: Option<Instant>,
+    /// Slots still to be replaced by a reload, in order; the head is being replaced.
+    reloading: Vec<usize>,
+}
+
+impl<F> Master<F> {
+    fn start<H: Handler>(cfg: Config, factory: F) -> Result<()>
+    where
+        F: FnMut(usize) -> H,
+    {
+        let threads = thread_count();
+        if threads > 1 {
+            return Err(Error::Threaded { threads });
+        }
+        init_logging();
+        raise_nofile();
+        let mut addr = cfg.socket_addr()?;
+        let listen_err = |source| Error::Listen {
+            addr: cfg.addr.clone(),
+            source,
+        };
+        let first = bind(addr, cfg.reuse_port).map_err(listen_err)?;
+        addr = first.local_addr().map_err(listen_err)?;
+        let mut listeners = vec![first];
+        while cfg.reuse_port && listeners.len() < cfg.count {
+            listeners.push(bind(addr, true).map_err(listen_err)?);
+        }
+        let pid = std::process::id();
+        let mut slots = Vec::with_capacity(cfg.count);
+        for slot in 0..cfg.count {
+            let listener = match listeners.get(slot) {
+                Some(l) if cfg.reuse_port => l.try_clone(),
+                _ => listeners[0].try_clone(),
+            }
+            .map_err(|e| Error::io("dup listener", e))?;
+            let bus_addr = bus::address(pid, slot).map_err(|e| Error::io("bus address", e))?;
+            let bus_listener =
+                UnixListener::bind_addr(&bus_addr).map_err(|e| Error::io("bind bus socket", e))?;
+            slots.push(Slot {
+                pid: None,
+                started: Instant::now(),
+                incarnation: 0,
+                respawn_at: None,
+                backoff: Duration::ZERO,
+                listener,
+                bus_listener,
+            });
+        }
+        drop(listeners);
+        let url = format!("{}://{}", cfg.protocol.scheme(), addr);
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on {url}");
+        let _ = out.flush();
+        drop(out);
+        log::info!(
+            "{}: {url}, {} workers, reuse_port={}",
+            cfg.name,
+            cfg.count,
+            cfg.reuse_port
+        );
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&master_signals()), None)?;
+        let signals = SignalFd::with_flags(&master_signals(), SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+        if let Some(p) = &cfg.pid_file {
+            std::fs::write(p, format!("{pid}\n")).map_err(|e| Error::io("write pid_file", e))?;
+        }
+        let mut master = Master {
+            cfg: Arc::new(cfg),
+            factory,
+            pid,
+            slots,
+            signals,
+            stop_deadline: None,
+            reloading: Vec::new(),
+        };
+        for slot in 0..master.slots.len() {
+            master.spawn(slot);
+        }
+        let r = master.supervise();
+        if let Some(p) = &master.cfg.pid_file {
+            let _ = std::fs::remove_file(p);
+        }
+        r
+    }
+
+    fn spawn<H: Handler>(&mut self, slot: usize)
+    where
+        F: FnMut(usize) -> H,
+    {
+        let s = &mut self.slots[slot];
+        s.incarnation += 1;
+        s.respawn_at = None;
+        // SAFETY: the master is single-threaded (checked at start), so the child
+        // gets a consistent copy of its memory.
+        match unsafe { fork() } {
+            Ok(ForkResult::Parent { child }) => {
+                s.pid = Some(child);
+                s.started = Instant::now();
+                log::info!("worker {slot} started (pid {child})");
+            }
+            Ok(ForkResult::Child) => {
+                let code = self.child(slot);
+                std::process::exit(code);
+            }
+            Err(e) => {
+                log::error!("fork for worker {slot}: {e}; retrying");
+                s.respawn_at = Some(Instant::now() + FIRST_BACKOFF);
+            }
+        }
+    }
+
+    /// Runs in the forked child: becomes worker `slot`; returns its exit code.
+    fn child<H: Handler>(&mut self, slot: usize) -> i32
+    where
+        F: FnMut(usize) -> H,
+    {
+        WORKER_SLOT.store(slot as i32, Ordering::Relaxed);
+        // Die with the master: a worker must not outlive its supervisor.
+        // SAFETY: prctl(PR_SET_PDEATHSIG) has no memory effects.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+        if nix::unistd::getppid().as_raw() as u32 != self.pid {
+            return 0;
+        }
+        let mut unblock = SigSet::empty();
+        for sig in [Signal::SIGCHLD, Signal::SIGHUP, Signal::SIGUSR2] {
+            unblock.add(sig);
+        }
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&unblock), None);
+        // Other slots' sockets stay with the master.
+        for (i, other) in self.slots.iter().enumerate() {
+            if i != slot {
+                // SAFETY: these fds belong to the master's copy of the slot
+                // table, which this process never uses again (it exits).
+                unsafe {
+                    libc::close(other.bus_listener.as_raw_fd());
+                    if self.cfg.reuse_port {
+                        libc::close(other.listener.as_raw_fd());
+                    }
+                }
+            }
+        }
+        // SAFETY: as above, the master's signalfd is not used in the child.
+        unsafe { libc::close(self.signals.as_fd().as_raw_fd()) };
+        let s = &self.slots[slot];
+        let setup = match (s.listener.try_clone(), s.bus_listener.try_clone()) {
+            (Ok(listener), Ok(bus_listener)) => Setup {
+                cfg: self.cfg.clone(),
+                slot: slot as u16,
+                incarnation: s.incarnation,
+                master_pid: self.pid,
+                listener,
+                bus_listener,
+            },
+            (Err(e), _) | (_, Err(e)) => {
+                log::error!("worker {slot}: {e}");
+                return 1;
+            }
+        };
+        let factory = &mut self.factory;
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            Worker::new(setup, |id| factory(id)).and_then(Worker::run)
+        }));
+        match r {
+            Ok(Ok(())) => 0,
+            Ok(Err(e)) => {
+                log::error!("worker {slot} failed: {e}");
+                1
+            }
+            Err(_) => {
+                log::error!("worker {slot} panicked outside a callback");
+                2
+            }
+        }
+    }
+
+    fn supervise<H: Handler>(&mut self) -> Result<()>
+    where
+        F: FnMut(usize) -> H,
+    {
+        loop {
+            let now = Instant::now();
+            let next = self
+                .slots
+                .iter()
+                .filter_map(|s| s.respawn_at)
+                .chain(self.stop_deadline)
+                .min();
+            let timeout = match next {
+                None => PollTimeout::NONE,
+                Some(t) => {
+                    let ms = t.saturating_duration_since(now).as_millis() as u64 + 1;
+                    PollTimeout::try_from(ms.min(60_000) as i32).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut fds = [PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            while let Ok(Some(info)) = self.signals.read_signal() {
+                match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGCHLD) => {}
+                    Ok(Signal::SIGUSR1) => self.begin_reload(),
+                    Ok(Signal::SIGHUP) | Ok(Signal::SIGUSR2) => self.log_status(),
+                    Ok(sig) => {
+                        log::info!("{sig}: stopping");
+                        self.begin_stop();
+                    }
+                    Err(_) => {}
+                }
+            }
+            self.reap();
+            let now = Instant::now();
+            if self.stop_deadline.is_some() {
+                if self.slots.iter().all(|s| s.pid.is_none()) {
+                    log::info!("all workers stopped");
+                    return Ok(());
+                }
+                if self.stop_deadline.is_some_and(|d| d <= now) {
+                    self.kill_all();
+                    return Ok(());
+                }
+                continue;
+            }
+            for slot in 0..self.slots.len() {
+                if self.slots[slot].respawn_at.is_some_and(|t| t <= now) {
+                    self.spawn(slot);
+                }
+            }
+        }
+    }
+
+    /// Collects exited workers and schedules their replacements.
+    fn reap(&mut self) {
+        loop {
+            let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(s) => s,
+            };
+            let Some(pid) = status.pid() else { continue };
+            let Some(slot) = self.slots.iter().position(|s| s.pid == Some(pid)) else {
+                continue;
+            };
+            let s = &mut self.slots[slot];
+            s.pid = None;
+            if self.stop_deadline.is_some() {
+                log::info!("worker {slot} (pid {pid}) exited: {status:?}");
+                continue;
+            }
+            let reloaded = self.reloading.first() == Some(&slot);
+            let lived = s.started.elapsed();
+            if reloaded {
+                s.backoff = Duration::ZERO;
+            } else if lived < QUICK_DEATH {
+                s.backoff = (s.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+                log::error!(
+                    "worker {slot} (pid {pid}) died {lived:?} after start: {status:?}; respawning in {:?}",
+                    s.backoff
+                );
+            } else {
+                s.backoff = Duration::ZERO;
+                log::error!("worker {slot} (pid {pid}) died: {status:?}; respawning");
+            }
+            s.respawn_at = Some(Instant::now() + s.backoff);
+            if reloaded {
+                self.reloading.remove(0);
+                self.next_reload();
+            }
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        if self.stop_deadline.is_some() {
+            return;
+        }
+        self.stop_deadline = Some(Instant::now() + self.cfg.stop_timeout);
+        for s in &mut self.slots {
+            s.respawn_at = None;
+            if let Some(pid) = s.pid {
+                let _ = kill(pid, Signal::SIGTERM);
+            }
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for (slot, s) in self.slots.iter_mut().enumerate() {
+            if let Some(pid) = s.pid.take() {
+                log::warn!("worker {slot} (pid {pid}) did not stop in time: killing it");
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+            }
+        }
+    }
+
+    /// Replaces the workers one at a time: each is stopped gracefully and its
+    /// replacement forked as soon as it has exited, so the listener (held by the
+    /// master) never stops accepting.
+    fn begin_reload(&mut self) {
+        if !self.reloading.is_empty() || self.stop_deadline.is_some() {
+            return;
+        }
+        log::info!("reload: replacing {} workers one at a time", self.slots.len());
+        self.reloading = (0..self.slots.len()).collect();
+        self.next_reload();
+    }
+
+    fn next_reload(&mut self) {
+        while let Some(&slot) = self.reloading.first() {
+            match self.slots[slot].pid {
+                Some(pid) => {
+                    let _ = kill(pid, Signal::SIGTERM);
+                    return;
+                }
+                None => {
+                    self.reloading.remove(0);
+                }
+            }
+        }
+    }
+
+    fn log_status(&self) {
+        for (slot, s) in self.slots.iter().enumerate() {
+            log::info!(
+                "status: worker {slot} pid {:?} incarnation {} up {:?}",
+                s.pid.map(|p| p.as_raw()),
+                s.incarnation,
+                s.started.elapsed()
+            );
+        }
+    }
+}
+
+/// Commands that talk to a running master through its pid file.
+mod control {
+    use super::*;
+
+    fn master_pid(cfg: &Config) -> Result<Pid> {
+        let path = cfg.pid_file.as_ref().ok_or_else(|| {
+            Error::Config("server.pid_file is not set: cannot find the running server".into())
+        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Usage(format!("not running? cannot read {path}: {e}")))?;
+        let pid: i32 = text
+            .trim()
+            .parse()
+            .map_err(|_| Error::Usage(format!("{path} does not hold a pid")))?;
+        let pid = Pid::from_raw(pid);
+        kill(pid, None).map_err(|_| Error::Usage(format!("not running (stale {path}: pid {pid})")))?;
+        Ok(pid)
+    }
+
+    pub(super) fn signal(cfg: &Config, sig: Signal, what: &str) -> Result<()> {
+        let pid = master_pid(cfg)?;
+        kill(pid, sig)?;
+        println!("{what}: signalled master {pid}");
+        Ok(())
+    }
+
+    pub(super) fn stop(cfg: &Config) -> Result<()> {
+        let pid = master_pid(cfg)?;
+        kill(pid, Signal::SIGTERM)?;
+        let deadline = Instant::now() + cfg.stop_timeout + Duration::from_secs(2);
+        while kill(pid, None).is_ok() {
+            if Instant::now() > deadline {
+                return Err(Error::Usage(format!("master {pid} did not stop in time")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!("stopped (master {pid})");
+        Ok(())
+    }
+
+    pub(super) fn status(cfg: &Config) -> Result<()> {
+        let pid = master_pid(cfg)?;
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default();
+        println!("running: master {pid}, workers {}", children.trim());
+        Ok(())
+    }
+}

@@ -1,0 +1,782 @@
+//! A worker process: one mio loop serving its connections, its bus links and
+//! its timers. Runs in the child after fork, until told to stop.
+
+use crate::bus::{self, Bus, BusToken};
+use crate::codec;
+use crate::config::{Config, Protocol};
+use crate::conn::{Conn, State, WsIo};
+use crate::ctx::{Ctx, Deferred, Stats, Waker, CLOSE_GRACE};
+use crate::http::{self, Head, Request, Response};
+use crate::registry::Registry;
+use crate::timer::Timers;
+use crate::{ConnError, ConnId, Handler, Message};
+use bytes::BytesMut;
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use slab::Slab;
+use std::any::Any;
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+const SIGNALS: Token = Token(usize::MAX - 3);
+/// Bytes read from one connection per event before others get a turn.
+const READ_BUDGET: usize = 256 * 1024;
+/// The shared receive buffer: one per worker, not one per connection.
+const SCRATCH: usize = 64 * 1024;
+/// How often deadlines (handshake, close, idle, ping) are checked.
+const SWEEP: Duration = Duration::from_millis(100);
+/// How long accepting pauses after running out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// tungstenite's per-connection read chunk: small, so idle connections cost
+/// little; our own shared buffer does the socket reads.
+const WS_READ_CHUNK: usize = 512;
+
+/// Everything a worker gets from the master.
+pub(crate) struct Setup {
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) slot: u16,
+    pub(crate) incarnation: u32,
+    pub(crate) master_pid: u32,
+    pub(crate) listener: std::net::TcpListener,
+    pub(crate) bus_listener: std::os::unix::net::UnixListener,
+}
+
+/// One worker's loop.
+pub(crate) struct Worker<H: Handler> {
+    handler: H,
+    ctx: Ctx,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    signals: SignalFd,
+    scratch: Vec<u8>,
+    ws_config: WebSocketConfig,
+    /// Connections that had more to read when their budget ran out.
+    pending_reads: VecDeque<usize>,
+    max_conns: usize,
+    /// Accepting stopped at the connection cap; resume below it.
+    accept_full: bool,
+    accept_resume: Option<Instant>,
+    next_sweep: Instant,
+    stop_deadline: Option<Instant>,
+}
+
+fn panic_text(p: &Box<dyn Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic".into()
+    }
+}
+
+/// The signals a worker acts on; the master blocks them before forking.
+pub(crate) fn worker_signals() -> SigSet {
+    let mut s = SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT, Signal::SIGUSR1] {
+        s.add(sig);
+    }
+    s
+}
+
+/// The open-files limit caps connections: keep some descriptors for the rest.
+fn fd_cap() -> usize {
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) => (soft as usize).saturating_sub(64 + 4 * 1024.min(soft as usize / 16)),
+        Err(_) => 1000,
+    }
+}
+
+impl<H: Handler> Worker<H> {
+    pub(crate) fn new(setup: Setup, handler_factory: impl FnOnce(usize) -> H) -> io::Result<Self> {
+        let cfg = setup.cfg;
+        let poll = Poll::new()?;
+        let mio_registry = poll.registry().try_clone()?;
+        setup.listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(setup.listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Waker(Arc::new(mio::Waker::new(poll.registry(), WAKER)?));
+        let signals = SignalFd::with_flags(
+            &worker_signals(),
+            SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC,
+        )?;
+        poll.registry().register(
+            &mut SourceFd(&signals.as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )?;
+        let count = cfg.count as u16;
+        let bus = Bus::new(
+            setup.slot,
+            count,
+            setup.incarnation,
+            setup.master_pid,
+            setup.bus_listener,
+            poll.registry(),
+            cfg.bus_peer_buffer_bytes,
+        )?;
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(WS_READ_CHUNK)
+            .write_buffer_size(0)
+            .max_frame_size(Some(cfg.max_frame_bytes))
+            .max_message_size(Some(cfg.max_message_bytes));
+        let max_conns = cfg.max_connections.min(fd_cap()).max(1);
+        let now = Instant::now();
+        let ctx = Ctx {
+            slot: setup.slot,
+            count,
+            conns: Slab::new(),
+            serial: (setup.incarnation as u64) << 40,
+            dirty: Vec::new(),
+            deferred: VecDeque::new(),
+            registry: Registry::default(),
+            bus,
+            timers: Timers::default(),
+            waker,
+            now,
+            stats: Stats::default(),
+            mio: mio_registry,
+            cfg,
+        };
+        let handler = handler_factory(setup.slot as usize);
+        Ok(Worker {
+            handler,
+            ctx,
+            poll,
+            listener: Some(listener),
+            signals,
+            scratch: vec![0; SCRATCH],
+            ws_config,
+            pending_reads: VecDeque::new(),
+            max_conns,
+            accept_full: false,
+            accept_resume: None,
+            next_sweep: now + SWEEP,
+            stop_deadline: None,
+        })
+    }
+
+    /// Runs until stopped; returns when every connection is closed or the stop
+    /// deadline passed.
+    pub(crate) fn run(mut self) -> io::Result<()> {
+        self.ctx.link_peers();
+        self.guard(None, |h, ctx| h.on_worker_start(ctx));
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            self.ctx.now = Instant::now();
+            for event in events.iter() {
+                self.dispatch(event);
+            }
+            self.turn();
+            if let Some(deadline) = self.stop_deadline {
+                if self.ctx.conns.is_empty() || self.ctx.now >= deadline {
+                    self.ctx.bus.flush(&self.ctx.mio);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        if !self.pending_reads.is_empty() || !self.ctx.deferred.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut next = self.next_sweep;
+        for t in [
+            self.ctx.timers.next_due(),
+            self.ctx.bus.next_retry(),
+            self.accept_resume,
+            self.stop_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            next = next.min(t);
+        }
+        let now = Instant::now();
+        // Round up to whole milliseconds so a timer is never woken early.
+        Some(next.saturating_duration_since(now) + Duration::from_micros(999))
+    }
+
+    fn dispatch(&mut self, event: &mio::event::Event) {
+        match event.token() {
+            LISTENER => self.accept(),
+            WAKER => self.guard(None, |h, ctx| h.on_wake(ctx)),
+            SIGNALS => self.read_signals(),
+            token => match bus::classify(token) {
+                Some(BusToken::Listen) => self.ctx.bus.accept(&self.ctx.mio),
+                Some(BusToken::Out(slot)) => {
+                    if event.is_writable() {
+                        self.flush_bus();
+                    }
+                    if (event.is_readable() || event.is_error())
+                        && self.ctx.bus.outbound_event(slot, &self.ctx.mio)
+                    {
+                        self.ctx.link_peers();
+                    }
+                }
+                Some(BusToken::In(key)) => {
+                    let ctx = &mut self.ctx;
+                    let mut items = Vec::new();
+                    ctx.bus.read(key, &ctx.mio, |item| items.push(item));
+                    for item in items {
+                        ctx.apply(item);
+                    }
+                }
+                None => {
+                    let key = token.0;
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        self.read_conn(key);
+                    }
+                    if event.is_writable() {
+                        self.ctx.mark_dirty(key);
+                    }
+                }
+            },
+        }
+    }
+
+    /// Everything after the events of one poll: more reads, timers, deferred
+    /// callbacks, deadlines, then one write per dirty connection and bus link.
+    fn turn(&mut self) {
+        for _ in 0..self.pending_reads.len() {
+            if let Some(key) = self.pending_reads.pop_front() {
+                self.read_conn(key);
+            }
+        }
+        while let Some(id) = self.ctx.timers.pop_due(Instant::now()) {
+            self.guard(None, |h, ctx| h.on_timer(ctx, id));
+        }
+        if self.ctx.now >= self.next_sweep {
+            self.sweep();
+            self.next_sweep = self.ctx.now + SWEEP;
+        }
+        if self.accept_resume.is_some_and(|t| t <= self.ctx.now) {
+            self.accept_resume = None;
+            self.accept();
+        }
+        self.run_deferred();
+        self.flush_conns();
+        self.run_deferred();
+        self.flush_bus();
+        if self.accept_full && self.ctx.conns.len() < self.max_conns {
+            self.accept_full = false;
+            self.accept();
+        }
+    }
+
+    /// Runs a callback, catching a panic. With `conn`, a panic closes that
+    /// connection (1011) and reports it through `on_error`.
+    fn guard(&mut self, conn: Option<ConnId>, f: impl FnOnce(&mut H, &mut Ctx)) {
+        let r = catch_unwind(AssertUnwindSafe(|| f(&mut self.handler, &mut self.ctx)));
+        if let Err(p) = r {
+            let text = panic_text(&p);
+            match conn.and_then(|id| self.ctx.local_key(id).map(|k| (id, k))) {
+                Some((id, key)) => {
+                    log::error!("handler panicked on {id}: {text}; closing it");
+                    self.ctx
+                        .begin_close(key, 1011, "internal error", Some(ConnError::HandlerPanic(text)));
+                }
+                None => log::error!("handler panicked: {text}"),
+            }
+        }
+    }
+
+    fn run_deferred(&mut self) {
+        while let Some(d) = self.ctx.deferred.pop_front() {
+            match d {
+                Deferred::Closed(id, error) => {
+                    if let Some(e) = error {
+                        self.guard(None, |h, ctx| h.on_error(ctx, id, &e));
+                    }
+                    self.guard(None, |h, ctx| h.on_close(ctx, id));
+                }
+                Deferred::BufferFull(id) if self.ctx.local_key(id).is_some() => {
+                    self.guard(Some(id), |h, ctx| h.on_buffer_full(ctx, id))
+                }
+                Deferred::BufferDrain(id) if self.ctx.local_key(id).is_some() => {
+                    self.guard(Some(id), |h, ctx| h.on_buffer_drain(ctx, id))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // ----- accepting -----
+
+    fn accept(&mut self) {
+        if self.stop_deadline.is_some() || self.accept_resume.is_some() {
+            return;
+        }
+        loop {
+            if self.ctx.conns.len() >= self.max_conns {
+                if !self.accept_full {
+                    log::warn!("at max_connections ({}): not accepting", self.max_conns);
+                }
+                self.accept_full = true;
+                return;
+            }
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((sock, peer)) => self.admit(sock, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO)) => {}
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: pause instead of spinning.
+                    log::warn!("accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                    self.accept_resume = Some(self.ctx.now + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut sock: TcpStream, peer: std::net::SocketAddr) {
+        let _ = sock.set_nodelay(true);
+        let entry = self.ctx.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::error!("register: {e}");
+            return;
+        }
+        let serial = self.ctx.serial;
+        self.ctx.serial += 1;
+        let websocket = self.ctx.cfg.protocol == Protocol::WebSocket;
+        let state = if websocket {
+            State::Head(BytesMut::new())
+        } else {
+            State::Plain(BytesMut::new())
+        };
+        let mut conn = Conn::new(sock, peer, serial, state, self.ctx.now);
+        if websocket {
+            conn.deadline = Some(self.ctx.now + self.ctx.cfg.handshake_timeout);
+        }
+        entry.insert(conn);
+        if !websocket {
+            let id = self.ctx.announce(key);
+            self.guard(Some(id), |h, ctx| h.on_connect(ctx, id));
+        }
+    }
+
+    // ----- reading -----
+
+    fn read_conn(&mut self, key: usize) {
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(c) = self.ctx.conns.get_mut(key) else {
+                return;
+            };
+            let n = match c.sock.read(&mut self.scratch) {
+                Ok(0) => return self.peer_gone(key, None),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.peer_gone(key, Some(ConnError::Io(e))),
+            };
+            c.last_read = self.ctx.now;
+            c.pinged = false;
+            self.feed(key, n);
+            budget = budget.saturating_sub(n);
+            if budget == 0 {
+                self.pending_reads.push_back(key);
+                return;
+            }
+        }
+    }
+
+    /// The peer closed its end or the socket failed: nothing more can be
+    /// exchanged, so the connection goes now.
+    fn peer_gone(&mut self, key: usize, error: Option<ConnError>) {
+        if self.ctx.conns.contains(key) {
+            self.ctx.forget(key, error);
+            self.remove(key);
+        }
+    }
+
+    fn remove(&mut self, key: usize) {
+        if let Some(mut c) = self.ctx.conns.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut c.sock);
+        }
+    }
+
+    /// Hands `scratch[..n]`, just read from connection `key`, to its protocol.
+    fn feed(&mut self, key: usize, n: usize) {
+        let c = &mut self.ctx.conns[key];
+        match &mut c.state {
+            State::Head(buf) => {
+                buf.extend_from_slice(&self.scratch[..n]);
+                self.try_head(key);
+            }
+            State::Ws(_) => self.feed_ws(key, n),
+            State::Plain(buf) => {
+                buf.extend_from_slice(&self.scratch[..n]);
+                self.feed_plain(key);
+            }
+            State::Done => {}
+        }
+    }
+
+    fn feed_plain(&mut self, key: usize) {
+        let protocol = self.ctx.cfg.protocol;
+        let max = self.ctx.cfg.max_frame_bytes;
+        loop {
+            let Some(c) = self.ctx.conns.get_mut(key) else {
+                return;
+            };
+            if !c.open {
+                return;
+            }
+            let State::Plain(buf) = &mut c.state else {
+                return;
+            };
+            match codec::decode_plain(protocol, buf, max) {
+                Ok(Some(msg)) => self.deliver(key, msg),
+                Ok(None) => return,
+                Err(e) => {
+                    let err = match e {
+                        codec::FramingError::TooBig(size) => ConnError::TooBig { size, limit: max },
+                        codec::FramingError::BadLength(l) => {
+                            ConnError::Protocol(format!("frame length {l} is below 4"))
+                        }
+                    };
+                    return self.ctx.begin_close(key, 1002, "", Some(err));
+                }
+            }
+        }
+    }
+
+    /// Calls `on_message` for an open connection.
+    fn deliver(&mut self, key: usize, msg: Message) {
+        let c = &self.ctx.conns[key];
+        if !c.open || c.closing {
+            return;
+        }
+        let id = self.ctx.id_of(key, c);
+        self.guard(Some(id), |h, ctx| h.on_message(ctx, id, msg));
+    }
+
+    fn feed_ws(&mut self, key: usize, n: usize) {
+        let mut pos = 0;
+        loop {
+            let Some(c) = self.ctx.conns.get_mut(key) else {
+                return;
+            };
+            let State::Ws(ws) = &mut c.state else {
+                return;
+            };
+            let mut io = WsIo {
+                input: &self.scratch[pos..n],
+                out: &mut c.out,
+            };
+            let r = ws.read(&mut io);
+            pos = n - io.input.len();
+            let queued = !c.out.is_empty();
+            if queued {
+                self.ctx.mark_dirty(key);
+            }
+            use tungstenite::Error as E;
+            match r {
+                Ok(tungstenite::Message::Text(t)) => self.deliver(key, Message::Text(t)),
+                Ok(tungstenite::Message::Binary(b)) => self.deliver(key, Message::Binary(b)),
+                Ok(tungstenite::Message::Close(_)) => {
+                    // The peer closed (or answered our close); tungstenite
+                    // queued the reply. Flush it into our queue.
+                    let c = &mut self.ctx.conns[key];
+                    if let State::Ws(ws) = &mut c.state {
+                        let _ = ws.flush(&mut WsIo {
+                            input: &[],
+                            out: &mut c.out,
+                        });
+                    }
+                    c.closing = true;
+                    c.deadline.get_or_insert(self.ctx.now + CLOSE_GRACE);
+                    self.ctx.forget(key, None);
+                    self.ctx.mark_dirty(key);
+                }
+                Ok(_) => {}
+                Err(E::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(E::ConnectionClosed | E::AlreadyClosed) => {
+                    let c = &mut self.ctx.conns[key];
+                    c.state = State::Done;
+                    c.closing = true;
+                    self.ctx.forget(key, None);
+                    self.ctx.mark_dirty(key);
+                    return;
+                }
+                Err(e) => return self.ws_failed(key, e),
+            }
+        }
+    }
+
+    /// A WebSocket protocol failure: close with the code RFC 6455 asks for and
+    /// read nothing more from this peer.
+    fn ws_failed(&mut self, key: usize, e: tungstenite::Error) {
+        use tungstenite::error::CapacityError;
+        use tungstenite::Error as E;
+        let limit = self.ctx.cfg.max_message_bytes;
+        let (code, err) = match e {
+            E::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+                (1009, ConnError::TooBig { size, limit: max_size })
+            }
+            E::Capacity(other) => (1009, ConnError::Protocol(format!("{other} (limit {limit})"))),
+            E::Utf8(_) => (1007, ConnError::InvalidUtf8),
+            E::Protocol(p) => (1002, ConnError::Protocol(p.to_string())),
+            other => (1002, ConnError::Protocol(other.to_string())),
+        };
+        log::debug!("websocket {}: {err}", self.ctx.conns[key].peer);
+        self.ctx.begin_close(key, code, "", Some(err));
+        // Whatever else the peer sends is not parsed any more; the socket goes
+        // when the close frame is written.
+        let c = &mut self.ctx.conns[key];
+        c.state = State::Done;
+    }
+
+    // ----- HTTP -----
+
+    fn try_head(&mut self, key: usize) {
+        let max_body = self.ctx.cfg.max_http_body_bytes;
+        let c = &mut self.ctx.conns[key];
+        let State::Head(buf) = &mut c.state else {
+            return;
+        };
+        let (mut request, head_len, body_len) = match http::parse_head(buf, c.peer, max_body) {
+            Head::Partial => return,
+            Head::Reject(status) => return self.respond(key, Response::status(status), false),
+            Head::Complete {
+                request,
+                head_len,
+                body_len,
+            } => (request, head_len, body_len),
+        };
+        if is_upgrade(&request, self.ctx.cfg.websocket_path.as_deref()) {
+            let rest = buf.split_off(head_len);
+            return self.upgrade(key, request, rest);
+        }
+        if buf.len() < head_len + body_len {
+            return;
+        }
+        request.body = buf.split_off(head_len).split_to(body_len).freeze();
+        let head_only = request.method == "HEAD";
+        let response = self.http_response(&request);
+        self.respond(key, response, head_only);
+    }
+
+    fn http_response(&mut self, request: &Request) -> Response {
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            self.handler.on_http_request(&mut self.ctx, request)
+        }));
+        r.unwrap_or_else(|p| {
+            log::error!("on_http_request panicked: {}", panic_text(&p));
+            Response::status(500)
+        })
+    }
+
+    /// Writes an HTTP response and closes the connection after it.
+    fn respond(&mut self, key: usize, response: Response, head_only: bool) {
+        let bytes = response.encode(head_only);
+        let c = &mut self.ctx.conns[key];
+        c.state = State::Done;
+        c.out.push(bytes.into());
+        c.closing = true;
+        c.deadline = Some(self.ctx.now + CLOSE_GRACE);
+        self.ctx.mark_dirty(key);
+    }
+
+    fn upgrade(&mut self, key: usize, request: Request, rest: BytesMut) {
+        if request.method != "GET" || !request.header_has_token("Connection", "upgrade") {
+            return self.respond(key, Response::status(400), false);
+        }
+        if request.header("Sec-WebSocket-Version").map(str::trim) != Some("13") {
+            let r = Response::status(426).header("Sec-WebSocket-Version", "13");
+            return self.respond(key, r, false);
+        }
+        let Some(ws_key) = request.header("Sec-WebSocket-Key") else {
+            return self.respond(key, Response::status(400), false);
+        };
+        let accept = tungstenite::handshake::derive_accept_key(ws_key.trim().as_bytes());
+        let id = self.ctx.id_of(key, &self.ctx.conns[key]);
+        let verdict = catch_unwind(AssertUnwindSafe(|| {
+            self.handler
+                .on_websocket_connect(&mut self.ctx, id, &request)
+        }));
+        match verdict {
+            Ok(Ok(())) => {}
+            Ok(Err(refusal)) => return self.respond(key, refusal, false),
+            Err(p) => {
+                log::error!("on_websocket_connect panicked: {}", panic_text(&p));
+                return self.respond(key, Response::status(500), false);
+            }
+        }
+        let head = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        let c = &mut self.ctx.conns[key];
+        c.out.push(head.into_bytes().into());
+        c.deadline = None;
+        let leftover = !rest.is_empty();
+        c.state = State::Ws(Box::new(WebSocketContext::from_partially_read(
+            rest.to_vec(),
+            Role::Server,
+            Some(self.ws_config),
+        )));
+        self.ctx.mark_dirty(key);
+        let id = self.ctx.announce(key);
+        self.guard(Some(id), |h, ctx| h.on_connect(ctx, id));
+        if leftover {
+            self.feed_ws(key, 0);
+        }
+    }
+
+    // ----- writing -----
+
+    fn flush_conns(&mut self) {
+        let dirty = std::mem::take(&mut self.ctx.dirty);
+        for &key in &dirty {
+            let Some(c) = self.ctx.conns.get_mut(key) else {
+                continue;
+            };
+            c.dirty = false;
+            match c.out.write_to(&mut c.sock) {
+                Ok(true) => {
+                    if c.full {
+                        c.full = false;
+                        let id = ConnId::new(self.ctx.slot, key as u32, c.serial);
+                        self.ctx.deferred.push_back(Deferred::BufferDrain(id));
+                    }
+                    if c.closing && close_done(c) {
+                        self.remove(key);
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => self.peer_gone(key, Some(ConnError::Io(e))),
+            }
+        }
+        // Reuse the allocation unless callbacks above queued more.
+        if self.ctx.dirty.is_empty() {
+            let mut dirty = dirty;
+            dirty.clear();
+            self.ctx.dirty = dirty;
+        }
+    }
+
+    fn flush_bus(&mut self) {
+        let broken = self.ctx.bus.flush(&self.ctx.mio);
+        if !broken.is_empty() {
+            self.ctx.link_peers();
+            // The snapshot for a new link is written on the next flush.
+        }
+    }
+
+    // ----- deadlines, signals, stopping -----
+
+    fn sweep(&mut self) {
+        let now = self.ctx.now;
+        let idle = self.ctx.cfg.idle_timeout;
+        let ping = self.ctx.cfg.ping_interval;
+        let mut expired = Vec::new();
+        let mut idle_out = Vec::new();
+        let mut to_ping = Vec::new();
+        for (key, c) in self.ctx.conns.iter_mut() {
+            if c.deadline.is_some_and(|d| d <= now) {
+                expired.push(key);
+            } else if c.open && !c.closing {
+                let quiet = now.saturating_duration_since(c.last_read);
+                if idle.is_some_and(|i| quiet >= i) {
+                    idle_out.push(key);
+                } else if ping.is_some_and(|p| quiet >= p) && !c.pinged {
+                    if matches!(c.state, State::Ws(_)) {
+                        c.pinged = true;
+                        to_ping.push(key);
+                    }
+                }
+            }
+        }
+        for key in expired {
+            // A head that never completed, or a close the peer never finished.
+            self.ctx.forget(key, Some(ConnError::Timeout("handshake or close")));
+            self.remove(key);
+        }
+        for key in idle_out {
+            self.ctx
+                .begin_close(key, 1001, "idle timeout", Some(ConnError::Timeout("idle")));
+        }
+        for key in to_ping {
+            self.ctx.queue(key, codec::ws_frame(codec::OP_PING, b""));
+        }
+    }
+
+    fn read_signals(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            let sig = Signal::try_from(info.ssi_signo as i32).ok();
+            log::debug!("worker {} got {sig:?}", self.ctx.slot);
+            self.stop();
+        }
+    }
+
+    /// Graceful stop: no more accepts, every client is closed (1001), and the
+    /// loop ends when all are gone or the stop timeout is near.
+    fn stop(&mut self) {
+        if self.stop_deadline.is_some() {
+            return;
+        }
+        let grace = self
+            .ctx
+            .cfg
+            .stop_timeout
+            .saturating_sub(Duration::from_millis(200));
+        self.stop_deadline = Some(self.ctx.now + grace);
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        self.guard(None, |h, ctx| h.on_worker_stop(ctx));
+        let keys: Vec<usize> = self.ctx.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let c = &self.ctx.conns[key];
+            if c.open {
+                self.ctx.begin_close(key, 1001, "server shutting down", None);
+            } else if !c.closing {
+                self.remove(key);
+            }
+        }
+    }
+}
+
+/// Whether a request asks for a WebSocket on the configured path (any path
+/// when none is configured). Upgrades elsewhere are plain HTTP requests.
+fn is_upgrade(req: &Request, path: Option<&str>) -> bool {
+    req.header_has_token("Upgrade", "websocket") && path.is_none_or(|p| p == req.path)
+}
+
+/// A closing connection whose output is written may go: plain protocols at
+/// once, a WebSocket once the peer has answered our close frame.
+fn close_done(c: &Conn) -> bool {
+    match &c.state {
+        State::Ws(ws) => !ws.can_read(),
+        _ => true,
+    }
+}
