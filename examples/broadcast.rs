@@ -29,13 +29,8 @@ impl Handler for Broadcast {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
-        let msg = Message::from(format!("{{\"time\":{ms}}}"));
         // Only this worker's connections: each worker ticks its own.
-        for conn in ctx.connections() {
-            if conn.worker() == ctx.worker_id() {
-                ctx.send(conn, msg.clone());
-            }
-        }
+        ctx.send_to_local(format!("{{\"time\":{ms}}}"));
     }
 
     fn on_message(&mut self, ctx: &mut Ctx, _conn: ConnId, msg: Message) {
@@ -59,7 +54,9 @@ fn run() -> foreman::Result<()> {
     while let Some(a) = rest.next() {
         match a.as_str() {
             "--tick-ms" => {
-                let v = rest.next().ok_or_else(|| usage("--tick-ms needs a value"))?;
+                let v = rest
+                    .next()
+                    .ok_or_else(|| usage("--tick-ms needs a value"))?;
                 tick_ms = v.parse().map_err(|_| usage("--tick-ms: not a number"))?;
             }
             other => return Err(usage(&format!("unknown argument {other:?}"))),

@@ -32,7 +32,9 @@ fn run() -> foreman::Result<()> {
     let text = args.rest.iter().any(|a| a == "--text");
     args.rest.retain(|a| a != "--text");
     if let Some(unknown) = args.rest.first() {
-        return Err(foreman::Error::Usage(format!("unknown argument {unknown:?}")));
+        return Err(foreman::Error::Usage(format!(
+            "unknown argument {unknown:?}"
+        )));
     }
     if text && args.listen.is_none() {
         args.listen = Some("text://127.0.0.1:8001".into());

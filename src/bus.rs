@@ -289,7 +289,11 @@ impl Bus {
     /// An event on an outbound link: the peer never writes to it, so readable
     /// means it ended. Returns true if the link is gone and must be made again.
     pub(crate) fn outbound_event(&mut self, slot: u16, registry: &Registry) -> bool {
-        let Some(stream) = self.peers.get_mut(slot as usize).and_then(|p| p.stream.as_mut()) else {
+        let Some(stream) = self
+            .peers
+            .get_mut(slot as usize)
+            .and_then(|p| p.stream.as_mut())
+        else {
             return false;
         };
         let mut probe = [0u8; 64];
@@ -409,13 +413,6 @@ impl Bus {
     /// Bytes queued on all outbound links.
     pub(crate) fn queued_bytes(&self) -> usize {
         self.peers.iter().map(|p| p.out.len()).sum()
-    }
-
-    /// True while the link to `slot` is up (so records for it are queued).
-    pub(crate) fn is_linked(&self, slot: u16) -> bool {
-        self.peers
-            .get(slot as usize)
-            .is_some_and(|p| p.stream.is_some())
     }
 }
 

@@ -39,8 +39,15 @@ pub(crate) enum Record {
     Leave(ConnId, String),
     Session(ConnId, Option<Bytes>),
     Ungroup(String),
-    Deliver { target: Target, payload: Bytes },
-    CloseConn { id: ConnId, code: u16, reason: String },
+    Deliver {
+        target: Target,
+        payload: Bytes,
+    },
+    CloseConn {
+        id: ConnId,
+        code: u16,
+        reason: String,
+    },
 }
 
 mod kind {

@@ -95,7 +95,9 @@ impl Args {
                         None | Some("true") => true,
                         Some("false") => false,
                         Some(v) => {
-                            return Err(Error::Usage(format!("--reuse-port={v}: use true or false")))
+                            return Err(Error::Usage(format!(
+                                "--reuse-port={v}: use true or false"
+                            )))
                         }
                     })
                 }

@@ -160,7 +160,9 @@ mod tests {
         buf.extend_from_slice(&wire[5..]);
         buf.extend_from_slice(&wire);
         for _ in 0..2 {
-            let m = decode_plain(Protocol::Frame, &mut buf, 100).unwrap().unwrap();
+            let m = decode_plain(Protocol::Frame, &mut buf, 100)
+                .unwrap()
+                .unwrap();
             assert_eq!(m.as_bytes(), b"abc");
         }
         let mut bad = BytesMut::from(&b"\x00\x00\x00\x02"[..]);

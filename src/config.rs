@@ -291,7 +291,10 @@ impl Config {
                 (p, rest.trim_end_matches('/'))
             }
         };
-        if addr.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
             return Err(Error::Config(format!(
                 "listen = {url:?}: expected host:port, as in websocket://127.0.0.1:8000"
             )));
@@ -344,7 +347,9 @@ impl Config {
         }
         if let Some(p) = &self.websocket_path {
             if !p.starts_with('/') {
-                return bad(format!("server.websocket_path = {p:?}: must start with '/'"));
+                return bad(format!(
+                    "server.websocket_path = {p:?}: must start with '/'"
+                ));
             }
         }
         if self.handshake_timeout.is_zero() {
@@ -368,7 +373,10 @@ mod tests {
     #[test]
     fn schemes_select_protocols() {
         let c = Config::from_toml_str("[server]\nlisten = \"frame://0.0.0.0:9\"").unwrap();
-        assert_eq!((c.protocol, c.addr.as_str()), (Protocol::Frame, "0.0.0.0:9"));
+        assert_eq!(
+            (c.protocol, c.addr.as_str()),
+            (Protocol::Frame, "0.0.0.0:9")
+        );
         let e = Config::from_toml_str("[server]\nlisten = \"gopher://x:1\"").unwrap_err();
         assert!(e.to_string().contains("unknown scheme"), "{e}");
     }

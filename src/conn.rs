@@ -143,7 +143,13 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(sock: TcpStream, peer: SocketAddr, serial: u64, state: State, now: Instant) -> Self {
+    pub(crate) fn new(
+        sock: TcpStream,
+        peer: SocketAddr,
+        serial: u64,
+        state: State,
+        now: Instant,
+    ) -> Self {
         Conn {
             sock,
             serial,

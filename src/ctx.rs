@@ -236,9 +236,24 @@ impl Ctx {
             },
             payload: frame.clone(),
         });
-        self.deliver_local(&Target::All {
-            exclude: exclude.to_vec(),
-        }, frame);
+        self.deliver_local(
+            &Target::All {
+                exclude: exclude.to_vec(),
+            },
+            frame,
+        );
+    }
+
+    /// Sends to every open connection of this worker only, encoding the
+    /// message once: the building block of per-worker periodic broadcasts.
+    pub fn send_to_local(&mut self, msg: impl Into<Message>) {
+        let frame = codec::encode(self.cfg.protocol, &msg.into());
+        self.deliver_local(
+            &Target::All {
+                exclude: Vec::new(),
+            },
+            frame,
+        );
     }
 
     /// Sends to every connection of a uid, wherever they are.
@@ -250,7 +265,11 @@ impl Ctx {
     pub fn send_to_uids(&mut self, uids: &[&str], msg: impl Into<Message>) {
         let frame = codec::encode(self.cfg.protocol, &msg.into());
         let target = Target::Uids(uids.iter().map(|u| u.to_string()).collect());
-        let workers = self.workers_of(uids.iter().flat_map(|u| self.registry.conns_of_uid(u)).copied());
+        let workers = self.workers_of(
+            uids.iter()
+                .flat_map(|u| self.registry.conns_of_uid(u))
+                .copied(),
+        );
         self.route(&target, frame, workers);
     }
 
@@ -432,6 +451,16 @@ impl Ctx {
         self.registry.conn_ids().collect()
     }
 
+    /// The open connections of this worker only (Workerman's
+    /// `$worker->connections`).
+    pub fn local_connections(&self) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.open)
+            .map(|(k, c)| self.id_of(k, c))
+            .collect()
+    }
+
     /// Distinct uids with at least one connection.
     pub fn uid_count(&self) -> usize {
         self.registry.uid_count()
@@ -544,7 +573,13 @@ impl Ctx {
     /// Ends a connection's life as the handler sees it (registry, `on_close`)
     /// and starts closing the socket: a WebSocket close frame is queued and the
     /// socket is dropped when the peer answers or [`CLOSE_GRACE`] passes.
-    pub(crate) fn begin_close(&mut self, key: usize, code: u16, reason: &str, error: Option<ConnError>) {
+    pub(crate) fn begin_close(
+        &mut self,
+        key: usize,
+        code: u16,
+        reason: &str,
+        error: Option<ConnError>,
+    ) {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
@@ -624,7 +659,9 @@ impl Ctx {
                     self.begin_close(key, code, &reason, None);
                 }
             }
-            other => log::warn!("bus: worker {slot} sent a record about another worker's connection: {other:?}"),
+            other => log::warn!(
+                "bus: worker {slot} sent a record about another worker's connection: {other:?}"
+            ),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The [`Handler`] trait: what a worker calls when something happens.
 
 use crate::http::{Request, Response};
-use crate::{ConnId, ConnError, Ctx, Message, TimerId};
+use crate::{ConnError, ConnId, Ctx, Message, TimerId};
 
 /// The application's callbacks, one instance per worker process.
 ///

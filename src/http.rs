@@ -206,7 +206,9 @@ pub(crate) fn parse_head(buf: &[u8], peer: SocketAddr, max_body: usize) -> Head 
         let Ok(value) = std::str::from_utf8(h.value) else {
             return Head::Reject(400);
         };
-        request.headers.push((h.name.to_string(), value.to_string()));
+        request
+            .headers
+            .push((h.name.to_string(), value.to_string()));
     }
     if request.header_has_token("Transfer-Encoding", "chunked") {
         return Head::Reject(411);

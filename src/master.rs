@@ -52,7 +52,7 @@ struct Slot {
 
 fn master_signals() -> SigSet {
     let mut s = worker::worker_signals();
-    for sig in [Signal::SIGCHLD, Signal::SIGHUP, Signal::SIGUSR2] {
+    for sig in [Signal::SIGCHLD, Signal::SIGHUP] {
         s.add(sig);
     }
     s
@@ -241,7 +241,10 @@ impl<F> Master<F> {
             cfg.reuse_port
         );
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&master_signals()), None)?;
-        let signals = SignalFd::with_flags(&master_signals(), SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+        let signals = SignalFd::with_flags(
+            &master_signals(),
+            SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
+        )?;
         if let Some(p) = &cfg.pid_file {
             std::fs::write(p, format!("{pid}\n")).map_err(|e| Error::io("write pid_file", e))?;
         }
@@ -303,7 +306,7 @@ impl<F> Master<F> {
             return 0;
         }
         let mut unblock = SigSet::empty();
-        for sig in [Signal::SIGCHLD, Signal::SIGHUP, Signal::SIGUSR2] {
+        for sig in [Signal::SIGCHLD, Signal::SIGHUP] {
             unblock.add(sig);
         }
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&unblock), None);
@@ -480,7 +483,10 @@ impl<F> Master<F> {
         if !self.reloading.is_empty() || self.stop_deadline.is_some() {
             return;
         }
-        log::info!("reload: replacing {} workers one at a time", self.slots.len());
+        log::info!(
+            "reload: replacing {} workers one at a time",
+            self.slots.len()
+        );
         self.reloading = (0..self.slots.len()).collect();
         self.next_reload();
     }
@@ -499,8 +505,12 @@ impl<F> Master<F> {
         }
     }
 
+    /// Logs the master's view and asks every worker to log its own.
     fn log_status(&self) {
         for (slot, s) in self.slots.iter().enumerate() {
+            if let Some(pid) = s.pid {
+                let _ = kill(pid, Signal::SIGUSR2);
+            }
             log::info!(
                 "status: worker {slot} pid {:?} incarnation {} up {:?}",
                 s.pid.map(|p| p.as_raw()),
@@ -526,7 +536,8 @@ mod control {
             .parse()
             .map_err(|_| Error::Usage(format!("{path} does not hold a pid")))?;
         let pid = Pid::from_raw(pid);
-        kill(pid, None).map_err(|_| Error::Usage(format!("not running (stale {path}: pid {pid})")))?;
+        kill(pid, None)
+            .map_err(|_| Error::Usage(format!("not running (stale {path}: pid {pid})")))?;
         Ok(pid)
     }
 
@@ -553,9 +564,12 @@ mod control {
 
     pub(super) fn status(cfg: &Config) -> Result<()> {
         let pid = master_pid(cfg)?;
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         println!("running: master {pid}, workers {}", children.trim());
+        // Each worker logs a status line (connections, queues, bus) to the
+        // server's log.
+        kill(pid, Signal::SIGUSR2)?;
         Ok(())
     }
 }

@@ -37,9 +37,11 @@ const SCRATCH: usize = 64 * 1024;
 const SWEEP: Duration = Duration::from_millis(100);
 /// How long accepting pauses after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// tungstenite's per-connection read chunk: small, so idle connections cost
-/// little; our own shared buffer does the socket reads.
-const WS_READ_CHUNK: usize = 512;
+/// tungstenite's per-connection read chunk. It is allocated for every
+/// connection, so it is small: idle connections cost little, and the socket
+/// reads themselves go through the worker's one shared buffer. Frames longer
+/// than this are copied into tungstenite in chunks of this size.
+const WS_READ_CHUNK: usize = 128;
 
 /// Everything a worker gets from the master.
 pub(crate) struct Setup {
@@ -83,7 +85,13 @@ fn panic_text(p: &Box<dyn Any + Send>) -> String {
 /// The signals a worker acts on; the master blocks them before forking.
 pub(crate) fn worker_signals() -> SigSet {
     let mut s = SigSet::empty();
-    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT, Signal::SIGUSR1] {
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
         s.add(sig);
     }
     s
@@ -291,8 +299,12 @@ impl<H: Handler> Worker<H> {
             match conn.and_then(|id| self.ctx.local_key(id).map(|k| (id, k))) {
                 Some((id, key)) => {
                     log::error!("handler panicked on {id}: {text}; closing it");
-                    self.ctx
-                        .begin_close(key, 1011, "internal error", Some(ConnError::HandlerPanic(text)));
+                    self.ctx.begin_close(
+                        key,
+                        1011,
+                        "internal error",
+                        Some(ConnError::HandlerPanic(text)),
+                    );
                 }
                 None => log::error!("handler panicked: {text}"),
             }
@@ -539,10 +551,17 @@ impl<H: Handler> Worker<H> {
         use tungstenite::Error as E;
         let limit = self.ctx.cfg.max_message_bytes;
         let (code, err) = match e {
-            E::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                (1009, ConnError::TooBig { size, limit: max_size })
-            }
-            E::Capacity(other) => (1009, ConnError::Protocol(format!("{other} (limit {limit})"))),
+            E::Capacity(CapacityError::MessageTooLong { size, max_size }) => (
+                1009,
+                ConnError::TooBig {
+                    size,
+                    limit: max_size,
+                },
+            ),
+            E::Capacity(other) => (
+                1009,
+                ConnError::Protocol(format!("{other} (limit {limit})")),
+            ),
             E::Utf8(_) => (1007, ConnError::InvalidUtf8),
             E::Protocol(p) => (1002, ConnError::Protocol(p.to_string())),
             other => (1002, ConnError::Protocol(other.to_string())),
@@ -718,7 +737,8 @@ impl<H: Handler> Worker<H> {
         }
         for key in expired {
             // A head that never completed, or a close the peer never finished.
-            self.ctx.forget(key, Some(ConnError::Timeout("handshake or close")));
+            self.ctx
+                .forget(key, Some(ConnError::Timeout("handshake or close")));
             self.remove(key);
         }
         for key in idle_out {
@@ -732,10 +752,33 @@ impl<H: Handler> Worker<H> {
 
     fn read_signals(&mut self) {
         while let Ok(Some(info)) = self.signals.read_signal() {
-            let sig = Signal::try_from(info.ssi_signo as i32).ok();
-            log::debug!("worker {} got {sig:?}", self.ctx.slot);
-            self.stop();
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGUSR2) => self.log_status(),
+                sig => {
+                    log::debug!("worker {} got {sig:?}: stopping", self.ctx.slot);
+                    self.stop();
+                }
+            }
         }
+    }
+
+    /// One status line: what `status` shows for this worker.
+    fn log_status(&self) {
+        let ctx = &self.ctx;
+        log::info!(
+            "status: pid {} local connections {} (server {}), uids {}, timers {}, \
+             queued output {} B, dropped sends {}, bus queued {} B, bus dropped {} B, bus relinks {}",
+            std::process::id(),
+            ctx.conns.len(),
+            ctx.registry.conn_count(),
+            ctx.registry.uid_count(),
+            ctx.timers.len(),
+            ctx.conns.iter().map(|(_, c)| c.out.len()).sum::<usize>(),
+            ctx.stats.dropped_sends,
+            ctx.bus.queued_bytes(),
+            ctx.bus.dropped_bytes,
+            ctx.bus.relinks,
+        );
     }
 
     /// Graceful stop: no more accepts, every client is closed (1001), and the
@@ -758,7 +801,8 @@ impl<H: Handler> Worker<H> {
         for key in keys {
             let c = &self.ctx.conns[key];
             if c.open {
-                self.ctx.begin_close(key, 1001, "server shutting down", None);
+                self.ctx
+                    .begin_close(key, 1001, "server shutting down", None);
             } else if !c.closing {
                 self.remove(key);
             }
