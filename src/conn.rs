@@ -54,9 +54,16 @@ impl OutQueue {
                 Err(e) => return Err(e),
             }
         }
-        // An idle connection keeps no queue allocation.
-        self.bufs = VecDeque::new();
         Ok(true)
+    }
+
+    /// Frees the queue's allocation when it is empty: called for quiet
+    /// connections, so an idle connection keeps none, while a busy one reuses
+    /// its allocation turn after turn.
+    pub(crate) fn release(&mut self) {
+        if self.bufs.is_empty() && self.bufs.capacity() > 0 {
+            self.bufs = VecDeque::new();
+        }
     }
 
     fn advance(&mut self, mut n: usize) {

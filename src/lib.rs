@@ -67,3 +67,9 @@ pub use http::{Request, Response, MAX_HEAD_BYTES};
 pub use id::{ConnId, ParseConnIdError, TimerId};
 pub use master::Server;
 pub use message::{Message, Utf8Bytes};
+
+/// The README's code blocks, compiled as doctests so the embedding example
+/// cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -721,6 +721,9 @@ impl<H: Handler> Worker<H> {
         let mut idle_out = Vec::new();
         let mut to_ping = Vec::new();
         for (key, c) in self.ctx.conns.iter_mut() {
+            if !c.dirty {
+                c.out.release();
+            }
             if c.deadline.is_some_and(|d| d <= now) {
                 expired.push(key);
             } else if c.open && !c.closing {
