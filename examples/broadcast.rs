@@ -62,11 +62,8 @@ fn run() -> foreman::Result<()> {
             other => return Err(usage(&format!("unknown argument {other:?}"))),
         }
     }
-    let config = args.config()?;
     let tick = Duration::from_millis(tick_ms);
-    foreman::Server::new(config)
-        .command(args.command)
-        .run(move |_| Broadcast { tick })
+    foreman::Server::with_args(&args)?.run(move |_| Broadcast { tick })
 }
 
 fn usage(m: &str) -> foreman::Error {

@@ -39,8 +39,5 @@ fn run() -> foreman::Result<()> {
     if text && args.listen.is_none() {
         args.listen = Some("text://127.0.0.1:8001".into());
     }
-    let config = args.config()?;
-    foreman::Server::new(config)
-        .command(args.command)
-        .run(|_| Echo)
+    foreman::Server::with_args(&args)?.run(|_| Echo)
 }

@@ -43,8 +43,8 @@ const RETRY: Duration = Duration::from_millis(50);
 const READ_CHUNK: usize = 64 * 1024;
 
 /// The abstract Unix address of a slot's bus listener.
-pub(crate) fn address(master_pid: u32, slot: usize) -> io::Result<SocketAddr> {
-    SocketAddr::from_abstract_name(format!("foreman-bus.{master_pid}.{slot}"))
+pub(crate) fn address(bus_id: u32, slot: usize) -> io::Result<SocketAddr> {
+    SocketAddr::from_abstract_name(format!("foreman-bus.{bus_id}.{slot}"))
 }
 
 /// What a bus token refers to.
@@ -93,7 +93,7 @@ struct Current {
 pub(crate) struct Bus {
     slot: u16,
     incarnation: u32,
-    master_pid: u32,
+    bus_id: u32,
     listener: UnixListener,
     peers: Vec<Peer>,
     inbound: Slab<Inbound>,
@@ -122,7 +122,7 @@ impl Bus {
         slot: u16,
         count: u16,
         incarnation: u32,
-        master_pid: u32,
+        bus_id: u32,
         listener: std::os::unix::net::UnixListener,
         registry: &Registry,
         cap: usize,
@@ -133,7 +133,7 @@ impl Bus {
         Ok(Bus {
             slot,
             incarnation,
-            master_pid,
+            bus_id,
             listener,
             peers: (0..count).map(|_| Peer::default()).collect(),
             inbound: Slab::new(),
@@ -172,7 +172,7 @@ impl Bus {
         if let Some(mut old) = peer.stream.take() {
             let _ = registry.deregister(&mut old);
         }
-        let attempt = address(self.master_pid, slot as usize)
+        let attempt = address(self.bus_id, slot as usize)
             .and_then(|a| std::os::unix::net::UnixStream::connect_addr(&a))
             .and_then(|s| {
                 s.set_nonblocking(true)?;

@@ -74,6 +74,8 @@ pub struct ServerSection {
     pub name: Option<String>,
     /// Where the master writes its pid (for `stop`, `status`).
     pub pid_file: Option<String>,
+    /// Where log lines go instead of stderr (appended).
+    pub log_file: Option<String>,
     /// Graceful stop: how long workers get before they are killed.
     pub stop_timeout_ms: Option<u64>,
     /// How long a client has to send its request head.
@@ -120,8 +122,12 @@ pub struct Config {
     pub websocket_path: Option<String>,
     /// A name for logs and status output. Default `foreman`.
     pub name: String,
-    /// Where the master writes its pid; `None` (default): nowhere.
+    /// Where the master writes its pid; `None` (default): nowhere. `stop`,
+    /// `reload` and `status` need it.
     pub pid_file: Option<String>,
+    /// Where log lines go (appended); `None` (default): stderr. A server
+    /// started with `-d` without a log file logs nowhere.
+    pub log_file: Option<String>,
     /// Graceful stop: workers close their clients (1001) and exit; the master
     /// kills what is left after this. Default 5 s.
     pub stop_timeout: Duration,
@@ -160,6 +166,7 @@ impl Default for Config {
             websocket_path: None,
             name: "foreman".into(),
             pid_file: None,
+            log_file: None,
             stop_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: None,
@@ -237,6 +244,7 @@ impl Config {
             c.name.clone_from(v);
         }
         c.pid_file.clone_from(&s.pid_file);
+        c.log_file.clone_from(&s.log_file);
         if let Some(v) = s.stop_timeout_ms {
             c.stop_timeout = ms("stop_timeout_ms", v)?;
         }

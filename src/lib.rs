@@ -25,10 +25,7 @@
 //! fn main() -> foreman::Result<()> {
 //!     // `-c FILE`, `--listen websocket://127.0.0.1:8000`, `--count 4`, `stop`, ...
 //!     let args = Args::from_env()?;
-//!     let config = args.config()?;
-//!     foreman::Server::new(config)
-//!         .command(args.command)
-//!         .run(|_worker_id| Broadcast)
+//!     foreman::Server::with_args(&args)?.run(|_worker_id| Broadcast)
 //! }
 //! ```
 //!

@@ -36,6 +36,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Server {
     cfg: Config,
     command: Command,
+    daemon: bool,
 }
 
 /// One worker slot as the master sees it.
@@ -92,6 +93,36 @@ fn init_logging() {
         .try_init();
 }
 
+/// Appends stderr (and so the log) to a file.
+fn redirect_stderr(path: &str) -> Result<()> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io("open log_file", e))?;
+    nix::unistd::dup2_stderr(&f).map_err(|e| Error::io("redirect stderr", e))?;
+    Ok(())
+}
+
+/// Becomes a daemon: the parent exits 0 (the caller has printed the listening
+/// line), the child leaves the terminal's session and drops stdin/stdout.
+fn detach() -> Result<()> {
+    // SAFETY: single-threaded (checked at start).
+    match unsafe { fork() }? {
+        ForkResult::Parent { .. } => std::process::exit(0),
+        ForkResult::Child => {}
+    }
+    nix::unistd::setsid()?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Error::io("open /dev/null", e))?;
+    nix::unistd::dup2_stdin(&null)?;
+    nix::unistd::dup2_stdout(&null)?;
+    Ok(())
+}
+
 /// Raises the soft open-files limit to the hard one.
 fn raise_nofile() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -120,6 +151,7 @@ impl Server {
         Server {
             cfg,
             command: Command::Start,
+            daemon: false,
         }
     }
 
@@ -133,8 +165,23 @@ impl Server {
     /// library did not recognise, for the application.
     pub fn from_args() -> Result<(Server, Vec<String>)> {
         let args = Args::from_env()?;
-        let cfg = args.config()?;
-        Ok((Server::new(cfg).command(args.command), args.rest))
+        Ok((Server::with_args(&args)?, args.rest))
+    }
+
+    /// A server as a parsed command line asks: the `-c` file (or defaults) with
+    /// the flags applied, the command, and `-d`.
+    pub fn with_args(args: &Args) -> Result<Server> {
+        Ok(Server::new(args.config()?)
+            .command(args.command)
+            .daemon(args.daemon))
+    }
+
+    /// Detach from the terminal after binding (`start -d`): the command
+    /// returns once the server is listening, and the master lives on in the
+    /// background (stop it with `stop`, which needs `pid_file`).
+    pub fn daemon(mut self, daemon: bool) -> Server {
+        self.daemon = daemon;
+        self
     }
 
     /// Sets the command to carry out (default [`Command::Start`]).
@@ -165,7 +212,7 @@ impl Server {
     {
         self.cfg.validate()?;
         match self.command {
-            Command::Start => Master::start(self.cfg, factory),
+            Command::Start => Master::start(self.cfg, self.daemon, factory),
             Command::Stop => control::stop(&self.cfg),
             Command::Reload => control::signal(&self.cfg, Signal::SIGUSR1, "reload"),
             Command::Status => control::status(&self.cfg),
@@ -177,7 +224,10 @@ impl Server {
 struct Master<F> {
     cfg: Arc<Config>,
     factory: F,
+    /// The master's pid (after `-d` detached it).
     pid: u32,
+    /// Names the bus addresses: the pid at bind time.
+    bus_id: u32,
     slots: Vec<Slot>,
     signals: SignalFd,
     stop_deadline: Option<Instant>,
@@ -186,13 +236,16 @@ struct Master<F> {
 }
 
 impl<F> Master<F> {
-    fn start<H: Handler>(cfg: Config, factory: F) -> Result<()>
+    fn start<H: Handler>(cfg: Config, daemon: bool, factory: F) -> Result<()>
     where
         F: FnMut(usize) -> H,
     {
         let threads = thread_count();
         if threads > 1 {
             return Err(Error::Threaded { threads });
+        }
+        if let Some(path) = &cfg.log_file {
+            redirect_stderr(path)?;
         }
         init_logging();
         raise_nofile();
@@ -207,7 +260,7 @@ impl<F> Master<F> {
         while cfg.reuse_port && listeners.len() < cfg.count {
             listeners.push(bind(addr, true).map_err(listen_err)?);
         }
-        let pid = std::process::id();
+        let bus_id = std::process::id();
         let mut slots = Vec::with_capacity(cfg.count);
         for slot in 0..cfg.count {
             let listener = match listeners.get(slot) {
@@ -215,7 +268,7 @@ impl<F> Master<F> {
                 _ => listeners[0].try_clone(),
             }
             .map_err(|e| Error::io("dup listener", e))?;
-            let bus_addr = bus::address(pid, slot).map_err(|e| Error::io("bus address", e))?;
+            let bus_addr = bus::address(bus_id, slot).map_err(|e| Error::io("bus address", e))?;
             let bus_listener =
                 UnixListener::bind_addr(&bus_addr).map_err(|e| Error::io("bind bus socket", e))?;
             slots.push(Slot {
@@ -234,6 +287,9 @@ impl<F> Master<F> {
         let _ = writeln!(out, "listening on {url}");
         let _ = out.flush();
         drop(out);
+        if daemon {
+            detach()?;
+        }
         log::info!(
             "{}: {url}, {} workers, reuse_port={}",
             cfg.name,
@@ -245,6 +301,7 @@ impl<F> Master<F> {
             &master_signals(),
             SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
         )?;
+        let pid = std::process::id();
         if let Some(p) = &cfg.pid_file {
             std::fs::write(p, format!("{pid}\n")).map_err(|e| Error::io("write pid_file", e))?;
         }
@@ -252,6 +309,7 @@ impl<F> Master<F> {
             cfg: Arc::new(cfg),
             factory,
             pid,
+            bus_id,
             slots,
             signals,
             stop_deadline: None,
@@ -331,7 +389,7 @@ impl<F> Master<F> {
                 cfg: self.cfg.clone(),
                 slot: slot as u16,
                 incarnation: s.incarnation,
-                master_pid: self.pid,
+                bus_id: self.bus_id,
                 listener,
                 bus_listener,
             },
@@ -342,7 +400,7 @@ impl<F> Master<F> {
         };
         let factory = &mut self.factory;
         let r = catch_unwind(AssertUnwindSafe(|| {
-            Worker::new(setup, |id| factory(id)).and_then(Worker::run)
+            Worker::new(setup, factory).and_then(Worker::run)
         }));
         match r {
             Ok(Ok(())) => 0,

@@ -48,7 +48,8 @@ pub(crate) struct Setup {
     pub(crate) cfg: Arc<Config>,
     pub(crate) slot: u16,
     pub(crate) incarnation: u32,
-    pub(crate) master_pid: u32,
+    /// Names the bus addresses (the master's pid when it bound them).
+    pub(crate) bus_id: u32,
     pub(crate) listener: std::net::TcpListener,
     pub(crate) bus_listener: std::os::unix::net::UnixListener,
 }
@@ -129,7 +130,7 @@ impl<H: Handler> Worker<H> {
             setup.slot,
             count,
             setup.incarnation,
-            setup.master_pid,
+            setup.bus_id,
             setup.bus_listener,
             poll.registry(),
             cfg.bus_peer_buffer_bytes,
@@ -730,11 +731,12 @@ impl<H: Handler> Worker<H> {
                 let quiet = now.saturating_duration_since(c.last_read);
                 if idle.is_some_and(|i| quiet >= i) {
                     idle_out.push(key);
-                } else if ping.is_some_and(|p| quiet >= p) && !c.pinged {
-                    if matches!(c.state, State::Ws(_)) {
-                        c.pinged = true;
-                        to_ping.push(key);
-                    }
+                } else if ping.is_some_and(|p| quiet >= p)
+                    && !c.pinged
+                    && matches!(c.state, State::Ws(_))
+                {
+                    c.pinged = true;
+                    to_ping.push(key);
                 }
             }
         }

@@ -1,0 +1,100 @@
+//! The chat server: rooms, direct messages, presence and history over
+//! WebSocket, on foreman. It speaks `shared/chat-protocol.md` (version 1) and
+//! serves its own page at `/`.
+//!
+//! ```text
+//! cargo run --release --example chat                 # reads ./chat.toml
+//! cargo run --release --example chat -- -c my.toml --listen 0.0.0.0:9000 --count 4
+//! cargo run --release --example chat -- token alice   # a login token, when auth is on
+//! ```
+//!
+//! Then open <http://127.0.0.1:8000/>.
+//!
+//! Files: `config` (chat.toml), `request` (one type per command, error
+//! precedence), `reply` (frames out), `store` (SQLite writer thread), `auth`
+//! (JWT), `rate` (token bucket), `worker` (the handler), `page.html`.
+
+mod auth;
+mod config;
+mod rate;
+mod reply;
+mod request;
+mod store;
+mod worker;
+
+use config::ChatConfig;
+use foreman::cli::{Args, Command};
+use foreman::{Error, Server};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chat: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Error> {
+    let args = Args::from_env()?;
+    let token_for = match args.rest.as_slice() {
+        [] => None,
+        [word, name] if word == "token" => Some(name.clone()),
+        [arg, ..] => {
+            return Err(Error::Usage(format!(
+                "unexpected argument {arg:?}; usage: chat [start|stop|reload|status] \
+                 [-c chat.toml] [--listen ADDR] [--count N] [--reuse-port], or chat token NAME"
+            )))
+        }
+    };
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("chat.toml"));
+    let mut config = ChatConfig::load(&path)?;
+    if let Some(name) = token_for {
+        return print_token(&config, &name);
+    }
+    args.apply(&mut config.server)?;
+    if args.command == Command::Start {
+        // Create the database and its schema now, so a bad path stops
+        // start-up here with a message; the connection is closed again before
+        // the fork (workers open their own).
+        store::Store::open(&config.database, config.busy_timeout).map_err(|e| {
+            Error::Config(format!(
+                "history.database = {:?}: {e}",
+                config.database.display()
+            ))
+        })?;
+    }
+    let server = Server::new(config.server.clone())
+        .command(args.command)
+        .daemon(args.daemon);
+    let config = Arc::new(config);
+    server.run(move |_worker| worker::ChatWorker::new(config.clone()))
+}
+
+/// `chat token NAME`: prints a login token for NAME, valid for a day, signed
+/// with the configured `[auth] secret` (for trying auth out; real deployments
+/// issue tokens from their own backend).
+fn print_token(config: &ChatConfig, name: &str) -> Result<(), Error> {
+    let Some(secret) = &config.auth_secret else {
+        return Err(Error::Usage(
+            "token: set [auth] secret in the config first".into(),
+        ));
+    };
+    if !request::valid_name(name) {
+        return Err(Error::Usage(format!(
+            "token: {name:?} is not a valid user name"
+        )));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    println!("{}", auth::sign(secret, name, now + 86_400));
+    Ok(())
+}

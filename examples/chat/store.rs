@@ -1,0 +1,580 @@
+//! Message history and room membership in SQLite, off the event loop.
+//!
+//! Each worker owns one [`Writer`]: a thread with its own SQLite connection,
+//! fed [`Job`]s over a crossbeam channel. The thread takes every job waiting
+//! (up to `max_batch`), runs them all in one `BEGIN IMMEDIATE` transaction
+//! (group commit: one fsync for the batch), and only after `COMMIT` returns
+//! hands the [`Done`]s back and wakes the loop. So a message is on disk before
+//! anyone receives it or its `ack`, and its id comes from the database.
+//!
+//! Several workers write one file: WAL journal, a busy timeout, and
+//! `BEGIN IMMEDIATE` (the write lock is taken up front, so two writers never
+//! deadlock upgrading read locks). Ids are `AUTOINCREMENT`, so they grow in
+//! commit order across all workers.
+//!
+//! # Presence
+//!
+//! The `members` table (room, user, connection, worker) is the one place that
+//! decides presence: a join is a user's *first* in a room when, inside the
+//! write transaction that inserts its row, it is the user's only row there; a
+//! leave or close is the *last* when no row of the user is left. Write
+//! transactions are serialised across workers, so two connections of one user
+//! joining (or leaving) on different workers at the same moment yield exactly
+//! one `presence` event. Rows of connections that died with their worker are
+//! removed by the worker that replaces it ([`Job::Reap`]), which announces the
+//! leaves.
+
+use crate::request::Target;
+use crossbeam_channel::{Receiver, Sender};
+use foreman::ConnId;
+use rusqlite::{params, Connection, TransactionBehavior};
+use std::path::Path;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    room TEXT,
+    from_user TEXT NOT NULL,
+    to_user TEXT,
+    dm TEXT,
+    text TEXT NOT NULL,
+    time INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_room ON messages(room, id) WHERE room IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_by_dm ON messages(dm, id) WHERE dm IS NOT NULL;
+CREATE TABLE IF NOT EXISTS members(
+    room TEXT NOT NULL,
+    user TEXT NOT NULL,
+    conn TEXT NOT NULL,
+    worker INTEGER NOT NULL,
+    PRIMARY KEY (room, conn)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS members_by_user ON members(room, user);
+CREATE INDEX IF NOT EXISTS members_by_conn ON members(conn);
+CREATE INDEX IF NOT EXISTS members_by_worker ON members(worker);
+";
+
+/// Attempts at a batch before its requests fail.
+const ATTEMPTS: u32 = 3;
+
+/// A stored message, as `message` events and `history` replies show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Positive, unique, increasing in store order.
+    pub id: i64,
+    /// The sender.
+    pub from: String,
+    /// The room, or the recipient of a direct message.
+    pub target: Target,
+    /// The text.
+    pub text: String,
+    /// Milliseconds since the Unix epoch, when it was stored.
+    pub time: i64,
+}
+
+/// Work for the writer thread.
+#[derive(Clone, Debug)]
+pub enum Job {
+    /// Store a message.
+    Say {
+        /// The sending connection (gets the `ack`).
+        conn: ConnId,
+        /// The request's `ref`.
+        reference: Option<String>,
+        /// The sender.
+        from: String,
+        /// Room or recipient.
+        target: Target,
+        /// The text.
+        text: String,
+    },
+    /// Read a page of history.
+    History {
+        /// Who asked.
+        conn: ConnId,
+        /// The request's `ref`.
+        reference: Option<String>,
+        /// The user asking (one side of a direct conversation).
+        user: String,
+        /// Room or the other user.
+        target: Target,
+        /// Only ids below this.
+        before: Option<i64>,
+        /// Most messages.
+        limit: u32,
+    },
+    /// A connection entered a room.
+    Join {
+        /// The connection.
+        conn: ConnId,
+        /// The request's `ref`.
+        reference: Option<String>,
+        /// Its user.
+        user: String,
+        /// The room.
+        room: String,
+        /// How many recent messages to send with `joined`.
+        history: usize,
+    },
+    /// A connection left a room.
+    Leave {
+        /// The connection.
+        conn: ConnId,
+        /// The request's `ref`.
+        reference: Option<String>,
+        /// Its user.
+        user: String,
+        /// The room.
+        room: String,
+    },
+    /// A connection that had joined rooms closed.
+    Closed {
+        /// The connection.
+        conn: ConnId,
+        /// Its user.
+        user: String,
+    },
+    /// A worker (re)started in slot `worker` of `count`: forget members of
+    /// connections that belonged to that slot before, or to slots that no
+    /// longer exist.
+    Reap {
+        /// This worker's slot.
+        worker: usize,
+        /// The number of slots.
+        count: usize,
+    },
+}
+
+impl Job {
+    fn writes(&self) -> bool {
+        !matches!(self, Job::History { .. })
+    }
+
+    fn conn(&self) -> Option<ConnId> {
+        match self {
+            Job::Say { conn, .. }
+            | Job::History { conn, .. }
+            | Job::Join { conn, .. }
+            | Job::Leave { conn, .. }
+            | Job::Closed { conn, .. } => Some(*conn),
+            Job::Reap { .. } => None,
+        }
+    }
+}
+
+/// A finished job, for the event loop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Done {
+    /// A message is stored: deliver it and `ack` it.
+    Said {
+        /// The sender's connection.
+        conn: ConnId,
+        /// The `say`'s `ref`.
+        reference: Option<String>,
+        /// The message with its id and time.
+        message: StoredMessage,
+    },
+    /// A page of history.
+    History {
+        /// Who asked.
+        conn: ConnId,
+        /// The request's `ref`.
+        reference: Option<String>,
+        /// Room or other user, as asked.
+        target: Target,
+        /// Oldest first.
+        messages: Vec<StoredMessage>,
+    },
+    /// A join is recorded.
+    Joined {
+        /// The connection.
+        conn: ConnId,
+        /// The request's `ref`.
+        reference: Option<String>,
+        /// Its user.
+        user: String,
+        /// The room.
+        room: String,
+        /// The user's first connection in the room: announce it.
+        first: bool,
+        /// The room's last messages, oldest first.
+        history: Vec<StoredMessage>,
+    },
+    /// A leave is recorded.
+    Left {
+        /// The connection.
+        conn: ConnId,
+        /// The request's `ref`.
+        reference: Option<String>,
+        /// Its user.
+        user: String,
+        /// The room.
+        room: String,
+        /// The user's last connection left the room: announce it.
+        last: bool,
+    },
+    /// A user's last connection in a room is gone (closed, or its worker died).
+    Gone {
+        /// The user.
+        user: String,
+        /// The room.
+        room: String,
+    },
+    /// The database failed the job after retries.
+    Failed {
+        /// The connection concerned, if any.
+        conn: Option<ConnId>,
+        /// What SQLite said.
+        error: String,
+    },
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The key of a direct conversation: both names, sorted, joined by a newline
+/// (which no name contains).
+fn dm_key(a: &str, b: &str) -> String {
+    if a <= b {
+        format!("{a}\n{b}")
+    } else {
+        format!("{b}\n{a}")
+    }
+}
+
+/// One SQLite connection to the chat database.
+pub struct Store {
+    /// The connection; used by one thread only.
+    db: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database: WAL, full sync, the busy
+    /// timeout, the schema.
+    pub fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Store> {
+        let db = Connection::open(path)?;
+        db.busy_timeout(busy_timeout)?;
+        let mode: String = db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(rusqlite::Error::InvalidParameterName(format!(
+                "journal_mode: cannot use WAL (got {mode})"
+            )));
+        }
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.execute_batch(SCHEMA)?;
+        Ok(Store { db })
+    }
+
+    /// Runs a batch: jobs that write share one immediate transaction, retried
+    /// as a whole on failure; results come back in job order, only after the
+    /// commit. A batch of reads only takes no write lock.
+    pub fn run(&mut self, jobs: &[Job]) -> Vec<Done> {
+        let mut last_error = String::new();
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(50 * u64::from(attempt)));
+            }
+            match self.try_run(jobs) {
+                Ok(done) => return done,
+                Err(e) => {
+                    log::warn!("chat store: batch of {} failed: {e}", jobs.len());
+                    last_error = e.to_string();
+                }
+            }
+        }
+        jobs.iter()
+            .map(|j| Done::Failed {
+                conn: j.conn(),
+                error: last_error.clone(),
+            })
+            .collect()
+    }
+
+    fn try_run(&mut self, jobs: &[Job]) -> rusqlite::Result<Vec<Done>> {
+        let mut done = Vec::with_capacity(jobs.len());
+        if jobs.iter().any(Job::writes) {
+            let tx = self
+                .db
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for job in jobs {
+                apply(&tx, job, &mut done)?;
+            }
+            tx.commit()?;
+        } else {
+            for job in jobs {
+                apply(&self.db, job, &mut done)?;
+            }
+        }
+        Ok(done)
+    }
+}
+
+fn apply(db: &Connection, job: &Job, done: &mut Vec<Done>) -> rusqlite::Result<()> {
+    match job {
+        Job::Say {
+            conn,
+            reference,
+            from,
+            target,
+            text,
+        } => {
+            let time = now_ms();
+            let (room, to, dm) = match target {
+                Target::Room(r) => (Some(r.as_str()), None, None),
+                Target::User(u) => (None, Some(u.as_str()), Some(dm_key(from, u))),
+            };
+            db.prepare_cached(
+                "INSERT INTO messages(room, from_user, to_user, dm, text, time)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![room, from, to, dm, text, time])?;
+            done.push(Done::Said {
+                conn: *conn,
+                reference: reference.clone(),
+                message: StoredMessage {
+                    id: db.last_insert_rowid(),
+                    from: from.clone(),
+                    target: target.clone(),
+                    text: text.clone(),
+                    time,
+                },
+            });
+        }
+        Job::History {
+            conn,
+            reference,
+            user,
+            target,
+            before,
+            limit,
+        } => done.push(Done::History {
+            conn: *conn,
+            reference: reference.clone(),
+            target: target.clone(),
+            messages: page(db, user, target, *before, *limit as usize)?,
+        }),
+        Job::Join {
+            conn,
+            reference,
+            user,
+            room,
+            history,
+        } => {
+            let inserted = db
+                .prepare_cached("INSERT OR IGNORE INTO members VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![room, user, conn.to_string(), conn.worker() as i64])?;
+            let first = inserted == 1 && rows_of(db, room, user)? == 1;
+            let history = if *history > 0 {
+                page(db, user, &Target::Room(room.clone()), None, *history)?
+            } else {
+                Vec::new()
+            };
+            done.push(Done::Joined {
+                conn: *conn,
+                reference: reference.clone(),
+                user: user.clone(),
+                room: room.clone(),
+                first,
+                history,
+            });
+        }
+        Job::Leave {
+            conn,
+            reference,
+            user,
+            room,
+        } => {
+            let deleted = db
+                .prepare_cached("DELETE FROM members WHERE room = ?1 AND conn = ?2")?
+                .execute(params![room, conn.to_string()])?;
+            let last = deleted == 1 && rows_of(db, room, user)? == 0;
+            done.push(Done::Left {
+                conn: *conn,
+                reference: reference.clone(),
+                user: user.clone(),
+                room: room.clone(),
+                last,
+            });
+        }
+        Job::Closed { conn, user } => {
+            let conn = conn.to_string();
+            let rooms: Vec<String> = db
+                .prepare_cached("DELETE FROM members WHERE conn = ?1 RETURNING room")?
+                .query_map([&conn], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for room in rooms {
+                if rows_of(db, &room, user)? == 0 {
+                    done.push(Done::Gone {
+                        user: user.clone(),
+                        room,
+                    });
+                }
+            }
+        }
+        Job::Reap { worker, count } => {
+            let pairs: Vec<(String, String)> = db
+                .prepare_cached(
+                    "DELETE FROM members WHERE worker = ?1 OR worker >= ?2 RETURNING room, user",
+                )?
+                .query_map(params![*worker as i64, *count as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut pairs = pairs;
+            pairs.sort();
+            pairs.dedup();
+            for (room, user) in pairs {
+                if rows_of(db, &room, &user)? == 0 {
+                    done.push(Done::Gone { user, room });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rows_of(db: &Connection, room: &str, user: &str) -> rusqlite::Result<i64> {
+    db.prepare_cached("SELECT count(*) FROM members WHERE room = ?1 AND user = ?2")?
+        .query_row(params![room, user], |r| r.get(0))
+}
+
+/// The newest `limit` messages below `before` of a room or of the direct
+/// conversation between `user` and the target user, oldest first.
+fn page(
+    db: &Connection,
+    user: &str,
+    target: &Target,
+    before: Option<i64>,
+    limit: usize,
+) -> rusqlite::Result<Vec<StoredMessage>> {
+    let (sql, key) = match target {
+        Target::Room(r) => (
+            "SELECT id, from_user, room, to_user, text, time FROM messages
+             WHERE room = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+            r.clone(),
+        ),
+        Target::User(u) => (
+            "SELECT id, from_user, room, to_user, text, time FROM messages
+             WHERE dm = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+            dm_key(user, u),
+        ),
+    };
+    let mut statement = db.prepare_cached(sql)?;
+    let rows = statement.query_map(
+        params![key, before.unwrap_or(i64::MAX), limit as i64],
+        |r| {
+            let room: Option<String> = r.get(2)?;
+            let to: Option<String> = r.get(3)?;
+            Ok(StoredMessage {
+                id: r.get(0)?,
+                from: r.get(1)?,
+                target: match room {
+                    Some(room) => Target::Room(room),
+                    None => Target::User(to.unwrap_or_default()),
+                },
+                text: r.get(4)?,
+                time: r.get(5)?,
+            })
+        },
+    )?;
+    let mut messages = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    messages.reverse();
+    Ok(messages)
+}
+
+/// The highest message id so far (0 when empty).
+#[cfg(test)]
+pub fn max_id(store: &Store) -> rusqlite::Result<i64> {
+    store
+        .db
+        .query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
+            r.get(0)
+        })
+}
+
+/// A worker's writer thread and the channels to and from it.
+pub struct Writer {
+    /// Jobs in; `None` once stopping.
+    jobs: Option<Sender<Job>>,
+    /// Results out.
+    done: Receiver<Done>,
+    /// The thread, joined on drop.
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the thread, which first opens its store with `open` (so even
+    /// opening never runs on the event loop; a failure is logged and ends the
+    /// worker process, which the master replaces). `notify` runs after each
+    /// batch's results are queued (the worker passes its waker).
+    pub fn spawn(
+        open: impl FnOnce() -> rusqlite::Result<Store> + Send + 'static,
+        max_batch: usize,
+        name: String,
+        notify: impl Fn() + Send + 'static,
+    ) -> std::io::Result<Writer> {
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            let mut store = match open() {
+                Ok(store) => store,
+                Err(e) => {
+                    log::error!("chat: cannot open the database: {e}");
+                    std::process::exit(1);
+                }
+            };
+            let mut batch = Vec::with_capacity(max_batch);
+            while let Ok(job) = job_rx.recv() {
+                batch.push(job);
+                while batch.len() < max_batch {
+                    match job_rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                for done in store.run(&batch) {
+                    if done_tx.send(done).is_err() {
+                        return;
+                    }
+                }
+                batch.clear();
+                notify();
+            }
+        })?;
+        Ok(Writer {
+            jobs: Some(job_tx),
+            done: done_rx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a job; false if the thread is gone.
+    pub fn submit(&self, job: Job) -> bool {
+        self.jobs.as_ref().is_some_and(|tx| tx.send(job).is_ok())
+    }
+
+    /// Results ready now, without waiting.
+    pub fn ready(&self) -> impl Iterator<Item = Done> + '_ {
+        self.done.try_iter()
+    }
+}
+
+impl Drop for Writer {
+    /// Lets the thread finish the queued jobs, then joins it.
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

@@ -1,0 +1,289 @@
+//! Unit tests of the store: ids, paging, presence decisions, several writers.
+
+use super::*;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A fresh database path in a directory of its own.
+fn temp_db() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "chat-store-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("chat.db")
+}
+
+fn open(path: &Path) -> Store {
+    Store::open(path, Duration::from_secs(5)).unwrap()
+}
+
+fn conn(text: &str) -> ConnId {
+    text.parse().unwrap()
+}
+
+fn say(c: &str, from: &str, target: Target, text: &str) -> Job {
+    Job::Say {
+        conn: conn(c),
+        reference: None,
+        from: from.into(),
+        target,
+        text: text.into(),
+    }
+}
+
+fn room(r: &str) -> Target {
+    Target::Room(r.into())
+}
+
+fn ids(done: &[Done]) -> Vec<i64> {
+    done.iter()
+        .filter_map(|d| match d {
+            Done::Said { message, .. } => Some(message.id),
+            Done::History { messages, .. } => Some(messages.iter().map(|m| m.id).sum()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn history(
+    store: &mut Store,
+    user: &str,
+    target: Target,
+    before: Option<i64>,
+    limit: u32,
+) -> Vec<StoredMessage> {
+    let done = store.run(&[Job::History {
+        conn: conn("0.0.1"),
+        reference: None,
+        user: user.into(),
+        target,
+        before,
+        limit,
+    }]);
+    match done.as_slice() {
+        [Done::History { messages, .. }] => messages.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn ids_grow_and_history_pages_backwards() {
+    let mut s = open(&temp_db());
+    let jobs: Vec<Job> = (0..10)
+        .map(|i| say("0.1.1", "al", room("r"), &format!("m{i}")))
+        .collect();
+    let done = s.run(&jobs);
+    assert_eq!(ids(&done), (1..=10).collect::<Vec<_>>());
+    s.run(&[say("0.1.1", "al", room("other"), "x")]);
+
+    let newest = history(&mut s, "al", room("r"), None, 4);
+    assert_eq!(
+        newest.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [7, 8, 9, 10]
+    );
+    assert_eq!(newest[0].text, "m6");
+    assert_eq!(newest[0].target, room("r"));
+    let older = history(&mut s, "al", room("r"), Some(7), 4);
+    assert_eq!(older.iter().map(|m| m.id).collect::<Vec<_>>(), [3, 4, 5, 6]);
+    let oldest = history(&mut s, "al", room("r"), Some(3), 4);
+    assert_eq!(oldest.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 2]);
+    assert!(history(&mut s, "al", room("r"), Some(1), 4).is_empty());
+    assert_eq!(max_id(&s).unwrap(), 11);
+}
+
+#[test]
+fn direct_conversations_are_shared_by_both_sides() {
+    let mut s = open(&temp_db());
+    s.run(&[
+        say("0.1.1", "al", Target::User("bo".into()), "hi bo"),
+        say("0.2.2", "bo", Target::User("al".into()), "hi al"),
+        say("0.3.3", "cy", Target::User("al".into()), "hi from cy"),
+    ]);
+    let al_bo = history(&mut s, "al", Target::User("bo".into()), None, 50);
+    let bo_al = history(&mut s, "bo", Target::User("al".into()), None, 50);
+    assert_eq!(al_bo, bo_al);
+    assert_eq!(al_bo.len(), 2);
+    assert_eq!(al_bo[0].target, Target::User("bo".into()));
+    assert_eq!(al_bo[1].from, "bo");
+    assert_eq!(
+        history(&mut s, "al", Target::User("cy".into()), None, 50).len(),
+        1
+    );
+}
+
+fn join(c: &str, user: &str, r: &str) -> Job {
+    Job::Join {
+        conn: conn(c),
+        reference: None,
+        user: user.into(),
+        room: r.into(),
+        history: 5,
+    }
+}
+
+fn leave(c: &str, user: &str, r: &str) -> Job {
+    Job::Leave {
+        conn: conn(c),
+        reference: None,
+        user: user.into(),
+        room: r.into(),
+    }
+}
+
+fn first(done: &[Done]) -> Vec<bool> {
+    done.iter()
+        .filter_map(|d| match d {
+            Done::Joined { first, .. } => Some(*first),
+            Done::Left { last, .. } => Some(*last),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn presence_is_decided_per_user_not_per_connection() {
+    let mut s = open(&temp_db());
+    // Two connections of al on two workers, one of bo.
+    let done = s.run(&[
+        join("0.1.1", "al", "r"),
+        join("1.1.2", "al", "r"),
+        join("0.2.3", "bo", "r"),
+    ]);
+    assert_eq!(first(&done), [true, false, true]);
+    // Joining twice is not a new first.
+    assert_eq!(first(&s.run(&[join("0.1.1", "al", "r")])), [false]);
+    assert_eq!(first(&s.run(&[leave("0.1.1", "al", "r")])), [false]);
+    // Leaving a room one is not in is not a last.
+    assert_eq!(first(&s.run(&[leave("0.1.1", "al", "r")])), [false]);
+    assert_eq!(first(&s.run(&[leave("1.1.2", "al", "r")])), [true]);
+    // Closing counts as leaving every room.
+    s.run(&[join("0.2.3", "bo", "q")]);
+    let done = s.run(&[Job::Closed {
+        conn: conn("0.2.3"),
+        user: "bo".into(),
+    }]);
+    let mut gone: Vec<_> = done
+        .iter()
+        .map(|d| match d {
+            Done::Gone { user, room } => format!("{user}@{room}"),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    gone.sort();
+    assert_eq!(gone, ["bo@q", "bo@r"]);
+}
+
+#[test]
+fn joined_carries_the_rooms_last_messages() {
+    let mut s = open(&temp_db());
+    let jobs: Vec<Job> = (0..8)
+        .map(|i| say("0.1.1", "al", room("r"), &i.to_string()))
+        .collect();
+    s.run(&jobs);
+    match s.run(&[join("0.1.1", "al", "r")]).as_slice() {
+        [Done::Joined { history, .. }] => {
+            assert_eq!(
+                history.iter().map(|m| m.id).collect::<Vec<_>>(),
+                [4, 5, 6, 7, 8]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_restarted_worker_reaps_its_dead_connections() {
+    let mut s = open(&temp_db());
+    s.run(&[
+        join("1.1.1", "al", "r"),
+        join("0.1.2", "al", "r"),
+        join("1.2.3", "bo", "r"),
+        join("3.2.3", "cy", "r"),
+    ]);
+    // Slot 1 restarts in a server of 2 slots: bo and cy are gone, al stays
+    // through its connection on slot 0.
+    let done = s.run(&[Job::Reap {
+        worker: 1,
+        count: 2,
+    }]);
+    let mut gone: Vec<_> = done
+        .iter()
+        .map(|d| match d {
+            Done::Gone { user, .. } => user.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    gone.sort();
+    assert_eq!(gone, ["bo", "cy"]);
+    assert_eq!(first(&s.run(&[join("1.5.9", "bo", "r")])), [true]);
+}
+
+#[test]
+fn several_writers_share_one_file() {
+    let path = temp_db();
+    open(&path);
+    let threads: Vec<_> = (0..3)
+        .map(|w| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut s = open(&path);
+                let mut ids = Vec::new();
+                for batch in 0..20 {
+                    let jobs: Vec<Job> = (0..5)
+                        .map(|i| {
+                            say(
+                                &format!("{w}.1.1"),
+                                "al",
+                                room("r"),
+                                &format!("{w}/{batch}/{i}"),
+                            )
+                        })
+                        .collect();
+                    ids.extend(super::tests::ids(&s.run(&jobs)));
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut all: Vec<i64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    all.sort();
+    assert_eq!(all, (1..=300).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_writer_thread_reports_after_commit() {
+    let path = temp_db();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let opened = path.clone();
+    let writer = Writer::spawn(
+        move || Store::open(&opened, Duration::from_secs(5)),
+        64,
+        "test-writer".into(),
+        move || {
+            let _ = tx.send(());
+        },
+    )
+    .unwrap();
+    for i in 0..100 {
+        assert!(writer.submit(say("0.1.1", "al", room("r"), &i.to_string())));
+    }
+    let mut got = Vec::new();
+    while got.len() < 100 {
+        rx.recv_timeout(Duration::from_secs(10)).expect("woken");
+        for done in writer.ready() {
+            // Committed: another connection sees it already.
+            if let Done::Said { message, .. } = &done {
+                assert!(max_id(&open(&path)).unwrap() >= message.id);
+            }
+            got.push(done);
+        }
+    }
+    assert_eq!(ids(&got), (1..=100).collect::<Vec<_>>());
+}

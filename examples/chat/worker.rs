@@ -1,0 +1,373 @@
+//! [`ChatWorker`]: the chat's [`Handler`], one per worker process.
+//!
+//! Requests that need the database (`join`, `leave`, `say`, `history`) go to
+//! the worker's [`Writer`] and are answered from [`Handler::on_wake`] when
+//! their batch has committed, in the order they were sent. `login` and `users`
+//! are answered at once from the registry. Room membership is a foreman group
+//! per room (`room:NAME`), joined and left as the request arrives, so a
+//! connection never misses a message stored after its `join` (it may see one
+//! both live and in the `joined` history; ids tell them apart).
+
+use crate::auth;
+use crate::config::ChatConfig;
+use crate::rate::{Bucket, Verdict};
+use crate::reply;
+use crate::request::{self, ErrorCode, Frame, Gate, Refusal, Request, Target};
+use crate::store::{self, Done, Job, Store, Writer};
+use bytes::Bytes;
+use foreman::{
+    ConnError, ConnId, Ctx, Handler, Message, Request as HttpRequest, Response, TimerId,
+};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// The page, compiled in.
+const PAGE: &str = include_str!("page.html");
+
+/// The foreman group of a room.
+fn group(room: &str) -> String {
+    format!("room:{room}")
+}
+
+/// The page with the WebSocket path written into its script as a JSON
+/// string (escaped so that it cannot end the script element).
+fn page(ws_path: &str) -> Bytes {
+    let literal = serde_json::Value::from(ws_path)
+        .to_string()
+        .replace('<', "\\u003c");
+    Bytes::from(PAGE.replace("\"{{WS_PATH}}\"", &literal))
+}
+
+/// What this worker knows about one of its connections.
+struct Session {
+    /// The user, once logged in.
+    user: Option<String>,
+    /// Rooms joined (and not left) by this connection.
+    rooms: BTreeSet<String>,
+    /// The rate limit.
+    bucket: Bucket,
+}
+
+/// The chat's handler.
+pub struct ChatWorker {
+    /// Shared configuration.
+    config: Arc<ChatConfig>,
+    /// This worker's connections.
+    sessions: HashMap<ConnId, Session>,
+    /// The database thread; started in `on_worker_start`.
+    writer: Option<Writer>,
+    /// The tick timer, when ticks are on.
+    tick: Option<TimerId>,
+    /// The page with the WebSocket path filled in.
+    page: Bytes,
+}
+
+impl ChatWorker {
+    /// A handler for one worker; nothing is opened until the worker starts.
+    pub fn new(config: Arc<ChatConfig>) -> Self {
+        ChatWorker {
+            sessions: HashMap::new(),
+            writer: None,
+            tick: None,
+            page: page(config.server.websocket_path.as_deref().unwrap_or("/")),
+            config,
+        }
+    }
+
+    fn submit(&mut self, ctx: &mut Ctx, conn: ConnId, job: Job) {
+        if !self.writer.as_ref().is_some_and(|w| w.submit(job)) {
+            log::error!("chat: the database writer is gone");
+            ctx.close_with(conn, 1011, "storage unavailable");
+        }
+    }
+
+    fn refuse(ctx: &mut Ctx, conn: ConnId, refusal: &Refusal) {
+        ctx.send(conn, reply::error(refusal));
+    }
+
+    fn handle(&mut self, ctx: &mut Ctx, conn: ConnId, frame: Frame) {
+        let reference = frame.reference;
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let user = session.user.clone().unwrap_or_default();
+        match frame.request {
+            Request::Login(login) => {
+                if let Some(secret) = &self.config.auth_secret {
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    if let Err(e) = auth::verify(secret, login.token.as_deref(), &login.name, now) {
+                        let refusal = Refusal {
+                            code: ErrorCode::AuthFailed,
+                            message: e.to_string(),
+                            reference,
+                        };
+                        Self::refuse(ctx, conn, &refusal);
+                        ctx.close_with(conn, 1008, "auth_failed");
+                        return;
+                    }
+                }
+                session.user = Some(login.name.clone());
+                ctx.bind_uid(conn, &login.name);
+                let text = reply::welcome(&login.name, &conn.to_string(), reference.as_deref());
+                ctx.send(conn, text);
+            }
+            Request::Join(join) => {
+                session.rooms.insert(join.room.clone());
+                ctx.join_group(conn, &group(&join.room));
+                let history = self.config.history_on_join;
+                let job = Job::Join {
+                    conn,
+                    reference,
+                    user,
+                    room: join.room,
+                    history,
+                };
+                self.submit(ctx, conn, job);
+            }
+            Request::Leave(leave) => {
+                session.rooms.remove(&leave.room);
+                ctx.leave_group(conn, &group(&leave.room));
+                let job = Job::Leave {
+                    conn,
+                    reference,
+                    user,
+                    room: leave.room,
+                };
+                self.submit(ctx, conn, job);
+            }
+            Request::Say(say) => {
+                let job = Job::Say {
+                    conn,
+                    reference,
+                    from: user,
+                    target: say.target,
+                    text: say.text,
+                };
+                self.submit(ctx, conn, job);
+            }
+            Request::History(h) => {
+                let job = Job::History {
+                    conn,
+                    reference,
+                    user,
+                    target: h.target,
+                    before: h.before,
+                    limit: h.limit,
+                };
+                self.submit(ctx, conn, job);
+            }
+            Request::Users(u) => {
+                let mut users = match &u.room {
+                    Some(room) => ctx.group_uids(&group(room)),
+                    None => ctx.uids(),
+                };
+                users.sort();
+                users.dedup();
+                let text = reply::users(u.room.as_deref(), &users, reference.as_deref());
+                ctx.send(conn, text);
+            }
+        }
+    }
+
+    fn finish(&mut self, ctx: &mut Ctx, done: Done) {
+        match done {
+            Done::Said {
+                conn,
+                reference,
+                message,
+            } => {
+                let frame = Message::from(reply::message(&message));
+                match &message.target {
+                    Target::Room(room) => ctx.send_to_group(&group(room), frame, &[]),
+                    Target::User(to) if *to == message.from => ctx.send_to_uid(to, frame),
+                    Target::User(to) => {
+                        ctx.send_to_uids(&[to.as_str(), message.from.as_str()], frame)
+                    }
+                }
+                ctx.send(conn, reply::ack(message.id, reference.as_deref()));
+            }
+            Done::History {
+                conn,
+                reference,
+                target,
+                messages,
+            } => {
+                ctx.send(
+                    conn,
+                    reply::history(&target, &messages, reference.as_deref()),
+                );
+            }
+            Done::Joined {
+                conn,
+                reference,
+                user,
+                room,
+                first,
+                history,
+            } => {
+                let g = group(&room);
+                let mut users = ctx.group_uids(&g);
+                users.sort();
+                users.dedup();
+                ctx.send(
+                    conn,
+                    reply::joined(&room, &users, &history, reference.as_deref()),
+                );
+                if first {
+                    // Not to the user's own connections: it knows it joined
+                    // (another of its connections may already be a member
+                    // while its own join is still on the way).
+                    let own = ctx.conns_of_uid(&user);
+                    ctx.send_to_group(&g, reply::presence(&room, &user, true), &own);
+                }
+            }
+            Done::Left {
+                conn,
+                reference,
+                user,
+                room,
+                last,
+            } => {
+                ctx.send(conn, reply::left(&room, reference.as_deref()));
+                if last {
+                    ctx.send_to_group(&group(&room), reply::presence(&room, &user, false), &[conn]);
+                }
+            }
+            Done::Gone { user, room } => {
+                ctx.send_to_group(&group(&room), reply::presence(&room, &user, false), &[]);
+            }
+            Done::Failed { conn, error } => {
+                log::error!("chat: storage failed: {error}");
+                if let Some(conn) = conn {
+                    ctx.close_with(conn, 1011, "storage failure");
+                }
+            }
+        }
+    }
+}
+
+impl Handler for ChatWorker {
+    fn on_worker_start(&mut self, ctx: &mut Ctx) {
+        let c = &self.config;
+        let (path, busy) = (c.database.clone(), c.busy_timeout);
+        let open = move || Store::open(&path, busy);
+        let waker = ctx.waker();
+        let name = format!("chat-writer-{}", ctx.worker_id());
+        let writer = match Writer::spawn(open, c.max_batch, name, move || waker.wake()) {
+            Ok(writer) => writer,
+            Err(e) => {
+                log::error!("chat: cannot start the writer thread: {e}");
+                std::process::exit(1);
+            }
+        };
+        writer.submit(Job::Reap {
+            worker: ctx.worker_id(),
+            count: ctx.worker_count(),
+        });
+        self.writer = Some(writer);
+        if let Some(interval) = c.tick_interval {
+            self.tick = Some(ctx.add_timer(interval, true));
+        }
+    }
+
+    fn on_worker_stop(&mut self, ctx: &mut Ctx) {
+        if let Some(tick) = self.tick.take() {
+            ctx.del_timer(tick);
+        }
+    }
+
+    fn on_connect(&mut self, _ctx: &mut Ctx, conn: ConnId) {
+        let session = Session {
+            user: None,
+            rooms: BTreeSet::new(),
+            bucket: Bucket::new(self.config.rate_limit, Instant::now()),
+        };
+        self.sessions.insert(conn, session);
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx, conn: ConnId, msg: Message) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let verdict = session.bucket.take(Instant::now());
+        if verdict == Verdict::Abuse {
+            let refusal = Refusal::new(ErrorCode::RateLimited, "too many messages; closing");
+            Self::refuse(ctx, conn, &refusal);
+            ctx.close_with(conn, 1008, "rate limit");
+            return;
+        }
+        let limited = verdict == Verdict::Limited;
+        let Some(text) = msg.as_text() else {
+            let refusal = if limited {
+                Refusal::new(ErrorCode::RateLimited, "slow down")
+            } else {
+                Refusal::new(ErrorCode::Unsupported, "binary frames are not supported")
+            };
+            Self::refuse(ctx, conn, &refusal);
+            return;
+        };
+        let frame = match request::parse(text) {
+            Ok(frame) => frame,
+            Err(refusal) => return Self::refuse(ctx, conn, &refusal),
+        };
+        let gate = Gate {
+            logged_in: session.user.is_some(),
+            rooms: &session.rooms,
+            max_text_chars: self.config.max_text_chars,
+            rate_limited: limited,
+        };
+        if let Err(refusal) = frame.admit(&gate, |u| ctx.is_uid_online(u)) {
+            return Self::refuse(ctx, conn, &refusal);
+        }
+        self.handle(ctx, conn, frame);
+    }
+
+    fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId) {
+        let Some(session) = self.sessions.remove(&conn) else {
+            return;
+        };
+        if let (Some(user), false) = (session.user, session.rooms.is_empty()) {
+            self.submit(ctx, conn, Job::Closed { conn, user });
+        }
+    }
+
+    fn on_error(&mut self, _ctx: &mut Ctx, conn: ConnId, error: &ConnError) {
+        log::debug!("chat: connection {conn}: {error}");
+    }
+
+    fn on_http_request(&mut self, _ctx: &mut Ctx, request: &HttpRequest) -> Response {
+        match (request.method.as_str(), request.path.as_str()) {
+            ("GET" | "HEAD", "/" | "/index.html") => {
+                Response::html(self.page.clone()).header("Cache-Control", "no-cache")
+            }
+            ("GET" | "HEAD", "/healthz") => Response::text("ok"),
+            (_, "/" | "/index.html" | "/healthz") => Response::status(405).header("Allow", "GET"),
+            _ => Response::not_found(),
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx, timer: TimerId) {
+        if Some(timer) != self.tick {
+            return;
+        }
+        let frame = Message::from(reply::tick(store::now_ms(), ctx.uid_count()));
+        for (conn, session) in &self.sessions {
+            if session.user.is_some() {
+                ctx.send(*conn, frame.clone());
+            }
+        }
+    }
+
+    fn on_wake(&mut self, ctx: &mut Ctx) {
+        let Some(writer) = &self.writer else {
+            return;
+        };
+        let ready: Vec<Done> = writer.ready().collect();
+        for done in ready {
+            self.finish(ctx, done);
+        }
+    }
+}

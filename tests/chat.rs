@@ -1,0 +1,356 @@
+//! The chat example over real sockets: every request and every error code of
+//! `shared/chat-protocol.md`, against a server with two workers.
+
+mod chat_util;
+
+use chat_util::{now_secs, run_chat, temp_dir, token, ChatServer, Client, Event};
+use serde_json::{json, Value};
+
+#[test]
+fn page_and_health_check_are_served() {
+    let server = ChatServer::start("page", 2, "");
+    let (status, body) = server.get("/");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("<html") && body.contains("foreman chat"),
+        "{body}"
+    );
+    assert!(
+        body.contains("const WS_PATH = \"/ws\""),
+        "the page knows the socket path"
+    );
+    assert!(
+        !body.contains("http://") && !body.contains("https://"),
+        "no CDN"
+    );
+    assert_eq!(server.get("/healthz"), (200, "ok".to_string()));
+    assert_eq!(server.get("/nope").0, 404);
+}
+
+#[test]
+fn login_comes_first_and_only_once() {
+    let server = ChatServer::start("login", 2, "");
+    let mut c = Client::connect(&server);
+    for request in [
+        json!({"type": "join", "room": "r", "ref": "a"}),
+        json!({"type": "leave", "room": "r"}),
+        json!({"type": "say", "room": "r", "text": "x"}),
+        json!({"type": "history", "room": "r"}),
+        json!({"type": "users"}),
+        // not_logged_in ranks before bad_name.
+        json!({"type": "join", "room": "bad room"}),
+    ] {
+        c.send(request.clone());
+        let e = c.expect_error("not_logged_in");
+        assert_eq!(e.get("ref"), request.get("ref"), "{e}");
+    }
+    c.send(json!({"type": "login"}));
+    c.expect_error("bad_request");
+    c.send(json!({"type": "login", "name": 7}));
+    c.expect_error("bad_request");
+    for bad in ["", "has space", "ünï", "a/b", &"x".repeat(33)] {
+        c.send(json!({"type": "login", "name": bad, "ref": "n"}));
+        assert_eq!(c.expect_error("bad_name")["ref"], "n");
+    }
+    c.send(json!({"type": "login", "name": "Al_1.-x", "ref": "hello"}));
+    let w = c.expect("welcome");
+    assert_eq!(w["user"], "Al_1.-x");
+    assert_eq!(w["ref"], "hello");
+    let conn = w["conn"].as_str().expect("conn");
+    assert_eq!(conn.split('.').count(), 3, "{conn}");
+    c.send(json!({"type": "login", "name": "other"}));
+    c.expect_error("already_logged_in");
+    // already_logged_in ranks before bad_name.
+    c.send(json!({"type": "login", "name": "bad name"}));
+    c.expect_error("already_logged_in");
+    // The same user may log in from several connections at once.
+    let _second = Client::login(&server, "Al_1.-x");
+}
+
+#[test]
+fn malformed_frames_are_answered_and_the_connection_stays() {
+    let server = ChatServer::start("frames", 2, "");
+    let mut c = Client::login(&server, "al");
+    for text in ["", "{", "[]", "42", "\"login\"", "null"] {
+        c.send_text(text);
+        c.expect_error("bad_json");
+    }
+    c.send(json!({"no_type": 1}));
+    c.expect_error("unknown_type");
+    c.send(json!({"type": "shout", "ref": "s"}));
+    assert_eq!(c.expect_error("unknown_type")["ref"], "s");
+    c.send(json!({"type": 3}));
+    c.expect_error("unknown_type");
+    for bad in [
+        json!({"type": "users", "ref": 5}),
+        json!({"type": "users", "ref": "x".repeat(65)}),
+        json!({"type": "join"}),
+        json!({"type": "join", "room": 1}),
+        json!({"type": "say", "room": "r"}),
+        json!({"type": "say", "room": "r", "to": "bo", "text": "x"}),
+        json!({"type": "history"}),
+        json!({"type": "history", "room": "r", "limit": 0}),
+        json!({"type": "history", "room": "r", "limit": 101}),
+        json!({"type": "history", "room": "r", "limit": 2.5}),
+        json!({"type": "history", "room": "r", "before": 0}),
+        json!({"type": "users", "room": false}),
+    ] {
+        c.send(bad.clone());
+        let e = c.expect_error("bad_request");
+        assert!(e.get("ref").is_none() || bad.get("ref").is_none(), "{e}");
+    }
+    // A ref of exactly 64 characters (not bytes) is fine and echoed.
+    let r = "é".repeat(64);
+    c.send(json!({"type": "users", "ref": r}));
+    assert_eq!(c.expect("users")["ref"], r.as_str());
+    c.send_binary(b"\x00\x01");
+    c.expect_error("unsupported");
+    assert!(c.sync().is_empty(), "still open, nothing else sent");
+}
+
+#[test]
+fn rooms_join_leave_and_membership_errors() {
+    let server = ChatServer::start("rooms", 2, "");
+    let mut al = Client::login(&server, "al");
+    al.send(json!({"type": "join", "room": "no space"}));
+    al.expect_error("bad_name");
+    al.send(json!({"type": "say", "room": "r", "text": "hi", "ref": "1"}));
+    assert_eq!(al.expect_error("not_in_room")["ref"], "1");
+    al.send(json!({"type": "history", "room": "r"}));
+    al.expect_error("not_in_room");
+    // bad_name ranks before not_in_room.
+    al.send(json!({"type": "say", "room": "r!", "text": "hi"}));
+    al.expect_error("bad_name");
+
+    al.send(json!({"type": "join", "room": "r", "ref": "j"}));
+    let joined = al.expect("joined");
+    assert_eq!(
+        joined,
+        json!({"type": "joined", "room": "r", "users": ["al"], "history": [], "ref": "j"})
+    );
+    al.send(json!({"type": "say", "room": "r", "text": "first"}));
+    al.expect("message");
+    al.expect("ack");
+    al.send(json!({"type": "leave", "room": "r", "ref": "l"}));
+    assert_eq!(
+        al.expect("left"),
+        json!({"type": "left", "room": "r", "ref": "l"})
+    );
+    al.send(json!({"type": "say", "room": "r", "text": "gone"}));
+    al.expect_error("not_in_room");
+    // Joining again brings the room's history.
+    let joined = al.join("r");
+    assert_eq!(joined["history"][0]["text"], "first");
+    assert_eq!(joined["history"][0]["from"], "al");
+    assert_eq!(joined["history"][0]["room"], "r");
+    // A connection may be in many rooms.
+    al.join("s");
+    al.send(json!({"type": "say", "room": "s", "text": "in s"}));
+    assert_eq!(al.expect("message")["room"], "s");
+    al.expect("ack");
+}
+
+#[test]
+fn say_is_stored_acked_and_checked() {
+    let server = ChatServer::start(
+        "say",
+        2,
+        "[chat]\ntick_interval_ms = 0\nmax_text_chars = 10\n",
+    );
+    let mut al = Client::login(&server, "al");
+    al.join("r");
+    al.send(json!({"type": "say", "room": "r", "text": "hello", "ref": "m1"}));
+    let m = al.expect("message");
+    let ack = al.expect("ack");
+    assert_eq!(ack["ref"], "m1");
+    assert_eq!(ack["id"], m["id"]);
+    assert!(m["id"].as_i64().is_some_and(|id| id > 0), "{m}");
+    assert_eq!(
+        (m["from"].as_str(), m["room"].as_str(), m["text"].as_str()),
+        (Some("al"), Some("r"), Some("hello"))
+    );
+    let now_ms = now_secs() as i64 * 1000;
+    assert!(
+        (m["time"].as_i64().unwrap_or(0) - now_ms).abs() < 60_000,
+        "{m}"
+    );
+    // 10 characters (not bytes) are fine; 11 are too long.
+    al.send(json!({"type": "say", "room": "r", "text": "ééééééééé✓"}));
+    al.expect("message");
+    al.expect("ack");
+    al.send(json!({"type": "say", "room": "r", "text": "12345678901", "ref": "m2"}));
+    assert_eq!(al.expect_error("too_long")["ref"], "m2");
+    al.send(json!({"type": "say", "to": "nobody", "text": "hi"}));
+    al.expect_error("unknown_user");
+    // unknown_user ranks before too_long.
+    al.send(json!({"type": "say", "to": "nobody", "text": "12345678901"}));
+    al.expect_error("unknown_user");
+    al.send(json!({"type": "say", "to": "bad name", "text": "hi"}));
+    al.expect_error("bad_name");
+    // Ids grow.
+    al.send(json!({"type": "say", "room": "r", "text": "later"}));
+    let later = al.expect("message");
+    assert!(later["id"].as_i64() > m["id"].as_i64());
+    al.expect("ack");
+}
+
+#[test]
+fn users_lists_distinct_names_sorted() {
+    let server = ChatServer::start("users", 2, "");
+    let mut zed = Client::login(&server, "zed");
+    let mut al = Client::login(&server, "al");
+    let _al2 = Client::login(&server, "al");
+    let _b = Client::login(&server, "B");
+    let _anon = Client::connect(&server);
+    zed.join("r");
+    al.join("r");
+    al.send(json!({"type": "users", "ref": "u"}));
+    // Registry changes reach other workers within moments: wait for them.
+    let all = al.wait_for("all users", |v| v["type"] == "users" && v["count"] == 3);
+    assert_eq!(
+        all,
+        json!({"type": "users", "users": ["B", "al", "zed"], "count": 3, "ref": "u"})
+    );
+    al.send(json!({"type": "users", "room": "r"}));
+    let r = al.expect("users");
+    assert_eq!(
+        r,
+        json!({"type": "users", "room": "r", "users": ["al", "zed"], "count": 2})
+    );
+    al.send(json!({"type": "users", "room": "empty"}));
+    assert_eq!(al.expect("users")["count"], 0);
+    al.send(json!({"type": "users", "room": "bad room"}));
+    al.expect_error("bad_name");
+}
+
+#[test]
+fn oversized_frames_close_1009_and_bad_utf8_closes_1007() {
+    let server = ChatServer::start("limits", 2, "[server]\nmax_frame_bytes = 1024\n");
+    let mut c = Client::login(&server, "al");
+    c.send(json!({"type": "users", "ref": "x".repeat(2000)}));
+    assert_eq!(c.expect_close(), Some(1009));
+    let mut c = Client::login(&server, "bo");
+    c.send_invalid_utf8();
+    assert_eq!(c.expect_close(), Some(1007));
+    // Others are unaffected.
+    let mut d = Client::login(&server, "cy");
+    assert!(d.sync().is_empty());
+}
+
+#[test]
+fn rate_limit_refuses_then_closes_abusers() {
+    let server = ChatServer::start(
+        "rate",
+        2,
+        "[rate_limit]\nper_second = 1\nburst = 5\nclose_after = 10\n",
+    );
+    let mut c = Client::connect(&server);
+    let started = std::time::Instant::now();
+    c.send(json!({"type": "login", "name": "al"}));
+    c.expect("welcome");
+    // A burst of 5 (the login was one), then one frame a second.
+    let mut passed = 1;
+    loop {
+        c.send(json!({"type": "users", "ref": "r"}));
+        let v = c.recv();
+        if v["type"] == "error" {
+            assert_eq!(
+                (v["code"].as_str(), v["ref"].as_str()),
+                (Some("rate_limited"), Some("r"))
+            );
+            break;
+        }
+        passed += 1;
+        assert!(passed <= 6 + started.elapsed().as_secs(), "never limited");
+    }
+    assert!(passed >= 5, "limited after {passed}");
+    // Earlier errors in the table still win while limited.
+    c.send(json!({"type": "nope"}));
+    c.expect_error("unknown_type");
+    c.send_binary(b"x");
+    c.expect_error("rate_limited");
+    // Keep going: after 10 refused frames the connection is closed with 1008.
+    for _ in 0..12 {
+        if !c.try_send_text("{\"type\":\"users\"}") {
+            break;
+        }
+    }
+    let code = loop {
+        match c.next_event(chat_util::WAIT) {
+            Event::Frame(v) => assert_eq!(v["code"], "rate_limited", "{v}"),
+            Event::Closed(code) => break code,
+            Event::Timeout => panic!("not closed"),
+        }
+    };
+    assert_eq!(code, Some(1008));
+}
+
+#[test]
+fn auth_needs_a_valid_token_for_the_name() {
+    let server = ChatServer::start("auth", 2, "[auth]\nsecret = \"s3cret\"\n");
+    let good = token("s3cret", "al", now_secs() + 600);
+    for (name, tok) in [
+        ("al", None),
+        ("al", Some(token("wrong", "al", now_secs() + 600))),
+        ("al", Some(token("s3cret", "al", now_secs() - 10))),
+        ("bo", Some(good.clone())),
+        ("al", Some("not.a.jwt".to_string())),
+    ] {
+        let mut c = Client::connect(&server);
+        let mut req = json!({"type": "login", "name": name, "ref": "t"});
+        if let Some(t) = tok {
+            req["token"] = Value::from(t);
+        }
+        c.send(req);
+        assert_eq!(c.expect_error("auth_failed")["ref"], "t");
+        assert_eq!(c.expect_close(), Some(1008));
+    }
+    // bad_name ranks before auth_failed and keeps the connection.
+    let mut c = Client::connect(&server);
+    c.send(json!({"type": "login", "name": "no good"}));
+    c.expect_error("bad_name");
+    c.send(json!({"type": "login", "name": "al", "token": 5}));
+    c.expect_error("bad_request");
+    c.send(json!({"type": "login", "name": "al", "token": good}));
+    assert_eq!(c.expect("welcome")["user"], "al");
+}
+
+#[test]
+fn a_bad_config_stops_start_up_naming_the_key() {
+    let dir = temp_dir("badconfig");
+    let path = dir.join("chat.toml");
+    let path_text = path.to_str().expect("utf-8 path");
+    for (toml, named) in [
+        ("[chat]\ntick_intervall_ms = 5\n", "tick_intervall_ms"),
+        ("[chat]\nmax_text_chars = \"many\"\n", "max_text_chars"),
+        ("[rate_limit]\nburst = 0\n", "rate_limit.burst"),
+        ("[server]\ncount = 0\n", "server.count"),
+        ("[server]\nlisten = \"nowhere\"\n", "listen"),
+        (
+            "[history]\ndatabase = \"no/such/dir/chat.db\"\n",
+            "history.database",
+        ),
+        ("[auth]\nsecret = \"\"\n", "auth.secret"),
+        ("[nope]\n", "nope"),
+    ] {
+        std::fs::write(&path, toml).expect("write");
+        let (ok, _, stderr) = run_chat(&["-c", path_text, "--listen", "127.0.0.1:0"]);
+        assert!(!ok, "{toml:?} was accepted");
+        assert!(stderr.contains(named), "{toml:?}: {stderr}");
+    }
+    let (ok, _, stderr) = run_chat(&["-c", path_text, "--bogus"]);
+    assert!(!ok);
+    assert!(stderr.contains("--bogus"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_binary_mints_tokens_the_server_accepts() {
+    let server = ChatServer::start("mint", 2, "[auth]\nsecret = \"mint-secret\"\n");
+    let config = server.dir.join("chat.toml");
+    let (ok, stdout, stderr) = run_chat(&["-c", config.to_str().expect("path"), "token", "al"]);
+    assert!(ok, "{stderr}");
+    let mut c = Client::connect(&server);
+    c.send(json!({"type": "login", "name": "al", "token": stdout.trim()}));
+    assert_eq!(c.expect("welcome")["user"], "al");
+}

@@ -1,0 +1,112 @@
+//! Crash safety of the chat's history: what was acked survives SIGKILL of a
+//! worker and of the master.
+
+mod chat_util;
+
+use chat_util::{ChatServer, Client};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+/// Reads the whole history of `room` by paging backwards: id -> text.
+fn full_history(c: &mut Client, room: &str) -> BTreeMap<i64, String> {
+    let mut all = BTreeMap::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let mut req = json!({"type": "history", "room": room, "limit": 100});
+        if let Some(b) = before {
+            req["before"] = b.into();
+        }
+        c.send(req);
+        // Presence events of killed workers' users may come in between.
+        let page = c.wait_for("history", |v| v["type"] == "history");
+        let messages = page["messages"].as_array().expect("messages").clone();
+        if messages.is_empty() {
+            return all;
+        }
+        for m in &messages {
+            let id = m["id"].as_i64().expect("id");
+            all.insert(id, m["text"].as_str().expect("text").to_string());
+        }
+        before = messages.first().and_then(|m| m["id"].as_i64());
+    }
+}
+
+#[test]
+fn acked_messages_survive_sigkill_of_workers_and_master() {
+    let mut server = ChatServer::start("crash", 2, "");
+    let dir = server.dir.clone();
+    // Two writers, one per worker, sending at once into one database.
+    let mut al = Client::login_on(&server, "al", 0);
+    let mut bo = Client::login_on(&server, "bo", 1);
+    al.join("crash");
+    bo.join("crash");
+    for i in 0..250 {
+        al.send(json!({"type": "say", "room": "crash", "text": format!("al {i}"), "ref": format!("a{i}")}));
+        bo.send(json!({"type": "say", "room": "crash", "text": format!("bo {i}"), "ref": format!("b{i}")}));
+    }
+    let mut acked = BTreeMap::new();
+    for (c, who) in [(&mut al, "al"), (&mut bo, "bo")] {
+        let mut got = 0;
+        while got < 250 {
+            let v: Value = c.recv();
+            if v["type"] == "ack" {
+                let r = v["ref"].as_str().expect("ref");
+                let i: usize = r[1..].parse().expect("ref number");
+                acked.insert(v["id"].as_i64().expect("id"), format!("{who} {i}"));
+                got += 1;
+            }
+        }
+    }
+    assert_eq!(acked.len(), 500, "500 distinct ids");
+
+    // SIGKILL one worker, then the other; the master replaces them.
+    for _ in 0..2 {
+        let before = server.worker_pids();
+        let victim = before[0];
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victim),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill worker");
+        let deadline = std::time::Instant::now() + chat_util::WAIT;
+        loop {
+            let now = server.worker_pids();
+            if now.len() == 2 && !now.contains(&victim) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "worker not replaced:\n{}",
+                server.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        server.wait_for_workers(2);
+        let mut reader = Client::login(&server, "reader");
+        reader.send(json!({"type": "join", "room": "crash"}));
+        reader.wait_for("joined", |v| v["type"] == "joined");
+        assert_eq!(
+            full_history(&mut reader, "crash"),
+            acked,
+            "after a worker was killed"
+        );
+    }
+
+    // SIGKILL the master, then start again on the same database.
+    drop((al, bo));
+    server.kill_master();
+    server.keep_dir = true;
+    drop(server);
+    let server = ChatServer::start_in(&dir, 2, "");
+    let mut reader = Client::login(&server, "reader");
+    reader.join("crash");
+    assert_eq!(
+        full_history(&mut reader, "crash"),
+        acked,
+        "after the master was killed"
+    );
+    // New ids continue above the old ones.
+    reader.send(json!({"type": "say", "room": "crash", "text": "after"}));
+    let m = reader.wait_for("message", |v| v["type"] == "message");
+    assert!(m["id"].as_i64() > acked.keys().last().copied());
+}
