@@ -28,6 +28,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -44,7 +45,29 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// The abstract Unix address of a slot's bus listener.
 pub(crate) fn address(bus_id: u32, slot: usize) -> io::Result<SocketAddr> {
-    SocketAddr::from_abstract_name(format!("foreman-bus.{bus_id}.{slot}"))
+    SocketAddr::from_abstract_name(bus_name(bus_id, slot))
+}
+
+fn bus_name(bus_id: u32, slot: usize) -> String {
+    format!("foreman-bus.{bus_id}.{slot}")
+}
+
+/// Connects to a slot's bus listener without blocking: a listener whose
+/// backlog is full (its worker is stopped) answers `EAGAIN` instead of
+/// stalling this worker's loop, and the link is retried later.
+fn connect(bus_id: u32, slot: u16) -> io::Result<UnixStream> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let addr = UnixAddr::new_abstract(bus_name(bus_id, slot as usize).as_bytes())?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    nix::sys::socket::connect(fd.as_raw_fd(), &addr)?;
+    Ok(UnixStream::from_std(std::os::unix::net::UnixStream::from(
+        fd,
+    )))
 }
 
 /// What a bus token refers to.
@@ -172,18 +195,14 @@ impl Bus {
         if let Some(mut old) = peer.stream.take() {
             let _ = registry.deregister(&mut old);
         }
-        let attempt = address(self.bus_id, slot as usize)
-            .and_then(|a| std::os::unix::net::UnixStream::connect_addr(&a))
-            .and_then(|s| {
-                s.set_nonblocking(true)?;
-                let mut s = UnixStream::from_std(s);
-                registry.register(
-                    &mut s,
-                    Token(OUT_BASE + slot as usize),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?;
-                Ok(s)
-            });
+        let attempt = connect(self.bus_id, slot).and_then(|mut s| {
+            registry.register(
+                &mut s,
+                Token(OUT_BASE + slot as usize),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(s)
+        });
         match attempt {
             Ok(stream) => {
                 self.epoch += 1;
@@ -418,7 +437,6 @@ impl Bus {
 
 /// Reads once from `stream` into the spare capacity of `buf` (no zeroing).
 fn read_into(stream: &mut UnixStream, buf: &mut BytesMut) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
     buf.reserve(READ_CHUNK);
     let spare = buf.spare_capacity_mut();
     // SAFETY: read(2) writes at most `spare.len()` bytes into the spare
