@@ -3,14 +3,14 @@
 //! ```text
 //! PROGRAM [start] [-d] [-c FILE] [--listen URL] [--count N] [--reuse-port]
 //! PROGRAM stop [-g] [-c FILE]     stop the server named by the pid file
+//! PROGRAM restart [-d] [-c FILE]  stop it if running, then start
 //! PROGRAM reload [-c FILE]        replace workers one at a time (SIGUSR1)
 //! PROGRAM status [-c FILE]        is it running, with which workers
 //! ```
 //!
-//! `stop`, `reload` and `status` find the running master through
-//! `server.pid_file` in the config (default `foreman.pid` in the working
-//! directory when it is not set). Arguments the library does not know are left
-//! in [`Args::rest`] for the application.
+//! `stop`, `restart`, `reload` and `status` find the running master through
+//! `server.pid_file` in the config, which must be set for them. Arguments the
+//! library does not know are left in [`Args::rest`] for the application.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -25,6 +25,8 @@ pub enum Command {
     /// Stop a running server (`-g`: graceful; foreman's stop is always
     /// graceful, bounded by `stop_timeout`).
     Stop,
+    /// Stop a running server (if any), then start.
+    Restart,
     /// Replace a running server's workers one at a time.
     Reload,
     /// Report whether a server is running and its processes.
@@ -79,6 +81,7 @@ impl Args {
             match flag.as_str() {
                 "start" if first => out.command = Command::Start,
                 "stop" if first => out.command = Command::Stop,
+                "restart" if first => out.command = Command::Restart,
                 "reload" if first => out.command = Command::Reload,
                 "status" if first => out.command = Command::Status,
                 "-c" | "--config" => out.config = Some(value("-c")?.into()),

@@ -214,6 +214,12 @@ impl Server {
         match self.command {
             Command::Start => Master::start(self.cfg, self.daemon, factory),
             Command::Stop => control::stop(&self.cfg),
+            Command::Restart => {
+                if control::running(&self.cfg)? {
+                    control::stop(&self.cfg)?;
+                }
+                Master::start(self.cfg, self.daemon, factory)
+            }
             Command::Reload => control::signal(&self.cfg, Signal::SIGUSR1, "reload"),
             Command::Status => control::status(&self.cfg),
         }
@@ -597,6 +603,16 @@ mod control {
         kill(pid, None)
             .map_err(|_| Error::Usage(format!("not running (stale {path}: pid {pid})")))?;
         Ok(pid)
+    }
+
+    /// Whether the pid file names a live process.
+    pub(super) fn running(cfg: &Config) -> Result<bool> {
+        if cfg.pid_file.is_none() {
+            return Err(Error::Config(
+                "server.pid_file is not set: cannot find the running server".into(),
+            ));
+        }
+        Ok(master_pid(cfg).is_ok())
     }
 
     pub(super) fn signal(cfg: &Config, sig: Signal, what: &str) -> Result<()> {

@@ -60,7 +60,7 @@ fn run() -> Result<(), Error> {
         return print_token(&config, &name);
     }
     args.apply(&mut config.server)?;
-    if args.command == Command::Start {
+    if matches!(args.command, Command::Start | Command::Restart) {
         // Create the database and its schema now, so a bad path stops
         // start-up here with a message; the connection is closed again before
         // the fork (workers open their own).
