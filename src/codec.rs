@@ -30,6 +30,25 @@ pub(crate) fn ws_frame(opcode: u8, payload: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// A message encoded once for a protocol, ready to be queued for any number of
+/// connections without being encoded or copied again (gorilla/websocket calls
+/// this a prepared message). Make one with [`crate::Ctx::prepare`] and send it
+/// with [`crate::Ctx::send_prepared`]; clones share the bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prepared(pub(crate) Bytes);
+
+impl Prepared {
+    /// Encodes `msg` for `protocol`: for WebSocket, one unmasked final frame.
+    pub fn new(protocol: Protocol, msg: &Message) -> Prepared {
+        Prepared(encode(protocol, msg))
+    }
+
+    /// The bytes on the wire.
+    pub fn wire_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// The bytes that carry `msg` over `protocol`.
 pub(crate) fn encode(protocol: Protocol, msg: &Message) -> Bytes {
     let payload = msg.as_bytes();

@@ -2,7 +2,7 @@
 
 use crate::bus::{Bus, Inbox};
 use crate::bus_wire::{Record, Target};
-use crate::codec;
+use crate::codec::{self, Prepared};
 use crate::config::{Config, OverflowPolicy, Protocol};
 use crate::conn::{Conn, State, WsIo};
 use crate::registry::Registry;
@@ -98,6 +98,8 @@ pub struct Ctx {
     /// Keys of connections with output to write this turn.
     pub(crate) dirty: Vec<usize>,
     pub(crate) deferred: VecDeque<Deferred>,
+    /// Scratch list of local recipients, reused by every delivery.
+    pub(crate) keys: Vec<usize>,
     pub(crate) registry: Registry,
     pub(crate) bus: Bus,
     pub(crate) timers: Timers,
@@ -179,6 +181,19 @@ impl Ctx {
     pub fn send(&mut self, conn: ConnId, msg: impl Into<Message>) -> bool {
         let frame = codec::encode(self.cfg.protocol, &msg.into());
         self.send_frame(conn, frame)
+    }
+
+    /// Encodes a message once for this server's protocol, for
+    /// [`Ctx::send_prepared`] to many connections.
+    pub fn prepare(&self, msg: impl Into<Message>) -> Prepared {
+        Prepared::new(self.cfg.protocol, &msg.into())
+    }
+
+    /// Sends a prepared message to one connection on any worker; the bytes are
+    /// shared, not copied, among the local recipients. Returns false when the
+    /// connection is not online.
+    pub fn send_prepared(&mut self, conn: ConnId, msg: &Prepared) -> bool {
+        self.send_frame(conn, msg.0.clone())
     }
 
     pub(crate) fn send_frame(&mut self, conn: ConnId, frame: Bytes) -> bool {
@@ -316,36 +331,47 @@ impl Ctx {
 
     /// Queues `frame` for the local connections `target` names.
     pub(crate) fn deliver_local(&mut self, target: &Target, frame: Bytes) {
-        let keys: Vec<usize> = match target {
-            Target::Conn(id) => self.local_key(*id).into_iter().collect(),
+        // Reuse one key buffer: a broadcast to thousands of local connections
+        // allocates nothing per message.
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        match target {
+            Target::Conn(id) => keys.extend(self.local_key(*id)),
+            Target::All { exclude } if exclude.is_empty() => {
+                keys.extend(self.conns.iter().filter(|(_, c)| c.open).map(|(k, _)| k))
+            }
             Target::All { exclude } => {
                 let skip = Excluded::new(exclude);
-                self.conns
-                    .iter()
-                    .filter(|(k, c)| c.open && !skip.has(self.id_of(*k, c)))
-                    .map(|(k, _)| k)
-                    .collect()
+                keys.extend(
+                    self.conns
+                        .iter()
+                        .filter(|(k, c)| c.open && !skip.has(self.id_of(*k, c)))
+                        .map(|(k, _)| k),
+                )
             }
             Target::Uids(uids) => {
                 let mut seen = HashSet::new();
-                uids.iter()
-                    .flat_map(|u| self.registry.conns_of_uid(u))
-                    .filter(|c| c.worker == self.slot && seen.insert(**c))
-                    .filter_map(|c| self.local_key(*c))
-                    .collect()
+                keys.extend(
+                    uids.iter()
+                        .flat_map(|u| self.registry.conns_of_uid(u))
+                        .filter(|c| c.worker == self.slot && seen.insert(**c))
+                        .filter_map(|c| self.local_key(*c)),
+                )
             }
             Target::Group { group, exclude } => {
                 let skip = Excluded::new(exclude);
-                self.registry
-                    .group_members(group)
-                    .filter(|c| c.worker == self.slot && !skip.has(*c))
-                    .filter_map(|c| self.local_key(c))
-                    .collect()
+                keys.extend(
+                    self.registry
+                        .group_members(group)
+                        .filter(|c| c.worker == self.slot && !skip.has(*c))
+                        .filter_map(|c| self.local_key(c)),
+                )
             }
-        };
-        for key in keys {
+        }
+        for &key in &keys {
             self.queue(key, frame.clone());
         }
+        self.keys = keys;
     }
 
     // ----- the registry -----

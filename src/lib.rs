@@ -56,6 +56,7 @@ mod registry;
 mod timer;
 mod worker;
 
+pub use codec::Prepared;
 pub use config::{Config, OverflowPolicy, Protocol, ServerSection};
 pub use ctx::{ConnInfo, Ctx, Waker, MAX_SESSION_BYTES};
 pub use error::{ConnError, Error, Result};

@@ -149,6 +149,7 @@ impl<H: Handler> Worker<H> {
             serial: (setup.incarnation as u64) << 40,
             dirty: Vec::new(),
             deferred: VecDeque::new(),
+            keys: Vec::new(),
             registry: Registry::default(),
             bus,
             timers: Timers::default(),
