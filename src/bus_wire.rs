@@ -48,6 +48,9 @@ pub(crate) enum Record {
         code: u16,
         reason: String,
     },
+    /// Asks the owner of a connection to make a registry change to it (bind,
+    /// unbind, join, leave, session); the owner then announces it as usual.
+    Request(Box<Record>),
 }
 
 mod kind {
@@ -62,6 +65,7 @@ mod kind {
     pub const UNGROUP: u8 = 9;
     pub const DELIVER: u8 = 10;
     pub const CLOSE_CONN: u8 = 11;
+    pub const REQUEST: u8 = 12;
     pub const T_CONN: u8 = 0;
     pub const T_ALL: u8 = 1;
     pub const T_UIDS: u8 = 2;
@@ -168,6 +172,10 @@ pub(crate) fn encode(out: &mut BytesMut, rec: &Record) {
             put_id(out, *id);
             out.put_u16_le(*code);
             put_bytes(out, reason.as_bytes());
+        }
+        Record::Request(inner) => {
+            out.put_u8(kind::REQUEST);
+            encode(out, inner);
         }
     }
     let len = (out.len() - start - 4) as u32;
@@ -285,6 +293,15 @@ pub(crate) fn decode(buf: &mut BytesMut) -> Result<Option<Record>, Corrupt> {
             code: r.u16()?,
             reason: r.string()?,
         },
+        kind::REQUEST => {
+            let mut inner = BytesMut::from(&r.0[..]);
+            match decode(&mut inner)? {
+                Some(rec) if inner.is_empty() && !matches!(rec, Record::Request(_)) => {
+                    Record::Request(Box::new(rec))
+                }
+                _ => return Err(Corrupt),
+            }
+        }
         _ => return Err(Corrupt),
     };
     Ok(Some(rec))
@@ -336,6 +353,7 @@ mod tests {
                 code: 1000,
                 reason: "bye".into(),
             },
+            Record::Request(Box::new(Record::Join(b, "room".into()))),
         ]
     }
 

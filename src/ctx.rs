@@ -280,12 +280,7 @@ impl Ctx {
     pub fn send_to_uids(&mut self, uids: &[&str], msg: impl Into<Message>) {
         let frame = codec::encode(self.cfg.protocol, &msg.into());
         let target = Target::Uids(uids.iter().map(|u| u.to_string()).collect());
-        let workers = self.workers_of(
-            uids.iter()
-                .flat_map(|u| self.registry.conns_of_uid(u))
-                .copied(),
-        );
-        self.route(&target, frame, workers);
+        self.route(target, frame);
     }
 
     /// Sends to every member of a group except those in `exclude`.
@@ -295,37 +290,23 @@ impl Ctx {
             group: group.to_string(),
             exclude: exclude.to_vec(),
         };
-        let workers = self.workers_of(self.registry.group_members(group));
-        self.route(&target, frame, workers);
+        self.route(target, frame);
     }
 
-    /// The worker slots (as a bit set over slots) that own any of `conns`.
-    fn workers_of(&self, conns: impl Iterator<Item = ConnId>) -> Vec<bool> {
-        let mut on = vec![false; self.count as usize];
-        for c in conns {
-            if let Some(w) = on.get_mut(c.worker as usize) {
-                *w = true;
-            }
-        }
-        on
-    }
-
-    /// Delivers `frame` to `target` on every worker marked in `workers`: the
-    /// owning worker resolves the target against its own connections.
-    fn route(&mut self, target: &Target, frame: Bytes, workers: Vec<bool>) {
-        for (slot, on) in workers.iter().enumerate() {
-            if *on && slot != self.slot as usize {
-                self.bus.send(
-                    slot as u16,
-                    &Record::Deliver {
-                        target: target.clone(),
-                        payload: frame.clone(),
-                    },
-                );
-            }
-        }
-        if workers[self.slot as usize] {
-            self.deliver_local(target, frame);
+    /// Delivers `frame` to `target` on every worker: each resolves the target
+    /// against its own connections, which it knows exactly. Asking every
+    /// worker (one record each, however many recipients) rather than only
+    /// those this replica thinks are concerned means a registry change this
+    /// worker asked for just before (say a `bind_uid` on another worker's
+    /// connection) is always seen by the send that follows it.
+    fn route(&mut self, target: Target, frame: Bytes) {
+        let rec = Record::Deliver {
+            target,
+            payload: frame,
+        };
+        self.bus.broadcast(&rec);
+        if let Record::Deliver { target, payload } = rec {
+            self.deliver_local(&target, payload);
         }
     }
 
@@ -376,36 +357,64 @@ impl Ctx {
 
     // ----- the registry -----
 
-    /// Binds a connection to a uid (a user id of the application), replacing
-    /// an earlier binding of that connection. A uid may have many connections.
+    /// Binds a connection (on any worker) to a uid, a user id of the
+    /// application, replacing an earlier binding of that connection. A uid may
+    /// have many connections.
     pub fn bind_uid(&mut self, conn: ConnId, uid: &str) {
-        if self.owns(conn) && self.registry.bind(conn, uid) {
+        if !self.owns(conn) {
+            return self.ask_owner(Record::Bind(conn, uid.to_string()));
+        }
+        if self.registry.bind(conn, uid) {
             self.bus.broadcast(&Record::Bind(conn, uid.to_string()));
-        } else if !self.owns(conn) {
-            log::warn!("bind_uid: {conn} is not a connection of this worker; ignored");
         }
     }
 
-    /// Removes a connection's uid binding.
+    /// Removes a connection's uid binding (on any worker).
     pub fn unbind_uid(&mut self, conn: ConnId) {
-        if self.owns(conn) && self.registry.unbind(conn).is_some() {
+        if !self.owns(conn) {
+            return self.ask_owner(Record::Unbind(conn));
+        }
+        if self.registry.unbind(conn).is_some() {
             self.bus.broadcast(&Record::Unbind(conn));
         }
     }
 
-    /// Adds a connection to a group.
+    /// Adds a connection (on any worker) to a group.
     pub fn join_group(&mut self, conn: ConnId, group: &str) {
-        if self.owns(conn) && self.registry.join(conn, group) {
+        if !self.owns(conn) {
+            return self.ask_owner(Record::Join(conn, group.to_string()));
+        }
+        if self.registry.join(conn, group) {
             self.bus.broadcast(&Record::Join(conn, group.to_string()));
-        } else if !self.owns(conn) {
-            log::warn!("join_group: {conn} is not a connection of this worker; ignored");
         }
     }
 
-    /// Removes a connection from a group.
+    /// Removes a connection (on any worker) from a group.
     pub fn leave_group(&mut self, conn: ConnId, group: &str) {
-        if self.owns(conn) && self.registry.leave(conn, group) {
+        if !self.owns(conn) {
+            return self.ask_owner(Record::Leave(conn, group.to_string()));
+        }
+        if self.registry.leave(conn, group) {
             self.bus.broadcast(&Record::Leave(conn, group.to_string()));
+        }
+    }
+
+    /// Registry changes to another worker's connection are made by that
+    /// worker, which then tells everyone (this worker included), so every
+    /// replica sees one order of changes per connection. Until then this
+    /// worker's queries still show the old state; sends issued after the
+    /// request are resolved by the owner after it.
+    fn ask_owner(&mut self, rec: Record) {
+        let conn = match &rec {
+            Record::Bind(c, _)
+            | Record::Unbind(c)
+            | Record::Join(c, _)
+            | Record::Leave(c, _)
+            | Record::Session(c, _) => *c,
+            _ => unreachable!("only registry changes are requested"),
+        };
+        if conn.worker != self.slot && self.registry.contains(conn) {
+            self.bus.send(conn.worker, &Record::Request(Box::new(rec)));
         }
     }
 
@@ -427,13 +436,19 @@ impl Ctx {
     }
 
     /// Stores small session data (at most [`MAX_SESSION_BYTES`]) for a
-    /// connection of this worker, readable with [`Ctx::session`] on every
-    /// worker. Returns false if the connection is not this worker's or the data
-    /// is too big.
+    /// connection on any worker, readable with [`Ctx::session`] on every
+    /// worker. Returns false if the data is too big or the connection is not
+    /// online. For another worker's connection the change is made by its
+    /// owner, so it shows in this worker's [`Ctx::session`] a bus round trip
+    /// later.
     pub fn set_session(&mut self, conn: ConnId, data: impl Into<Bytes>) -> bool {
         let data = data.into();
-        if data.len() > MAX_SESSION_BYTES || !self.owns(conn) {
+        if data.len() > MAX_SESSION_BYTES || !self.registry.contains(conn) {
             return false;
+        }
+        if !self.owns(conn) {
+            self.ask_owner(Record::Session(conn, Some(data)));
+            return true;
         }
         if self.registry.set_session(conn, Some(data.clone())) {
             self.bus.broadcast(&Record::Session(conn, Some(data)));
@@ -679,6 +694,19 @@ impl Ctx {
                 self.registry.set_session(id, data);
             }
             Record::Ungroup(g) => self.ungroup_local(&g),
+            Record::Request(inner) => match *inner {
+                Record::Bind(id, uid) if self.owns(id) => self.bind_uid(id, &uid),
+                Record::Unbind(id) if self.owns(id) => self.unbind_uid(id),
+                Record::Join(id, g) if self.owns(id) => self.join_group(id, &g),
+                Record::Leave(id, g) if self.owns(id) => self.leave_group(id, &g),
+                Record::Session(id, data) if self.owns(id) => {
+                    if self.registry.set_session(id, data.clone()) {
+                        self.bus.broadcast(&Record::Session(id, data));
+                    }
+                }
+                // The connection closed meanwhile: nothing to change.
+                _ => {}
+            },
             Record::Deliver { target, payload } => self.deliver_local(&target, payload),
             Record::CloseConn { id, code, reason } => {
                 if let Some(key) = self.local_key(id) {

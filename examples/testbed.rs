@@ -1,0 +1,346 @@
+//! A test-only WebSocket server that exposes foreman's API through a small JSON
+//! command protocol, so the integration tests can drive every `Ctx` call from
+//! the outside, as a client would.
+//!
+//! A client sends one JSON object per text message, `{"op": ..., "id": N, ...}`;
+//! the reply is one JSON object with the same `id` (and `error` if the
+//! command failed). Whatever else a client receives is a push: the `data` of
+//! some send aimed at it, or a timer tick `{"tick": T, "n": K}`. Binary
+//! messages are echoed.
+//!
+//! | op | fields | reply |
+//! |---|---|---|
+//! | `whoami` | | `conn`, `worker`, `count`, `pid` |
+//! | `panic` | | none: the handler panics |
+//! | `timer` | `ms`, `repeat` | `timer` (ticks follow as pushes) |
+//! | `del_timer` | `timer` | `deleted` |
+//! | `send_to` | `to`, `data` | `ok` (what `Ctx::send` returned) |
+//! | `send_to_all` | `data`, `exclude` | |
+//! | `flood` | `n`, `size`, `tag` | `sent`: `n` broadcasts of `size` bytes to all but the sender |
+//! | `bind` / `unbind` | `uid`, `conn` | |
+//! | `send_to_uid` | `uid` or `uids`, `data` | |
+//! | `join` / `leave` | `group`, `conn` | |
+//! | `ungroup` | `group` | |
+//! | `send_to_group` | `group`, `data`, `exclude` | |
+//! | `close` | `conn`, `code`, `reason` | |
+//! | `stats` | | counts and lists for the whole server, `dropped_sends`, `errors` |
+//! | `group` | `group` | `conns`, `uids`, `count` |
+//! | `uid` | `uid` | `online`, `conns` |
+//! | `conn` | `conn` | `online`, `uid`, `groups`, `session` |
+//! | `set_session` | `conn`, `data` | `ok` |
+//! | `errors` | | this worker's `on_error` reports |
+//!
+//! `conn` fields default to the sender's own connection. A WebSocket request
+//! with `?panic` makes `on_websocket_connect` panic; `?reject` answers 403.
+//!
+//! Run: `cargo run --example testbed -- --listen websocket://127.0.0.1:0 --count 4`
+
+use foreman::{
+    cli::Args, ConnError, ConnId, Ctx, Handler, Message, Request, Response, Server, TimerId,
+};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How many `on_error` reports a worker keeps for the `errors` command.
+const ERROR_LOG_CAP: usize = 1000;
+
+/// One worker's state.
+#[derive(Default)]
+struct Testbed {
+    /// Live timers: who asked, whether it repeats, how often it fired.
+    timers: HashMap<TimerId, TimerEntry>,
+    /// Every timer this worker made, live or not, so a test can delete one
+    /// twice and see what `Ctx::del_timer` says.
+    timer_ids: HashMap<u64, TimerId>,
+    /// The latest `on_error` reports, oldest first.
+    errors: Vec<String>,
+    /// How many `on_error` calls there were in all.
+    error_count: u64,
+}
+
+struct TimerEntry {
+    conn: ConnId,
+    repeat: bool,
+    fired: u64,
+}
+
+type CmdResult = Result<Value, String>;
+
+fn field<'a>(cmd: &'a Value, key: &str) -> Result<&'a Value, String> {
+    cmd.get(key).ok_or_else(|| format!("missing field {key:?}"))
+}
+
+fn text<'a>(cmd: &'a Value, key: &str) -> Result<&'a str, String> {
+    field(cmd, key)?
+        .as_str()
+        .ok_or_else(|| format!("field {key:?} must be a string"))
+}
+
+fn number(cmd: &Value, key: &str) -> Result<u64, String> {
+    field(cmd, key)?
+        .as_u64()
+        .ok_or_else(|| format!("field {key:?} must be a non-negative integer"))
+}
+
+fn parse_conn(s: &str) -> Result<ConnId, String> {
+    s.parse::<ConnId>().map_err(|e| e.to_string())
+}
+
+/// The `conn` field, or the sender's own connection.
+fn target(cmd: &Value, me: ConnId) -> Result<ConnId, String> {
+    match cmd.get("conn") {
+        None | Some(Value::Null) => Ok(me),
+        Some(_) => parse_conn(text(cmd, "conn")?),
+    }
+}
+
+/// The `exclude` field: a list of connection ids, empty if absent.
+fn exclude(cmd: &Value) -> Result<Vec<ConnId>, String> {
+    match cmd.get("exclude") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|v| parse_conn(v.as_str().ok_or("exclude: strings only")?))
+            .collect(),
+        Some(_) => Err("exclude must be an array".into()),
+    }
+}
+
+fn conn_strings(conns: Vec<ConnId>) -> Vec<String> {
+    conns.iter().map(ToString::to_string).collect()
+}
+
+impl Testbed {
+    fn run(&mut self, ctx: &mut Ctx, me: ConnId, cmd: &Value) -> CmdResult {
+        let ok = Ok(json!({}));
+        match text(cmd, "op")? {
+            "whoami" => Ok(json!({
+                "conn": me.to_string(),
+                "worker": ctx.worker_id(),
+                "count": ctx.worker_count(),
+                "pid": std::process::id(),
+            })),
+            "panic" => panic!("testbed: panic requested by {me}"),
+            "timer" => {
+                let ms = number(cmd, "ms")?;
+                let repeat = field(cmd, "repeat")?
+                    .as_bool()
+                    .ok_or("repeat must be a bool")?;
+                let id = ctx.add_timer(Duration::from_millis(ms), repeat);
+                self.timers.insert(
+                    id,
+                    TimerEntry {
+                        conn: me,
+                        repeat,
+                        fired: 0,
+                    },
+                );
+                self.timer_ids.insert(id.get(), id);
+                Ok(json!({"timer": id.get()}))
+            }
+            "del_timer" => {
+                let wanted = number(cmd, "timer")?;
+                let id = *self
+                    .timer_ids
+                    .get(&wanted)
+                    .ok_or("no such timer was ever made")?;
+                self.timers.remove(&id);
+                Ok(json!({"deleted": ctx.del_timer(id)}))
+            }
+            "send_to" => {
+                let to = parse_conn(text(cmd, "to")?)?;
+                Ok(json!({"ok": ctx.send(to, text(cmd, "data")?)}))
+            }
+            "send_to_all" => {
+                ctx.send_to_all(text(cmd, "data")?, &exclude(cmd)?);
+                ok
+            }
+            "flood" => {
+                let n = number(cmd, "n")?;
+                let size = number(cmd, "size")? as usize;
+                let tag = text(cmd, "tag")?;
+                for i in 0..n {
+                    let mut payload = format!("{tag}:{i}:");
+                    let pad = size.saturating_sub(payload.len());
+                    payload.push_str(&"x".repeat(pad));
+                    ctx.send_to_all(payload, &[me]);
+                }
+                Ok(json!({"sent": n}))
+            }
+            "bind" => {
+                ctx.bind_uid(target(cmd, me)?, text(cmd, "uid")?);
+                ok
+            }
+            "unbind" => {
+                ctx.unbind_uid(target(cmd, me)?);
+                ok
+            }
+            "send_to_uid" => {
+                let data = text(cmd, "data")?;
+                match cmd.get("uids") {
+                    Some(Value::Array(list)) => {
+                        let uids: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
+                        ctx.send_to_uids(&uids, data);
+                    }
+                    _ => ctx.send_to_uid(text(cmd, "uid")?, data),
+                }
+                ok
+            }
+            "join" => {
+                ctx.join_group(target(cmd, me)?, text(cmd, "group")?);
+                ok
+            }
+            "leave" => {
+                ctx.leave_group(target(cmd, me)?, text(cmd, "group")?);
+                ok
+            }
+            "ungroup" => {
+                ctx.ungroup(text(cmd, "group")?);
+                ok
+            }
+            "send_to_group" => {
+                ctx.send_to_group(text(cmd, "group")?, text(cmd, "data")?, &exclude(cmd)?);
+                ok
+            }
+            "close" => {
+                let conn = target(cmd, me)?;
+                match cmd.get("code").and_then(Value::as_u64) {
+                    Some(code) => {
+                        let reason = cmd.get("reason").and_then(Value::as_str).unwrap_or("");
+                        ctx.close_with(conn, code as u16, reason);
+                    }
+                    None => ctx.close(conn),
+                }
+                ok
+            }
+            "stats" => Ok(json!({
+                "connection_count": ctx.connection_count(),
+                "connections": conn_strings(ctx.connections()),
+                "uid_count": ctx.uid_count(),
+                "uids": ctx.uids(),
+                "groups": ctx.groups(),
+                "dropped_sends": ctx.dropped_sends(),
+                "errors": self.error_count,
+            })),
+            "group" => {
+                let group = text(cmd, "group")?;
+                Ok(json!({
+                    "conns": conn_strings(ctx.group_conns(group)),
+                    "uids": ctx.group_uids(group),
+                    "count": ctx.group_conn_count(group),
+                }))
+            }
+            "uid" => {
+                let uid = text(cmd, "uid")?;
+                Ok(json!({
+                    "online": ctx.is_uid_online(uid),
+                    "conns": conn_strings(ctx.conns_of_uid(uid)),
+                }))
+            }
+            "conn" => {
+                let conn = target(cmd, me)?;
+                let session = ctx
+                    .session(conn)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned());
+                Ok(json!({
+                    "online": ctx.is_online(conn),
+                    "uid": ctx.uid_of_conn(conn),
+                    "groups": ctx.groups_of_conn(conn),
+                    "session": session,
+                }))
+            }
+            "set_session" => {
+                let conn = target(cmd, me)?;
+                let data = text(cmd, "data")?.as_bytes().to_vec();
+                Ok(json!({"ok": ctx.set_session(conn, data)}))
+            }
+            "errors" => Ok(json!({"errors": self.errors, "count": self.error_count})),
+            other => Err(format!("unknown op {other:?}")),
+        }
+    }
+}
+
+impl Handler for Testbed {
+    fn on_websocket_connect(
+        &mut self,
+        _ctx: &mut Ctx,
+        conn: ConnId,
+        request: &Request,
+    ) -> Result<(), Response> {
+        if request.query_param("panic").is_some() {
+            panic!("testbed: panic in on_websocket_connect of {conn}");
+        }
+        if request.query_param("reject").is_some() {
+            return Err(Response::status(403));
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx, conn: ConnId, msg: Message) {
+        let Some(body) = msg.as_text() else {
+            ctx.send(conn, msg);
+            return;
+        };
+        let (id, result) = match serde_json::from_str::<Value>(body) {
+            Ok(cmd) => (cmd.get("id").cloned(), self.run(ctx, conn, &cmd)),
+            Err(e) => (None, Err(format!("not JSON: {e}"))),
+        };
+        let mut reply = result.unwrap_or_else(|e| json!({ "error": e }));
+        reply["id"] = id.unwrap_or(Value::Null);
+        ctx.send(conn, reply.to_string());
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx, timer: TimerId) {
+        let Some(entry) = self.timers.get_mut(&timer) else {
+            return;
+        };
+        entry.fired += 1;
+        let (conn, n, repeat) = (entry.conn, entry.fired, entry.repeat);
+        if !repeat {
+            self.timers.remove(&timer);
+        }
+        ctx.send(conn, json!({"tick": timer.get(), "n": n}).to_string());
+    }
+
+    fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId) {
+        let mine: Vec<TimerId> = self
+            .timers
+            .iter()
+            .filter(|(_, e)| e.conn == conn)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in mine {
+            self.timers.remove(&id);
+            ctx.del_timer(id);
+        }
+    }
+
+    fn on_error(&mut self, _ctx: &mut Ctx, conn: ConnId, error: &ConnError) {
+        self.error_count += 1;
+        if self.errors.len() == ERROR_LOG_CAP {
+            self.errors.remove(0);
+        }
+        self.errors.push(format!("{conn}: {error}"));
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("testbed: {e}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> foreman::Result<()> {
+    let args = Args::from_env()?;
+    if let Some(unknown) = args.rest.first() {
+        return Err(foreman::Error::Usage(format!(
+            "unknown argument {unknown:?}"
+        )));
+    }
+    let config = args.config()?;
+    Server::new(config)
+        .command(args.command)
+        .run(|_worker_id: usize| Testbed::default())
+}

@@ -1,0 +1,219 @@
+//! WebSocket conformance: the Autobahn TestSuite cases, driven by PyPI's
+//! `kosoku`, against `echo` with two workers. Groups 12 and 13
+//! (permessage-deflate) are excluded. A case passes when both its behaviour
+//! and its closing behaviour are OK, NON-STRICT or INFORMATIONAL.
+//!
+//! Marked `#[ignore]` so a plain `cargo test` stays quick; `scripts/test.sh`
+//! installs kosoku (`scripts/setup-conformance.sh`) and runs this on purpose.
+//! The full report (HTML and JSON) stays in `target/tmp/autobahn-*/`.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The case groups a full run without compression covers (there is no 8).
+const GROUPS: [&str; 9] = ["1", "2", "3", "4", "5", "6", "7", "9", "10"];
+const PASSING: [&str; 3] = ["OK", "NON-STRICT", "INFORMATIONAL"];
+/// The 9.* cases send messages of up to 16 MiB.
+const BIG_LIMITS: &str = "[server]\nmax_frame_bytes = 16777216\nmax_message_bytes = 16777216\n\
+                          max_output_bytes = 67108864\n";
+const RUN_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// `FOREMAN_KOSOKU`, or the venv `scripts/setup-conformance.sh` makes.
+fn kosoku() -> PathBuf {
+    if let Some(p) = std::env::var_os("FOREMAN_KOSOKU") {
+        return p.into();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv =
+        std::env::var_os("FOREMAN_VENV").map_or_else(|| root.join("target/venv"), PathBuf::from);
+    for candidate in [venv.join("bin/kosoku"), root.join(".venv/bin/kosoku")] {
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    panic!(
+        "kosoku not found in {}: run scripts/setup-conformance.sh (or set FOREMAN_KOSOKU)",
+        venv.display()
+    );
+}
+
+struct CaseOutcome {
+    id: String,
+    behavior: String,
+    behavior_close: String,
+    detail: String,
+}
+
+fn sort_key(id: &str) -> Vec<u32> {
+    id.split('.')
+        .map(|p| p.parse().unwrap_or(u32::MAX))
+        .collect()
+}
+
+/// Reads kosoku's `index.json` (agent -> case id -> verdicts) and each
+/// failing case's own report for its explanation.
+fn read_report(dir: &Path) -> Vec<CaseOutcome> {
+    let index = std::fs::read_to_string(dir.join("index.json"))
+        .unwrap_or_else(|e| panic!("kosoku wrote no {}/index.json: {e}", dir.display()));
+    let index: BTreeMap<String, BTreeMap<String, Value>> =
+        serde_json::from_str(&index).expect("index.json: agent -> case -> verdict");
+    assert_eq!(
+        index.len(),
+        1,
+        "one server under test, got agents {:?}",
+        index.keys()
+    );
+    let cases = index.into_values().next().expect("one agent");
+    let mut out: Vec<CaseOutcome> = cases
+        .into_iter()
+        .map(|(id, v)| {
+            let field = |k: &str| v[k].as_str().unwrap_or("?").to_string();
+            let (behavior, behavior_close) = (field("behavior"), field("behaviorClose"));
+            let mut detail = String::new();
+            if !PASSING.contains(&behavior.as_str()) || !PASSING.contains(&behavior_close.as_str())
+            {
+                let file = dir.join(field("reportfile"));
+                if let Ok(text) = std::fs::read_to_string(&file) {
+                    let c: Value = serde_json::from_str(&text).unwrap_or_default();
+                    detail = format!(
+                        "{} / {} (close code {}, {})",
+                        c["result"].as_str().unwrap_or(""),
+                        c["resultClose"].as_str().unwrap_or(""),
+                        c["remoteCloseCode"],
+                        c["description"]
+                            .as_str()
+                            .unwrap_or("")
+                            .chars()
+                            .take(120)
+                            .collect::<String>()
+                    );
+                }
+            }
+            CaseOutcome {
+                id,
+                behavior,
+                behavior_close,
+                detail,
+            }
+        })
+        .collect();
+    out.sort_by_key(|c| sort_key(&c.id));
+    out
+}
+
+fn run_conformance(name: &str, extra_args: &[&str]) {
+    let kosoku = kosoku();
+    let mut args = vec!["--listen", "websocket://127.0.0.1:0", "--count", "2"];
+    args.extend_from_slice(extra_args);
+    let server = Server::start_with_toml("echo", &args, BIG_LIMITS);
+    server.wait_workers(2, REPLY_TIMEOUT);
+
+    let outdir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("autobahn-{name}"));
+    let _ = std::fs::remove_dir_all(&outdir);
+    let log = |ext: &str| {
+        let path = outdir.with_extension(ext);
+        let file = std::fs::File::create(&path).expect("kosoku log file");
+        (path, Stdio::from(file))
+    };
+    let ((out_path, out), (err_path, err)) = (log("stdout"), log("stderr"));
+    let started = Instant::now();
+    let mut child = Command::new(&kosoku)
+        .arg(format!("ws://{}", server.addr))
+        .args(["-x", "12.*", "-x", "13.*", "-o"])
+        .arg(&outdir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {}: {e}", kosoku.display()));
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for kosoku") {
+            break status;
+        }
+        if started.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            panic!("kosoku did not finish within {RUN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = std::fs::read_to_string(out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(err_path).unwrap_or_default();
+    let took = started.elapsed();
+
+    let cases = read_report(&outdir);
+    let mut tally: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for c in &cases {
+        *tally
+            .entry((c.behavior.clone(), c.behavior_close.clone()))
+            .or_default() += 1;
+    }
+    let failed: Vec<&CaseOutcome> = cases
+        .iter()
+        .filter(|c| {
+            !PASSING.contains(&c.behavior.as_str()) || !PASSING.contains(&c.behavior_close.as_str())
+        })
+        .collect();
+    eprintln!(
+        "autobahn ({name}): {} cases in {took:?}; report in {}",
+        cases.len(),
+        outdir.display()
+    );
+    for ((b, bc), n) in &tally {
+        eprintln!("  {n:4}  behavior {b}, close {bc}");
+    }
+    for c in &failed {
+        eprintln!(
+            "  FAILED {}: {} / {}: {}",
+            c.id, c.behavior, c.behavior_close, c.detail
+        );
+    }
+
+    // The run covered the whole suite but compression.
+    let groups: BTreeSet<&str> = cases
+        .iter()
+        .map(|c| c.id.split('.').next().unwrap_or(""))
+        .collect();
+    let want: BTreeSet<&str> = GROUPS.into_iter().collect();
+    assert_eq!(groups, want, "case groups in the report");
+    // kosoku's own count agrees with the report.
+    let total_line = format!("wrote reports for {} cases", cases.len());
+    assert!(
+        stdout.contains(&total_line),
+        "kosoku said: {stdout}{stderr}"
+    );
+
+    assert!(
+        failed.is_empty(),
+        "{} of {} Autobahn cases failed: {}",
+        failed.len(),
+        cases.len(),
+        failed
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    assert!(
+        status.success(),
+        "kosoku exited with {status} although every case passed:\n{stderr}"
+    );
+    assert_eq!(server.workers().len(), 2, "no worker died during the run");
+}
+
+#[test]
+#[ignore = "conformance run (minutes); scripts/test.sh runs it with kosoku installed"]
+fn echo_passes_autobahn_with_two_workers() {
+    run_conformance("shared-listener", &[]);
+}
+
+#[test]
+#[ignore = "conformance run (minutes); scripts/test.sh runs it with kosoku installed"]
+fn echo_passes_autobahn_with_two_workers_reuse_port() {
+    run_conformance("reuse-port", &["--reuse-port"]);
+}
