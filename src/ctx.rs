@@ -699,10 +699,10 @@ impl Ctx {
                 Record::Unbind(id) if self.owns(id) => self.unbind_uid(id),
                 Record::Join(id, g) if self.owns(id) => self.join_group(id, &g),
                 Record::Leave(id, g) if self.owns(id) => self.leave_group(id, &g),
-                Record::Session(id, data) if self.owns(id) => {
-                    if self.registry.set_session(id, data.clone()) {
-                        self.bus.broadcast(&Record::Session(id, data));
-                    }
+                Record::Session(id, data)
+                    if self.owns(id) && self.registry.set_session(id, data.clone()) =>
+                {
+                    self.bus.broadcast(&Record::Session(id, data));
                 }
                 // The connection closed meanwhile: nothing to change.
                 _ => {}
