@@ -98,10 +98,14 @@ pub(crate) fn worker_signals() -> SigSet {
     s
 }
 
-/// The open-files limit caps connections: keep some descriptors for the rest.
+/// Descriptors kept for everything but client sockets: the listener, bus
+/// links, epoll, signalfd, the application's own files.
+const FD_RESERVE: usize = 100;
+
+/// The open-files limit caps connections: keep [`FD_RESERVE`] for the rest.
 fn fd_cap() -> usize {
     match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
-        Ok((soft, _)) => (soft as usize).saturating_sub(64 + 4 * 1024.min(soft as usize / 16)),
+        Ok((soft, _)) => (soft as usize).saturating_sub(FD_RESERVE),
         Err(_) => 1000,
     }
 }
