@@ -286,6 +286,44 @@ fn rate_limit_refuses_then_closes_abusers() {
 }
 
 #[test]
+fn a_full_database_queue_refuses_requests_until_it_drains() {
+    let server = ChatServer::start("busy", 1, "[history]\nmax_queue = 3\n");
+    let mut al = Client::login(&server, "al");
+    al.join("r");
+    // Lock the database as a slow disk would: the writer can finish nothing.
+    let lock = rusqlite::Connection::open(server.dir.join("chat.db")).expect("open db");
+    lock.execute_batch("BEGIN IMMEDIATE").expect("lock db");
+    for i in 0..6 {
+        al.send(
+            json!({"type": "say", "room": "r", "text": format!("m{i}"), "ref": format!("q{i}")}),
+        );
+    }
+    // Three wait for the database; the others are refused at once.
+    for i in 3..6 {
+        let e = al.expect_error("rate_limited");
+        assert_eq!(e["ref"], format!("q{i}"), "{e}");
+    }
+    // Requests that need no database are still answered.
+    al.send(json!({"type": "users", "ref": "u"}));
+    assert_eq!(al.expect("users")["ref"], "u");
+    lock.execute_batch("ROLLBACK").expect("unlock db");
+    let mut acked = Vec::new();
+    while acked.len() < 3 {
+        let v = al.recv();
+        match v["type"].as_str() {
+            Some("ack") => acked.push(v["ref"].as_str().expect("ref").to_string()),
+            Some("message") => {}
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert_eq!(acked, ["q0", "q1", "q2"]);
+    // Drained: accepted again.
+    al.send(json!({"type": "say", "room": "r", "text": "later", "ref": "l"}));
+    al.expect("message");
+    assert_eq!(al.expect("ack")["ref"], "l");
+}
+
+#[test]
 fn auth_needs_a_valid_token_for_the_name() {
     let server = ChatServer::start("auth", 2, "[auth]\nsecret = \"s3cret\"\n");
     let good = token("s3cret", "al", now_secs() + 600);

@@ -31,7 +31,8 @@ fn two_browsers_chat_through_the_page() {
         return;
     }
 
-    const CONFIG: &str = "[chat]\ntick_interval_ms = 250\nhistory_on_join = 5\n";
+    const CONFIG: &str =
+        "[chat]\ntick_interval_ms = 250\nhistory_on_join = 5\nmax_text_chars = 200\n";
     let mut server = ChatServer::start("browser", 2, CONFIG);
     let shots = target_profile_dir()
         .parent()

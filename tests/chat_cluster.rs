@@ -17,6 +17,29 @@ fn ids(messages: &Value) -> Vec<i64> {
         .collect()
 }
 
+/// What `watch` received before a marker that `marker` (a member of `room`)
+/// says there now. Whatever `marker`'s worker sent `watch` before, it sent
+/// before the marker, over the same path: so an empty answer means that
+/// worker sent nothing else, even across the bus (a `users` round trip, as in
+/// `Client::sync`, proves that only for `watch`'s own worker).
+fn before_marker(watch: &mut Client, marker: &mut Client, room: &str) -> Vec<Value> {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let text = format!(
+        "marker {}",
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    marker.send(json!({"type": "say", "room": room, "text": text}));
+    marker.wait_for("the marker's ack", |v| v["type"] == "ack");
+    let mut before = Vec::new();
+    loop {
+        let v = watch.recv();
+        if v["type"] == "message" && v["text"] == text.as_str() {
+            return before;
+        }
+        before.push(v);
+    }
+}
+
 #[test]
 fn a_room_message_reaches_members_on_the_other_worker() {
     let server = ChatServer::start("cross", 2, "");
@@ -96,12 +119,18 @@ fn presence_on_first_join_and_last_leave_across_workers() {
     let server = ChatServer::start("presence", 2, "");
     let mut watch = Client::login_on(&server, "watch", 0);
     watch.join("r");
+    // A member on worker 1 for markers.
+    let mut mark = Client::login_on(&server, "mark", 1);
+    // (`wait_for`: events of the room may come before `joined`.)
+    mark.send(json!({"type": "join", "room": "r"}));
+    mark.wait_for("joined", |v| v["type"] == "joined");
+    assert_eq!(watch.expect("presence")["user"], "mark");
     let mut bo0 = Client::login_on(&server, "bo", 0);
     let mut bo1 = Client::login_on(&server, "bo", 1);
 
     // First connection of bo joins: one presence event, not to bo0 itself.
     let joined = bo1.join("r");
-    assert_eq!(joined["users"], json!(["bo", "watch"]));
+    assert_eq!(joined["users"], json!(["bo", "mark", "watch"]));
     let p = watch.expect("presence");
     assert_eq!(
         p,
@@ -117,7 +146,7 @@ fn presence_on_first_join_and_last_leave_across_workers() {
     // One of two leaves: no event.
     bo1.send(json!({"type": "leave", "room": "r"}));
     bo1.expect("left");
-    assert!(watch.sync().is_empty());
+    assert!(before_marker(&mut watch, &mut mark, "r").is_empty());
     // The last one goes by closing its connection: a leave event.
     bo0.close();
     let p = watch.expect("presence");
@@ -244,6 +273,11 @@ fn simultaneous_joins_and_leaves_of_one_user_make_one_event_each() {
     let server = ChatServer::start("race", 2, "");
     let mut watch = Client::login_on(&server, "watch", 0);
     watch.join("r");
+    let mut mark = Client::login_on(&server, "mark", 1);
+    // (`wait_for`: events of the room may come before `joined`.)
+    mark.send(json!({"type": "join", "room": "r"}));
+    mark.wait_for("joined", |v| v["type"] == "joined");
+    assert_eq!(watch.expect("presence")["user"], "mark");
     for round in 0..5 {
         let mut a = Client::login_on(&server, "bo", 0);
         let mut b = Client::login_on(&server, "bo", 1);
@@ -261,6 +295,69 @@ fn simultaneous_joins_and_leaves_of_one_user_make_one_event_each() {
         b.expect("left");
         let p = watch.expect("presence");
         assert_eq!(p["event"], "leave", "round {round}: {p}");
+        let late = before_marker(&mut watch, &mut mark, "r");
+        assert!(late.is_empty(), "round {round}: one event each: {late:?}");
         assert!(watch.sync().is_empty(), "round {round}: one event each");
     }
+}
+
+#[test]
+fn users_of_a_stopped_or_killed_worker_leave_their_rooms() {
+    use nix::sys::signal::{kill, Signal};
+    use std::collections::BTreeSet;
+    let mut server = ChatServer::start("gone", 2, "");
+    let mut watch = Client::login_on(&server, "watch", 1);
+    watch.join("r");
+    let mut mark = Client::login_on(&server, "mark", 1);
+    mark.send(json!({"type": "join", "room": "r"}));
+    mark.wait_for("joined", |v| v["type"] == "joined");
+    watch.expect("presence");
+    // SIGTERM: the worker closes its clients (1001) and exits; SIGKILL: it
+    // just dies. Either way the members elsewhere learn that its users left,
+    // once each.
+    for signal in [Signal::SIGTERM, Signal::SIGKILL] {
+        let users: BTreeSet<String> = (0..10).map(|i| format!("{signal:?}-{i}")).collect();
+        let mut clients = Vec::new();
+        for user in &users {
+            let mut c = Client::login_on(&server, user, 0);
+            c.join("r");
+            let p = watch.expect("presence");
+            assert_eq!((&p["user"], &p["event"]), (&json!(user), &json!("join")));
+            clients.push(c);
+        }
+        // A slow disk, made certain: the database stays locked until the
+        // stopping worker has closed every client (and so left its loop).
+        let lock = rusqlite::Connection::open(server.dir.join("chat.db")).expect("open db");
+        lock.execute_batch("BEGIN IMMEDIATE").expect("lock db");
+        let pid = server.worker_pid(0).expect("worker 0 runs");
+        kill(nix::unistd::Pid::from_raw(pid), signal).expect("signal worker 0");
+        for c in &mut clients {
+            c.expect_gone();
+        }
+        lock.execute_batch("ROLLBACK").expect("unlock db");
+        let mut left = BTreeSet::new();
+        while left.len() < users.len() {
+            let p = watch.wait_for("leaves", |v| v["type"] == "presence");
+            assert_eq!(p["event"], "leave", "{signal:?}: {p}");
+            let user = p["user"].as_str().expect("user").to_string();
+            assert!(users.contains(&user), "{signal:?}: {p}");
+            assert!(left.insert(user), "{signal:?}: twice: {p}");
+        }
+        // The replacement is up before the next round logs in on worker 0.
+        let deadline = Instant::now() + chat_util::WAIT;
+        while server.worker_pid(0).is_none_or(|p| p == pid) {
+            assert!(Instant::now() < deadline, "worker 0 not replaced");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server.wait_for_workers(2);
+    }
+    // Worker 0's replacement announced them: nothing more from it.
+    let mut mark0 = Client::login_on(&server, "mark0", 0);
+    mark0.send(json!({"type": "join", "room": "r"}));
+    mark0.wait_for("joined", |v| v["type"] == "joined");
+    watch.expect("presence");
+    assert!(
+        before_marker(&mut watch, &mut mark0, "r").is_empty(),
+        "one leave each"
+    );
 }

@@ -110,3 +110,66 @@ fn acked_messages_survive_sigkill_of_workers_and_master() {
     let m = reader.wait_for("message", |v| v["type"] == "message");
     assert!(m["id"].as_i64() > acked.keys().last().copied());
 }
+
+#[test]
+fn what_anyone_received_survives_a_worker_killed_mid_stream() {
+    use chat_util::Event;
+    use std::collections::BTreeSet;
+    let mut server = ChatServer::start("midcrash", 2, "");
+    let mut al = Client::login_on(&server, "al", 0);
+    let mut bo = Client::login_on(&server, "bo", 1);
+    al.join("crash");
+    bo.join("crash");
+    for i in 0..2000 {
+        al.send(json!({"type": "say", "room": "crash", "text": format!("al {i}"), "ref": i.to_string()}));
+    }
+    // Kill al's worker while its messages are being written and delivered.
+    let mut acked = BTreeSet::new();
+    let first = al.wait_for("an ack", |v| v["type"] == "ack");
+    acked.insert(first["id"].as_i64().expect("id"));
+    let pid = server.worker_pid(0).expect("worker 0 runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill worker 0");
+    loop {
+        match al.next_event(chat_util::WAIT) {
+            Event::Frame(v) if v["type"] == "ack" => {
+                acked.insert(v["id"].as_i64().expect("id"));
+            }
+            Event::Frame(_) => {}
+            Event::Closed(_) => break,
+            Event::Timeout => panic!("al's connection outlived its worker"),
+        }
+    }
+    // bo saw what it saw until al's leave, announced by the replacement.
+    let mut received = BTreeSet::new();
+    loop {
+        let v = bo.recv();
+        match v["type"].as_str() {
+            Some("message") => {
+                received.insert(v["id"].as_i64().expect("id"));
+            }
+            Some("presence") if v["user"] == "al" && v["event"] == "leave" => break,
+            _ => {}
+        }
+    }
+    let mut reader = Client::login(&server, "reader");
+    reader.join("crash");
+    let stored: BTreeSet<i64> = full_history(&mut reader, "crash").into_keys().collect();
+    let lost: Vec<_> = acked
+        .union(&received)
+        .filter(|id| !stored.contains(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acked or delivered but not stored: {lost:?}"
+    );
+    eprintln!(
+        "{} acked, {} delivered, {} stored of 2000",
+        acked.len(),
+        received.len(),
+        stored.len()
+    );
+}

@@ -69,6 +69,8 @@ pub struct HistorySection {
     pub busy_timeout_ms: Option<u64>,
     /// Most requests committed in one transaction (group commit).
     pub max_batch: Option<usize>,
+    /// Most requests waiting for the database per worker; more are refused.
+    pub max_queue: Option<usize>,
 }
 
 /// `[auth]` as written.
@@ -110,6 +112,9 @@ pub struct ChatConfig {
     pub busy_timeout: Duration,
     /// Group-commit batch size.
     pub max_batch: usize,
+    /// Most jobs waiting for a worker's writer before requests that need the
+    /// database are refused with `rate_limited` (the server is busy).
+    pub max_queue: usize,
     /// HS256 secret; `None`: auth off.
     pub auth_secret: Option<Vec<u8>>,
 }
@@ -192,6 +197,7 @@ impl ChatConfig {
             600_000,
         )?;
         let max_batch = in_range("history.max_batch", h.max_batch, 256, 1, 100_000)?;
+        let max_queue = in_range("history.max_queue", h.max_queue, 4096, 1, 1_000_000)?;
 
         let auth_secret = match file.auth.secret {
             None => None,
@@ -214,6 +220,7 @@ impl ChatConfig {
             database,
             busy_timeout: Duration::from_millis(busy),
             max_batch,
+            max_queue,
             auth_secret,
         })
     }
@@ -254,6 +261,7 @@ mod tests {
             }
         );
         assert_eq!(c.database, PathBuf::from("/srv/chat.db"));
+        assert_eq!(c.max_queue, 4096);
         assert!(c.auth_secret.is_none());
     }
 
@@ -287,6 +295,7 @@ mod tests {
             ("[chat]\nmax_text_chars = 0", "chat.max_text_chars"),
             ("[chat]\nhistory_on_join = -1", "history_on_join"),
             ("[rate_limit]\nburst = 0", "rate_limit.burst"),
+            ("[history]\nmax_queue = 0", "history.max_queue"),
             ("[server]\ncount = 0", "server.count"),
             ("[server]\nlisten = \"nohost\"", "listen"),
             ("[history]\ndatabase = \"\"", "history.database"),

@@ -5,7 +5,8 @@
 //! table always wins: [`parse`] finds `bad_json`, `unknown_type` and
 //! `bad_request` (shape); [`Frame::admit`] then finds `not_logged_in`,
 //! `already_logged_in`, `bad_name`, `not_in_room`, `unknown_user`, `too_long`
-//! and `rate_limited`, in that order. `auth_failed` (login only) and
+//! and `rate_limited` (over the connection's limit, or the worker's database
+//! queue is full), in that order. `auth_failed` (login only) and
 //! `unsupported` (binary frames) come after all of these. A binary frame is
 //! not a request at all (it has no JSON, type or fields to check), so the
 //! only error that can outrank `unsupported` for it is `rate_limited`: every
@@ -195,6 +196,10 @@ pub struct Gate<'a> {
     pub max_text_chars: usize,
     /// Whether this frame is over the connection's rate limit.
     pub rate_limited: bool,
+    /// Whether the worker's database queue is full: requests that need the
+    /// database are refused with `rate_limited` too (protocol v1 has no
+    /// "busy" code; "slow down" is what the client should do).
+    pub busy: bool,
 }
 
 /// Whether `name` is a valid user or room name: 1 to 32 ASCII letters,
@@ -326,6 +331,14 @@ fn request_history(f: &Fields) -> Shape<Request> {
 }
 
 impl Request {
+    /// Whether answering needs the database (the worker's writer queue).
+    pub fn needs_store(&self) -> bool {
+        matches!(
+            self,
+            Request::Join(_) | Request::Leave(_) | Request::Say(_) | Request::History(_)
+        )
+    }
+
     /// The names this request carries (user and room), for `bad_name`.
     fn names(&self) -> Vec<(&'static str, &str)> {
         fn target<'a>(t: &'a Target, user_key: &'static str) -> (&'static str, &'a str) {
@@ -407,6 +420,12 @@ impl Frame {
         }
         if gate.rate_limited {
             return refuse(ErrorCode::RateLimited, "slow down".into());
+        }
+        if gate.busy && self.request.needs_store() {
+            return refuse(
+                ErrorCode::RateLimited,
+                "the server is busy; try again shortly".into(),
+            );
         }
         Ok(())
     }

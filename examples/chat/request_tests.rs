@@ -17,6 +17,7 @@ fn admit(text: &str, logged_in: bool, rooms: &[&str], limited: bool) -> Result<(
         rooms: &rooms,
         max_text_chars: 5,
         rate_limited: limited,
+        busy: false,
     };
     ok(text).admit(&gate, |u| u == "bob").map_err(|r| r.code)
 }
@@ -261,6 +262,7 @@ fn refusals_from_admission_echo_the_ref() {
         rooms: &rooms,
         max_text_chars: 10,
         rate_limited: false,
+        busy: false,
     };
     let r = ok(r#"{"type":"users","ref":"q"}"#)
         .admit(&gate, |_| true)
@@ -289,4 +291,39 @@ fn codes_are_in_table_order() {
     let names: Vec<_> = table.iter().map(|c| c.as_str()).collect();
     assert_eq!(names[0], "bad_json");
     assert_eq!(names[11], "unsupported");
+}
+
+#[test]
+fn a_full_database_queue_refuses_only_requests_that_need_it() {
+    let rooms: BTreeSet<String> = ["r".to_string()].into();
+    let gate = Gate {
+        logged_in: true,
+        rooms: &rooms,
+        max_text_chars: 5,
+        rate_limited: false,
+        busy: true,
+    };
+    let verdict = |text: &str| {
+        ok(text)
+            .admit(&gate, |_| true)
+            .map_err(|r| (r.code, r.reference))
+    };
+    for text in [
+        r#"{"type":"join","room":"r","ref":"b"}"#,
+        r#"{"type":"leave","room":"r","ref":"b"}"#,
+        r#"{"type":"say","room":"r","text":"hi","ref":"b"}"#,
+        r#"{"type":"history","with":"bob","ref":"b"}"#,
+    ] {
+        assert_eq!(
+            verdict(text),
+            Err((ErrorCode::RateLimited, Some("b".into()))),
+            "{text}"
+        );
+    }
+    assert_eq!(verdict(r#"{"type":"users"}"#), Ok(()));
+    // Earlier errors still win.
+    assert_eq!(
+        verdict(r#"{"type":"say","room":"r","text":"too long"}"#).map_err(|e| e.0),
+        Err(ErrorCode::TooLong)
+    );
 }

@@ -7,6 +7,17 @@
 //! hands the [`Done`]s back and wakes the loop. So a message is on disk before
 //! anyone receives it or its `ack`, and its id comes from the database.
 //!
+//! # Back-pressure
+//!
+//! The queue is bounded by the worker, not by the channel (the loop must never
+//! block on a full channel): [`Writer::pending`] counts jobs submitted and not
+//! yet finished, and while it is at `history.max_queue` the worker refuses new
+//! `join`, `leave`, `say` and `history` requests with `rate_limited` ("the
+//! server is busy") instead of queueing them. [`Job::Closed`] and
+//! [`Job::Reap`] are never refused (at most one per connection or worker
+//! start). So a slow or locked database costs at most `max_queue` jobs of
+//! memory per worker, and clients are told to slow down.
+//!
 //! Several workers write one file: WAL journal, a busy timeout, and
 //! `BEGIN IMMEDIATE` (the write lock is taken up front, so two writers never
 //! deadlock upgrading read locks). Ids are `AUTOINCREMENT`, so they grow in
@@ -20,15 +31,18 @@
 //! leave or close is the *last* when no row of the user is left. Write
 //! transactions are serialised across workers, so two connections of one user
 //! joining (or leaving) on different workers at the same moment yield exactly
-//! one `presence` event. Rows of connections that died with their worker are
-//! removed by the worker that replaces it ([`Job::Reap`]), which announces the
-//! leaves.
+//! one `presence` event. Rows of connections that died with their worker, or
+//! that a stopping worker closed (its loop ends before the writer could report
+//! the leaves), are removed by the worker that next starts in that slot
+//! ([`Job::Reap`]), which announces the leaves.
 
 use crate::request::Target;
 use crossbeam_channel::{Receiver, Sender};
 use foreman::ConnId;
 use rusqlite::{params, Connection, TransactionBehavior};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -504,6 +518,8 @@ pub struct Writer {
     jobs: Option<Sender<Job>>,
     /// Results out.
     done: Receiver<Done>,
+    /// Jobs submitted whose batch has not finished yet (see [`Writer::pending`]).
+    pending: Arc<AtomicUsize>,
     /// The thread, joined on drop.
     thread: Option<JoinHandle<()>>,
 }
@@ -521,6 +537,8 @@ impl Writer {
     ) -> std::io::Result<Writer> {
         let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let finished = pending.clone();
         let thread = std::thread::Builder::new().name(name).spawn(move || {
             let mut store = match open() {
                 Ok(store) => store,
@@ -538,7 +556,9 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
-                for done in store.run(&batch) {
+                let results = store.run(&batch);
+                finished.fetch_sub(batch.len(), Ordering::AcqRel);
+                for done in results {
                     if done_tx.send(done).is_err() {
                         return;
                     }
@@ -550,13 +570,26 @@ impl Writer {
         Ok(Writer {
             jobs: Some(job_tx),
             done: done_rx,
+            pending,
             thread: Some(thread),
         })
     }
 
-    /// Queues a job; false if the thread is gone.
+    /// Queues a job; false if the thread is gone. Never blocks; callers
+    /// bound the queue with [`Writer::pending`].
     pub fn submit(&self, job: Job) -> bool {
-        self.jobs.as_ref().is_some_and(|tx| tx.send(job).is_ok())
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        let sent = self.jobs.as_ref().is_some_and(|tx| tx.send(job).is_ok());
+        if !sent {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent
+    }
+
+    /// Jobs submitted and not yet finished: queued, or in the batch being
+    /// written. Their results may still wait in [`Writer::ready`].
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
     }
 
     /// Results ready now, without waiting.

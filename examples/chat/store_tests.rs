@@ -287,3 +287,35 @@ fn the_writer_thread_reports_after_commit() {
     }
     assert_eq!(ids(&got), (1..=100).collect::<Vec<_>>());
 }
+
+#[test]
+fn pending_counts_jobs_until_their_batch_is_done() {
+    let path = temp_db();
+    drop(open(&path));
+    let lock = Connection::open(&path).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let opened = path.clone();
+    let writer = Writer::spawn(
+        move || Store::open(&opened, Duration::from_secs(10)),
+        2,
+        "test-writer".into(),
+        move || {
+            let _ = tx.send(());
+        },
+    )
+    .unwrap();
+    for i in 0..5 {
+        assert!(writer.submit(say("0.1.1", "al", room("r"), &i.to_string())));
+    }
+    // The database is locked: nothing can finish.
+    assert_eq!(writer.pending(), 5);
+    lock.execute_batch("ROLLBACK").unwrap();
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        rx.recv_timeout(Duration::from_secs(10)).expect("woken");
+        got.extend(writer.ready());
+    }
+    assert_eq!(ids(&got), (1..=5).collect::<Vec<_>>());
+    assert_eq!(writer.pending(), 0);
+}

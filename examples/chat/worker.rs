@@ -61,6 +61,9 @@ pub struct ChatWorker {
     tick: Option<TimerId>,
     /// The page with the WebSocket path filled in.
     page: Bytes,
+    /// Set by `on_worker_stop`: from then on closing connections leave their
+    /// `members` rows to the next worker in this slot (see `on_close`).
+    stopping: bool,
 }
 
 impl ChatWorker {
@@ -72,6 +75,7 @@ impl ChatWorker {
             tick: None,
             page: page(config.server.websocket_path.as_deref().unwrap_or("/")),
             config,
+            stopping: false,
         }
     }
 
@@ -274,6 +278,7 @@ impl Handler for ChatWorker {
     }
 
     fn on_worker_stop(&mut self, ctx: &mut Ctx) {
+        self.stopping = true;
         if let Some(tick) = self.tick.take() {
             ctx.del_timer(tick);
         }
@@ -313,11 +318,16 @@ impl Handler for ChatWorker {
             Ok(frame) => frame,
             Err(refusal) => return Self::refuse(ctx, conn, &refusal),
         };
+        let busy = self
+            .writer
+            .as_ref()
+            .is_some_and(|w| w.pending() >= self.config.max_queue);
         let gate = Gate {
             logged_in: session.user.is_some(),
             rooms: &session.rooms,
             max_text_chars: self.config.max_text_chars,
             rate_limited: limited,
+            busy,
         };
         if let Err(refusal) = frame.admit(&gate, |u| ctx.is_uid_online(u)) {
             return Self::refuse(ctx, conn, &refusal);
@@ -329,6 +339,14 @@ impl Handler for ChatWorker {
         let Some(session) = self.sessions.remove(&conn) else {
             return;
         };
+        // A stopping worker's loop ends as soon as its last client is gone,
+        // before the writer could report who left: the `presence` events
+        // would be lost with the rows already deleted. So the rows stay, and
+        // the worker that next starts in this slot removes them and announces
+        // the leaves (`Job::Reap`), exactly as after a crash.
+        if self.stopping {
+            return;
+        }
         if let (Some(user), false) = (session.user, session.rooms.is_empty()) {
             self.submit(ctx, conn, Job::Closed { conn, user });
         }

@@ -114,11 +114,22 @@ async function main() {
   const leaked = await bob.$$eval("#messages .msg .text", (els) => els.some((e) => e.textContent === "got it"));
   if (leaked) throw new Error("a direct message showed up in the room");
 
-  // Errors are shown to the person.
+  // Errors are shown to the person, and a refused room name leaves the
+  // conversation on screen.
   await alice.fill("#room-input", "no spaces allowed");
   await alice.click("#join-btn");
   await alice.waitForFunction(() => [...document.querySelectorAll("#errors .error")]
     .some((e) => e.textContent.startsWith("bad name")));
+  await alice.waitForFunction(() => document.querySelector("#conv-title").textContent === "@ bob");
+  if (await alice.isDisabled("#text")) throw new Error("the composer was disabled by a refused join");
+  // A refused message is not lost: it goes back into the box (the server
+  // allows 200 characters here).
+  const long = "x".repeat(201);
+  await say(alice, long);
+  await alice.waitForFunction(() => [...document.querySelectorAll("#errors .error")]
+    .some((e) => e.textContent.startsWith("too long")));
+  await alice.waitForFunction((t) => document.querySelector("#text").value === t, long);
+  await alice.fill("#text", "");
 
   // History on join, and "Load older" (the server sends 5 with joined).
   await joinRoom(alice, "archive");

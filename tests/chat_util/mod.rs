@@ -220,6 +220,19 @@ impl ChatServer {
         pids
     }
 
+    /// The pid of the worker now in `slot`: the last "worker SLOT started
+    /// (pid N)" line of the master's log, if that process still runs.
+    pub fn worker_pid(&mut self, slot: usize) -> Option<i32> {
+        let prefix = format!("worker {slot} started (pid ");
+        let log = self.log();
+        let pid = log
+            .lines()
+            .rev()
+            .find_map(|l| l.split_once(&prefix).map(|(_, rest)| rest))
+            .and_then(|rest| rest.trim_end_matches(')').parse::<i32>().ok())?;
+        self.worker_pids().contains(&pid).then_some(pid)
+    }
+
     /// Waits until `count` workers run and the server answers `/healthz`.
     pub fn wait_for_workers(&mut self, count: usize) -> Vec<i32> {
         let deadline = Instant::now() + WAIT;
