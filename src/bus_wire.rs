@@ -51,6 +51,8 @@ pub(crate) enum Record {
     /// Asks the owner of a connection to make a registry change to it (bind,
     /// unbind, join, leave, session); the owner then announces it as usual.
     Request(Box<Record>),
+    /// Handler-to-handler data.
+    WorkerMsg(Bytes),
 }
 
 mod kind {
@@ -66,6 +68,7 @@ mod kind {
     pub const DELIVER: u8 = 10;
     pub const CLOSE_CONN: u8 = 11;
     pub const REQUEST: u8 = 12;
+    pub const WORKER_MSG: u8 = 13;
     pub const T_CONN: u8 = 0;
     pub const T_ALL: u8 = 1;
     pub const T_UIDS: u8 = 2;
@@ -176,6 +179,10 @@ pub(crate) fn encode(out: &mut BytesMut, rec: &Record) {
         Record::Request(inner) => {
             out.put_u8(kind::REQUEST);
             encode(out, inner);
+        }
+        Record::WorkerMsg(data) => {
+            out.put_u8(kind::WORKER_MSG);
+            put_bytes(out, data);
         }
     }
     let len = (out.len() - start - 4) as u32;
@@ -302,6 +309,7 @@ pub(crate) fn decode(buf: &mut BytesMut) -> Result<Option<Record>, Corrupt> {
                 _ => return Err(Corrupt),
             }
         }
+        kind::WORKER_MSG => Record::WorkerMsg(r.bytes()?),
         _ => return Err(Corrupt),
     };
     Ok(Some(rec))
@@ -354,6 +362,7 @@ mod tests {
                 reason: "bye".into(),
             },
             Record::Request(Box::new(Record::Join(b, "room".into()))),
+            Record::WorkerMsg(Bytes::from_static(b"hi")),
         ]
     }
 

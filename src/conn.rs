@@ -147,6 +147,8 @@ pub(crate) struct Conn {
     pub(crate) last_read: Instant,
     /// A ping went out since the peer last sent anything.
     pub(crate) pinged: bool,
+    /// The handler paused reading ([`crate::Ctx::pause_reading`]).
+    pub(crate) paused: bool,
 }
 
 impl Conn {
@@ -170,6 +172,7 @@ impl Conn {
             deadline: None,
             last_read: now,
             pinged: false,
+            paused: false,
         }
     }
 }

@@ -57,6 +57,7 @@ pub struct ConnInfo {
 /// A callback owed to the handler, run after the current one returns.
 pub(crate) enum Deferred {
     Closed(ConnId, Option<ConnError>),
+    WorkerMessage(usize, Bytes),
     BufferFull(ConnId),
     BufferDrain(ConnId),
 }
@@ -100,6 +101,9 @@ pub struct Ctx {
     pub(crate) deferred: VecDeque<Deferred>,
     /// Scratch list of local recipients, reused by every delivery.
     pub(crate) keys: Vec<usize>,
+    /// Connections whose reading was resumed: the loop reads them, since no
+    /// new readiness edge may come for data that arrived while paused.
+    pub(crate) resumed: Vec<usize>,
     pub(crate) registry: Registry,
     pub(crate) bus: Bus,
     pub(crate) timers: Timers,
@@ -353,6 +357,52 @@ impl Ctx {
             self.queue(key, frame.clone());
         }
         self.keys = keys;
+    }
+
+    /// Sends `data` to the handler of another worker
+    /// ([`crate::Handler::on_worker_message`]). Returns false for an unknown
+    /// worker or this one. While that worker is being replaced, the data waits
+    /// for its successor (up to `bus_peer_buffer_bytes`).
+    pub fn send_to_worker(&mut self, worker: usize, data: impl Into<Bytes>) -> bool {
+        if worker >= self.count as usize || worker == self.slot as usize {
+            return false;
+        }
+        self.bus
+            .send(worker as u16, &Record::WorkerMsg(data.into()));
+        true
+    }
+
+    /// Sends `data` to the handlers of every other worker.
+    pub fn send_to_workers(&mut self, data: impl Into<Bytes>) {
+        self.bus.broadcast(&Record::WorkerMsg(data.into()));
+    }
+
+    /// Stops reading from a connection of this worker (Workerman's
+    /// `pauseRecv`): what the client sends waits in the kernel, and TCP flow
+    /// control slows the client down. Messages already read are still
+    /// delivered. Returns false if the connection is not this worker's.
+    pub fn pause_reading(&mut self, conn: ConnId) -> bool {
+        match self.local_key(conn) {
+            Some(key) => {
+                self.conns[key].paused = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Resumes reading from a connection paused with [`Ctx::pause_reading`].
+    pub fn resume_reading(&mut self, conn: ConnId) -> bool {
+        match self.local_key(conn) {
+            Some(key) => {
+                if self.conns[key].paused {
+                    self.conns[key].paused = false;
+                    self.resumed.push(key);
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     // ----- the registry -----
@@ -708,6 +758,9 @@ impl Ctx {
                 _ => {}
             },
             Record::Deliver { target, payload } => self.deliver_local(&target, payload),
+            Record::WorkerMsg(data) => self
+                .deferred
+                .push_back(Deferred::WorkerMessage(slot as usize, data)),
             Record::CloseConn { id, code, reason } => {
                 if let Some(key) = self.local_key(id) {
                     self.begin_close(key, code, &reason, None);

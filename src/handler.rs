@@ -80,4 +80,17 @@ pub trait Handler: 'static {
     /// Somebody called [`crate::Waker::wake`] (from any thread) since the last
     /// call. Wakes are coalesced: drain your own channel here.
     fn on_wake(&mut self, ctx: &mut Ctx) {}
+
+    /// Another worker's handler sent `data` with [`Ctx::send_to_worker`] or
+    /// [`Ctx::send_to_workers`]. Per sending worker, these arrive in the order
+    /// sent and in order with that worker's registry changes and deliveries.
+    fn on_worker_message(&mut self, ctx: &mut Ctx, from_worker: usize, data: bytes::Bytes) {}
+
+    /// Asked while the worker is stopping and has no connections left: return
+    /// true while background work (a writer thread, say) still has results to
+    /// hand back. The loop keeps running timers and wakes until this returns
+    /// false or `stop_timeout` is near. The default is false.
+    fn busy(&mut self, ctx: &mut Ctx) -> bool {
+        false
+    }
 }

@@ -154,6 +154,7 @@ impl<H: Handler> Worker<H> {
             dirty: Vec::new(),
             deferred: VecDeque::new(),
             keys: Vec::new(),
+            resumed: Vec::new(),
             registry: Registry::default(),
             bus,
             timers: Timers::default(),
@@ -200,7 +201,8 @@ impl<H: Handler> Worker<H> {
             }
             self.turn();
             if let Some(deadline) = self.stop_deadline {
-                if self.ctx.conns.is_empty() || self.ctx.now >= deadline {
+                let idle = self.ctx.conns.is_empty() && !self.handler_busy();
+                if idle || self.ctx.now >= deadline {
                     self.ctx.bus.flush(&self.ctx.mio);
                     return Ok(());
                 }
@@ -209,7 +211,10 @@ impl<H: Handler> Worker<H> {
     }
 
     fn poll_timeout(&mut self) -> Option<Duration> {
-        if !self.pending_reads.is_empty() || !self.ctx.deferred.is_empty() {
+        if !self.pending_reads.is_empty()
+            || !self.ctx.deferred.is_empty()
+            || !self.ctx.resumed.is_empty()
+        {
             return Some(Duration::ZERO);
         }
         let mut next = self.next_sweep;
@@ -270,6 +275,7 @@ impl<H: Handler> Worker<H> {
     /// Everything after the events of one poll: more reads, timers, deferred
     /// callbacks, deadlines, then one write per dirty connection and bus link.
     fn turn(&mut self) {
+        self.pending_reads.extend(self.ctx.resumed.drain(..));
         for _ in 0..self.pending_reads.len() {
             if let Some(key) = self.pending_reads.pop_front() {
                 self.read_conn(key);
@@ -317,9 +323,18 @@ impl<H: Handler> Worker<H> {
         }
     }
 
+    fn handler_busy(&mut self) -> bool {
+        let mut busy = false;
+        self.guard(None, |h, ctx| busy = h.busy(ctx));
+        busy
+    }
+
     fn run_deferred(&mut self) {
         while let Some(d) = self.ctx.deferred.pop_front() {
             match d {
+                Deferred::WorkerMessage(from, data) => {
+                    self.guard(None, |h, ctx| h.on_worker_message(ctx, from, data))
+                }
                 Deferred::Closed(id, error) => {
                     if let Some(e) = error {
                         self.guard(None, |h, ctx| h.on_error(ctx, id, &e));
@@ -408,6 +423,9 @@ impl<H: Handler> Worker<H> {
             let Some(c) = self.ctx.conns.get_mut(key) else {
                 return;
             };
+            if c.paused {
+                return;
+            }
             let n = match c.sock.read(&mut self.scratch) {
                 Ok(0) => return self.peer_gone(key, None),
                 Ok(n) => n,
