@@ -293,6 +293,9 @@ impl<H: Handler> Worker<H> {
             self.accept();
         }
         self.run_deferred();
+        // The bus first: the other workers start their share of a broadcast
+        // while this one writes its own.
+        self.flush_bus();
         self.flush_conns();
         self.run_deferred();
         self.flush_bus();
