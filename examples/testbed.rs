@@ -17,21 +17,34 @@
 //! | `send_to` | `to`, `data` | `ok` (what `Ctx::send` returned) |
 //! | `send_to_all` | `data`, `exclude` | |
 //! | `flood` | `n`, `size`, `tag` | `sent`: `n` broadcasts of `size` bytes to all but the sender |
+//! | `flood_to` | `to`, `n`, `size`, `tag` | `sent`, `refused`: `n` sends of `size` bytes to one connection, and how many `Ctx::send` accepted or refused |
 //! | `bind` / `unbind` | `uid`, `conn` | |
 //! | `send_to_uid` | `uid` or `uids`, `data` | |
 //! | `join` / `leave` | `group`, `conn` | |
 //! | `ungroup` | `group` | |
 //! | `send_to_group` | `group`, `data`, `exclude` | |
 //! | `close` | `conn`, `code`, `reason` | |
-//! | `stats` | | counts and lists for the whole server, `dropped_sends`, `errors` |
+//! | `stats` | | counts and lists for the whole server, `dropped_sends`, `errors`, `buffer_full`, `buffer_drain` |
 //! | `group` | `group` | `conns`, `uids`, `count` |
 //! | `uid` | `uid` | `online`, `conns` |
 //! | `conn` | `conn` | `online`, `uid`, `groups`, `session` |
 //! | `set_session` | `conn`, `data` | `ok` |
 //! | `errors` | | this worker's `on_error` reports |
+//! | `buffer_events` | | `events`: this worker's `on_buffer_full` / `on_buffer_drain` calls in order, as `"CONN full"` / `"CONN drain"` |
 //!
 //! `conn` fields default to the sender's own connection. A WebSocket request
 //! with `?panic` makes `on_websocket_connect` panic; `?reject` answers 403.
+//!
+//! Plain HTTP: `POST /echo` answers 200 with the request body as its body
+//! (and `X-Method`, `X-Body-Length` headers); every other request gets the
+//! default 404.
+//!
+//! Flags besides the library's (`start -d`, `-c`, `--listen`, ...):
+//!
+//! | flag | effect |
+//! |---|---|
+//! | `--spawn-thread-before-run` | start a parked thread before `Server::run`, which must then refuse to fork |
+//! | `--panic-on-start-worker N` | the handler factory panics in worker slot `N`, every time it starts |
 //!
 //! Run: `cargo run --example testbed -- --listen websocket://127.0.0.1:0 --count 4`
 
@@ -57,6 +70,12 @@ struct Testbed {
     errors: Vec<String>,
     /// How many `on_error` calls there were in all.
     error_count: u64,
+    /// The latest `on_buffer_full` / `on_buffer_drain` calls, oldest first.
+    buffer_events: Vec<String>,
+    /// How many `on_buffer_full` calls there were in all.
+    buffer_full: u64,
+    /// How many `on_buffer_drain` calls there were in all.
+    buffer_drain: u64,
 }
 
 struct TimerEntry {
@@ -168,6 +187,22 @@ impl Testbed {
                 }
                 Ok(json!({"sent": n}))
             }
+            "flood_to" => {
+                let to = parse_conn(text(cmd, "to")?)?;
+                let n = number(cmd, "n")?;
+                let size = number(cmd, "size")? as usize;
+                let tag = text(cmd, "tag")?;
+                let mut sent = 0;
+                for i in 0..n {
+                    let mut payload = format!("{tag}:{i}:");
+                    let pad = size.saturating_sub(payload.len());
+                    payload.push_str(&"x".repeat(pad));
+                    if ctx.send(to, payload) {
+                        sent += 1;
+                    }
+                }
+                Ok(json!({"sent": sent, "refused": n - sent}))
+            }
             "bind" => {
                 ctx.bind_uid(target(cmd, me)?, text(cmd, "uid")?);
                 ok
@@ -222,6 +257,8 @@ impl Testbed {
                 "groups": ctx.groups(),
                 "dropped_sends": ctx.dropped_sends(),
                 "errors": self.error_count,
+                "buffer_full": self.buffer_full,
+                "buffer_drain": self.buffer_drain,
             })),
             "group" => {
                 let group = text(cmd, "group")?;
@@ -256,6 +293,7 @@ impl Testbed {
                 Ok(json!({"ok": ctx.set_session(conn, data)}))
             }
             "errors" => Ok(json!({"errors": self.errors, "count": self.error_count})),
+            "buffer_events" => Ok(json!({"events": self.buffer_events})),
             other => Err(format!("unknown op {other:?}")),
         }
     }
@@ -318,11 +356,35 @@ impl Handler for Testbed {
 
     fn on_error(&mut self, _ctx: &mut Ctx, conn: ConnId, error: &ConnError) {
         self.error_count += 1;
-        if self.errors.len() == ERROR_LOG_CAP {
-            self.errors.remove(0);
-        }
-        self.errors.push(format!("{conn}: {error}"));
+        push_capped(&mut self.errors, format!("{conn}: {error}"));
     }
+
+    fn on_buffer_full(&mut self, _ctx: &mut Ctx, conn: ConnId) {
+        self.buffer_full += 1;
+        push_capped(&mut self.buffer_events, format!("{conn} full"));
+    }
+
+    fn on_buffer_drain(&mut self, _ctx: &mut Ctx, conn: ConnId) {
+        self.buffer_drain += 1;
+        push_capped(&mut self.buffer_events, format!("{conn} drain"));
+    }
+
+    fn on_http_request(&mut self, _ctx: &mut Ctx, request: &Request) -> Response {
+        if request.method == "POST" && request.path == "/echo" {
+            return Response::new(200, request.body.clone())
+                .header("X-Method", request.method.as_str())
+                .header("X-Body-Length", request.body.len().to_string());
+        }
+        Response::not_found()
+    }
+}
+
+/// Appends to a report list, dropping the oldest past [`ERROR_LOG_CAP`].
+fn push_capped(list: &mut Vec<String>, line: String) {
+    if list.len() == ERROR_LOG_CAP {
+        list.remove(0);
+    }
+    list.push(line);
 }
 
 fn main() {
@@ -333,14 +395,45 @@ fn main() {
 }
 
 fn run() -> foreman::Result<()> {
-    let args = Args::from_env()?;
-    if let Some(unknown) = args.rest.first() {
-        return Err(foreman::Error::Usage(format!(
-            "unknown argument {unknown:?}"
-        )));
+    let mut args = Args::from_env()?;
+    let mut spawn_thread = false;
+    let mut panic_slot: Option<usize> = None;
+    let mut rest = std::mem::take(&mut args.rest).into_iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--spawn-thread-before-run" => spawn_thread = true,
+            "--panic-on-start-worker" => {
+                let v = rest.next().unwrap_or_default();
+                let slot = v.parse().map_err(|_| {
+                    foreman::Error::Usage(format!("--panic-on-start-worker {v:?}: not a slot"))
+                })?;
+                panic_slot = Some(slot);
+            }
+            unknown => {
+                return Err(foreman::Error::Usage(format!(
+                    "unknown argument {unknown:?}"
+                )))
+            }
+        }
     }
-    let config = args.config()?;
-    Server::new(config)
-        .command(args.command)
-        .run(|_worker_id: usize| Testbed::default())
+    let server = Server::with_args(&args)?;
+    if spawn_thread {
+        // Lives (parked) until the process exits.
+        std::thread::spawn(|| loop {
+            std::thread::park();
+        });
+    }
+    server.run(move |worker_id: usize| {
+        if panic_slot == Some(worker_id) {
+            // No backtrace, and one write, so the message does not split the
+            // master's log lines on the shared stderr: this worker dies at
+            // once, every time.
+            std::panic::set_hook(Box::new(|info| {
+                use std::io::Write;
+                let _ = std::io::stderr().write_all(format!("{info}\n").as_bytes());
+            }));
+            panic!("testbed: --panic-on-start-worker {worker_id}");
+        }
+        Testbed::default()
+    })
 }

@@ -626,7 +626,7 @@ mod control {
         let pid = master_pid(cfg)?;
         kill(pid, Signal::SIGTERM)?;
         let deadline = Instant::now() + cfg.stop_timeout + Duration::from_secs(2);
-        while kill(pid, None).is_ok() {
+        while alive(pid) {
             if Instant::now() > deadline {
                 return Err(Error::Usage(format!("master {pid} did not stop in time")));
             }
@@ -634,6 +634,20 @@ mod control {
         }
         println!("stopped (master {pid})");
         Ok(())
+    }
+
+    /// Whether `pid` runs: a process that exited but was not reaped by its
+    /// parent (a zombie) has stopped.
+    fn alive(pid: Pid) -> bool {
+        if kill(pid, None).is_err() {
+            return false;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the parenthesised command name.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        !matches!(state, Some('Z') | Some('X') | None)
     }
 
     pub(super) fn status(cfg: &Config) -> Result<()> {

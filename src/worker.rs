@@ -693,6 +693,11 @@ impl<H: Handler> Worker<H> {
         self.ctx.mark_dirty(key);
         let id = self.ctx.announce(key);
         self.guard(Some(id), |h, ctx| h.on_connect(ctx, id));
+        if self.stop_deadline.is_some() {
+            return self
+                .ctx
+                .begin_close(key, 1001, "server shutting down", None);
+        }
         if leftover {
             self.feed_ws(key, 0);
         }
@@ -831,10 +836,13 @@ impl<H: Handler> Worker<H> {
         let keys: Vec<usize> = self.ctx.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             let c = &self.ctx.conns[key];
+            // A request head still arriving is answered (an upgrade then gets
+            // 1001 at once), so a reload loses no request in flight; the
+            // handshake timeout and the stop deadline bound the wait.
             if c.open {
                 self.ctx
                     .begin_close(key, 1001, "server shutting down", None);
-            } else if !c.closing {
+            } else if !c.closing && !matches!(c.state, State::Head(_)) {
                 self.remove(key);
             }
         }

@@ -18,29 +18,6 @@ fn start_echo() -> Server {
     )
 }
 
-/// Reads until the end of the response head (or EOF) and returns its status
-/// line.
-#[track_caller]
-fn read_status_line(stream: &mut TcpStream) -> String {
-    stream
-        .set_read_timeout(Some(REPLY_TIMEOUT))
-        .expect("timeout");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => panic!(
-                "reading the response: {e} (got {:?})",
-                String::from_utf8_lossy(&got)
-            ),
-        }
-    }
-    let text = String::from_utf8_lossy(&got);
-    text.lines().next().unwrap_or("").to_string()
-}
-
 /// Writes `bytes` and ignores a write that fails because the server already
 /// answered and closed.
 fn write_best_effort(stream: &mut TcpStream, bytes: &[u8]) {

@@ -7,6 +7,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod cluster;
+pub mod http;
 pub mod procfs;
 pub mod sockdiag;
 pub mod ws;
@@ -25,6 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use cluster::*;
+pub use http::*;
 pub use procfs::*;
 pub use ws::*;
 
@@ -344,6 +346,93 @@ pub fn tcp_connect(addr: SocketAddr, timeout: Duration) -> TcpStream {
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(e) => panic!("connect {addr}: {e}"),
+        }
+    }
+}
+
+/// How a command that was run to its end finished.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` (stdin null, stdout and stderr captured) and waits at most
+/// `timeout` for it to exit; panics, killing it, if it does not. Output is
+/// collected until the pipes close or shortly after the exit (a daemon child
+/// may hold them open).
+#[track_caller]
+pub fn run_to_exit(cmd: &mut Command, timeout: Duration) -> Finished {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let (out_log, err_log): (Log, Log) = (Arc::default(), Arc::default());
+    let (tx, eof) = mpsc::channel();
+    for (stream, log) in [
+        (
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn Read + Send>,
+            out_log.clone(),
+        ),
+        (
+            Box::new(child.stderr.take().expect("stderr")) as Box<dyn Read + Send>,
+            err_log.clone(),
+        ),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+            let _ = tx.send(());
+        });
+    }
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not exit within {timeout:?}; stdout:\n{}\nstderr:\n{}",
+                out_log.lock().unwrap_or_else(|e| e.into_inner()).join("\n"),
+                err_log.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Both pipes at EOF, or give up on them after a second.
+    let grace = Instant::now() + Duration::from_secs(1);
+    for _ in 0..2 {
+        let left = grace.saturating_duration_since(Instant::now());
+        if eof.recv_timeout(left).is_err() {
+            break;
+        }
+    }
+    let text = |log: &Log| log.lock().unwrap_or_else(|e| e.into_inner()).join("\n");
+    Finished {
+        status,
+        stdout: text(&out_log),
+        stderr: text(&err_log),
+    }
+}
+
+/// A process that is not our child (a daemon) and its descendants, killed
+/// with SIGKILL on drop.
+pub struct ProcessTree(pub i32);
+
+impl Drop for ProcessTree {
+    fn drop(&mut self) {
+        let mut pids = descendants(self.0);
+        pids.push(self.0);
+        for p in pids {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
         }
     }
 }

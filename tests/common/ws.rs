@@ -52,6 +52,21 @@ impl Ws {
         }
     }
 
+    /// One connection attempt and handshake, without retrying a refused
+    /// connect: what a client sees, as an error text.
+    pub fn connect_once(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Ws, String> {
+        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        let url = format!("ws://{addr}{path}");
+        match tungstenite::client(url.as_str(), stream) {
+            Ok((ws, _response)) => Ok(Ws { ws }),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// The client's local port (the key of [`super::conn_owners`]).
     pub fn local_port(&self) -> u16 {
         self.ws.get_ref().local_addr().expect("local_addr").port()

@@ -1,0 +1,125 @@
+//! Plain HTTP on the WebSocket port, spoken byte by byte: the server answers
+//! every request and closes, so a response is everything read until EOF.
+
+use super::{tcp_connect, REPLY_TIMEOUT};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+/// A response as it came off the wire.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    /// `HTTP/1.1 404 Not Found`.
+    pub status_line: String,
+    /// The code from the status line (0 if there was none).
+    pub status: u16,
+    /// Headers in order, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// Everything after the head.
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    /// The first header with this name, case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads until the end of the response head (or EOF) and returns its status
+/// line. The stream is left just after the head.
+#[track_caller]
+pub fn read_status_line(stream: &mut TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => got.push(byte[0]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!(
+                "reading the response: {e} (got {:?})",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    text.lines().next().unwrap_or("").to_string()
+}
+
+/// Reads a whole response: everything until the server closes, within
+/// [`REPLY_TIMEOUT`]. A reset after some bytes counts as the end.
+#[track_caller]
+pub fn read_reply(stream: &mut TcpStream) -> HttpReply {
+    stream
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .expect("timeout");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset && !raw.is_empty() => break,
+            Err(e) => panic!(
+                "reading the response: {e} (got {:?})",
+                String::from_utf8_lossy(&raw)
+            ),
+        }
+    }
+    parse_reply(&raw)
+}
+
+/// Splits raw response bytes into status, headers and body.
+#[track_caller]
+pub fn parse_reply(raw: &[u8]) -> HttpReply {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        panic!(
+            "no complete response head in {:?}",
+            String::from_utf8_lossy(raw)
+        );
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("").to_string();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    HttpReply {
+        status_line,
+        status,
+        headers,
+        body: raw[end + 4..].to_vec(),
+    }
+}
+
+/// Connects, writes `request` in the given pieces (each its own write), and
+/// reads the whole response. A write the server cut short (it answered and
+/// closed early) is not an error.
+#[track_caller]
+pub fn http_exchange(addr: SocketAddr, pieces: &[&[u8]]) -> HttpReply {
+    let mut s = tcp_connect(addr, REPLY_TIMEOUT);
+    for piece in pieces {
+        if s.write_all(piece).is_err() {
+            break;
+        }
+    }
+    read_reply(&mut s)
+}
