@@ -1,12 +1,19 @@
 //! A worker process: one mio loop serving its connections, its bus links and
 //! its timers. Runs in the child after fork, until told to stop.
+//!
+//! This file has the loop, accepting, writing and stopping; `read.rs` feeds
+//! what connections send to their protocol, `handshake.rs` answers request heads
+//! and WebSocket upgrades.
+
+mod handshake;
+mod read;
 
 use crate::bus::{self, Bus, BusToken};
 use crate::codec;
 use crate::config::{Config, Protocol};
 use crate::conn::{Conn, State, WsIo};
 use crate::ctx::{Ctx, Deferred, Stats, Waker, CLOSE_GRACE};
-use crate::http::{self, Head, Request, Response};
+use crate::http::{Head, Request, Response};
 use crate::registry::Registry;
 use crate::timer::Timers;
 use crate::{ConnError, ConnId, Handler, Message};
@@ -418,291 +425,6 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    // ----- reading -----
-
-    fn read_conn(&mut self, key: usize) {
-        let mut budget = READ_BUDGET;
-        loop {
-            let Some(c) = self.ctx.conns.get_mut(key) else {
-                return;
-            };
-            if c.paused {
-                return;
-            }
-            let n = match c.sock.read(&mut self.scratch) {
-                Ok(0) => return self.peer_gone(key, None),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.peer_gone(key, Some(ConnError::Io(e))),
-            };
-            c.last_read = self.ctx.now;
-            c.pinged = false;
-            self.feed(key, n);
-            budget = budget.saturating_sub(n);
-            if budget == 0 {
-                self.pending_reads.push_back(key);
-                return;
-            }
-        }
-    }
-
-    /// The peer closed its end or the socket failed: nothing more can be
-    /// exchanged, so the connection goes now.
-    fn peer_gone(&mut self, key: usize, error: Option<ConnError>) {
-        if self.ctx.conns.contains(key) {
-            self.ctx.forget(key, error);
-            self.remove(key);
-        }
-    }
-
-    fn remove(&mut self, key: usize) {
-        if let Some(mut c) = self.ctx.conns.try_remove(key) {
-            let _ = self.poll.registry().deregister(&mut c.sock);
-        }
-    }
-
-    /// Hands `scratch[..n]`, just read from connection `key`, to its protocol.
-    fn feed(&mut self, key: usize, n: usize) {
-        let c = &mut self.ctx.conns[key];
-        match &mut c.state {
-            State::Head(buf) => {
-                buf.extend_from_slice(&self.scratch[..n]);
-                self.try_head(key);
-            }
-            State::Ws(_) => self.feed_ws(key, n),
-            State::Plain(buf) => {
-                buf.extend_from_slice(&self.scratch[..n]);
-                self.feed_plain(key);
-            }
-            State::Done => {}
-        }
-    }
-
-    fn feed_plain(&mut self, key: usize) {
-        let protocol = self.ctx.cfg.protocol;
-        let max = self.ctx.cfg.max_frame_bytes;
-        loop {
-            let Some(c) = self.ctx.conns.get_mut(key) else {
-                return;
-            };
-            if !c.open {
-                return;
-            }
-            let State::Plain(buf) = &mut c.state else {
-                return;
-            };
-            match codec::decode_plain(protocol, buf, max) {
-                Ok(Some(msg)) => self.deliver(key, msg),
-                Ok(None) => return,
-                Err(e) => {
-                    let err = match e {
-                        codec::FramingError::TooBig(size) => ConnError::TooBig { size, limit: max },
-                        codec::FramingError::BadLength(l) => {
-                            ConnError::Protocol(format!("frame length {l} is below 4"))
-                        }
-                    };
-                    return self.ctx.begin_close(key, 1002, "", Some(err));
-                }
-            }
-        }
-    }
-
-    /// Calls `on_message` for an open connection.
-    fn deliver(&mut self, key: usize, msg: Message) {
-        let c = &self.ctx.conns[key];
-        if !c.open || c.closing {
-            return;
-        }
-        let id = self.ctx.id_of(key, c);
-        self.guard(Some(id), |h, ctx| h.on_message(ctx, id, msg));
-    }
-
-    fn feed_ws(&mut self, key: usize, n: usize) {
-        let mut pos = 0;
-        loop {
-            let Some(c) = self.ctx.conns.get_mut(key) else {
-                return;
-            };
-            let State::Ws(ws) = &mut c.state else {
-                return;
-            };
-            let mut io = WsIo {
-                input: &self.scratch[pos..n],
-                out: &mut c.out,
-            };
-            let r = ws.read(&mut io);
-            pos = n - io.input.len();
-            let queued = !c.out.is_empty();
-            if queued {
-                self.ctx.mark_dirty(key);
-            }
-            use tungstenite::Error as E;
-            match r {
-                Ok(tungstenite::Message::Text(t)) => self.deliver(key, Message::Text(t)),
-                Ok(tungstenite::Message::Binary(b)) => self.deliver(key, Message::Binary(b)),
-                Ok(tungstenite::Message::Close(_)) => {
-                    // The peer closed (or answered our close); tungstenite
-                    // queued the reply. Flush it into our queue.
-                    let c = &mut self.ctx.conns[key];
-                    if let State::Ws(ws) = &mut c.state {
-                        let _ = ws.flush(&mut WsIo {
-                            input: &[],
-                            out: &mut c.out,
-                        });
-                    }
-                    c.closing = true;
-                    c.deadline.get_or_insert(self.ctx.now + CLOSE_GRACE);
-                    self.ctx.forget(key, None);
-                    self.ctx.mark_dirty(key);
-                }
-                Ok(_) => {}
-                Err(E::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(E::ConnectionClosed | E::AlreadyClosed) => {
-                    let c = &mut self.ctx.conns[key];
-                    c.state = State::Done;
-                    c.closing = true;
-                    self.ctx.forget(key, None);
-                    self.ctx.mark_dirty(key);
-                    return;
-                }
-                Err(e) => return self.ws_failed(key, e),
-            }
-        }
-    }
-
-    /// A WebSocket protocol failure: close with the code RFC 6455 asks for and
-    /// read nothing more from this peer.
-    fn ws_failed(&mut self, key: usize, e: tungstenite::Error) {
-        use tungstenite::error::CapacityError;
-        use tungstenite::Error as E;
-        let limit = self.ctx.cfg.max_message_bytes;
-        let (code, err) = match e {
-            E::Capacity(CapacityError::MessageTooLong { size, max_size }) => (
-                1009,
-                ConnError::TooBig {
-                    size,
-                    limit: max_size,
-                },
-            ),
-            E::Capacity(other) => (
-                1009,
-                ConnError::Protocol(format!("{other} (limit {limit})")),
-            ),
-            E::Utf8(_) => (1007, ConnError::InvalidUtf8),
-            E::Protocol(p) => (1002, ConnError::Protocol(p.to_string())),
-            other => (1002, ConnError::Protocol(other.to_string())),
-        };
-        log::debug!("websocket {}: {err}", self.ctx.conns[key].peer);
-        self.ctx.begin_close(key, code, "", Some(err));
-        // Whatever else the peer sends is not parsed any more; the socket goes
-        // when the close frame is written.
-        let c = &mut self.ctx.conns[key];
-        c.state = State::Done;
-    }
-
-    // ----- HTTP -----
-
-    fn try_head(&mut self, key: usize) {
-        let max_body = self.ctx.cfg.max_http_body_bytes;
-        let c = &mut self.ctx.conns[key];
-        let State::Head(buf) = &mut c.state else {
-            return;
-        };
-        let (mut request, head_len, body_len) = match http::parse_head(buf, c.peer, max_body) {
-            Head::Partial => return,
-            Head::Reject(status) => return self.respond(key, Response::status(status), false),
-            Head::Complete {
-                request,
-                head_len,
-                body_len,
-            } => (request, head_len, body_len),
-        };
-        if is_upgrade(&request, self.ctx.cfg.websocket_path.as_deref()) {
-            let rest = buf.split_off(head_len);
-            return self.upgrade(key, request, rest);
-        }
-        if buf.len() < head_len + body_len {
-            return;
-        }
-        request.body = buf.split_off(head_len).split_to(body_len).freeze();
-        let head_only = request.method == "HEAD";
-        let response = self.http_response(&request);
-        self.respond(key, response, head_only);
-    }
-
-    fn http_response(&mut self, request: &Request) -> Response {
-        let r = catch_unwind(AssertUnwindSafe(|| {
-            self.handler.on_http_request(&mut self.ctx, request)
-        }));
-        r.unwrap_or_else(|p| {
-            log::error!("on_http_request panicked: {}", panic_text(&p));
-            Response::status(500)
-        })
-    }
-
-    /// Writes an HTTP response and closes the connection after it.
-    fn respond(&mut self, key: usize, response: Response, head_only: bool) {
-        let bytes = response.encode(head_only);
-        let c = &mut self.ctx.conns[key];
-        c.state = State::Done;
-        c.out.push(bytes.into());
-        c.closing = true;
-        c.deadline = Some(self.ctx.now + CLOSE_GRACE);
-        self.ctx.mark_dirty(key);
-    }
-
-    fn upgrade(&mut self, key: usize, request: Request, rest: BytesMut) {
-        if request.method != "GET" || !request.header_has_token("Connection", "upgrade") {
-            return self.respond(key, Response::status(400), false);
-        }
-        if request.header("Sec-WebSocket-Version").map(str::trim) != Some("13") {
-            let r = Response::status(426).header("Sec-WebSocket-Version", "13");
-            return self.respond(key, r, false);
-        }
-        let Some(ws_key) = request.header("Sec-WebSocket-Key") else {
-            return self.respond(key, Response::status(400), false);
-        };
-        let accept = tungstenite::handshake::derive_accept_key(ws_key.trim().as_bytes());
-        let id = self.ctx.id_of(key, &self.ctx.conns[key]);
-        let verdict = catch_unwind(AssertUnwindSafe(|| {
-            self.handler
-                .on_websocket_connect(&mut self.ctx, id, &request)
-        }));
-        match verdict {
-            Ok(Ok(())) => {}
-            Ok(Err(refusal)) => return self.respond(key, refusal, false),
-            Err(p) => {
-                log::error!("on_websocket_connect panicked: {}", panic_text(&p));
-                return self.respond(key, Response::status(500), false);
-            }
-        }
-        let head = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-        );
-        let c = &mut self.ctx.conns[key];
-        c.out.push(head.into_bytes().into());
-        c.deadline = None;
-        let leftover = !rest.is_empty();
-        c.state = State::Ws(Box::new(WebSocketContext::from_partially_read(
-            rest.to_vec(),
-            Role::Server,
-            Some(self.ws_config),
-        )));
-        self.ctx.mark_dirty(key);
-        let id = self.ctx.announce(key);
-        self.guard(Some(id), |h, ctx| h.on_connect(ctx, id));
-        if self.stop_deadline.is_some() {
-            return self
-                .ctx
-                .begin_close(key, 1001, "server shutting down", None);
-        }
-        if leftover {
-            self.feed_ws(key, 0);
-        }
-    }
-
     // ----- writing -----
 
     fn flush_conns(&mut self) {
@@ -847,12 +569,6 @@ impl<H: Handler> Worker<H> {
             }
         }
     }
-}
-
-/// Whether a request asks for a WebSocket on the configured path (any path
-/// when none is configured). Upgrades elsewhere are plain HTTP requests.
-fn is_upgrade(req: &Request, path: Option<&str>) -> bool {
-    req.header_has_token("Upgrade", "websocket") && path.is_none_or(|p| p == req.path)
 }
 
 /// A closing connection whose output is written may go: plain protocols at
