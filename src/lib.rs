@@ -39,6 +39,8 @@
 //! - [`Config`] holds every limit, with defaults and validation.
 #![deny(missing_docs)]
 
+#[doc(hidden)]
+pub mod bench_support;
 mod bus;
 mod bus_wire;
 pub mod cli;
