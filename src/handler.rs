@@ -41,6 +41,11 @@ pub trait Handler: 'static {
     /// A WebSocket upgrade request arrived on the configured path. Return
     /// `Err(response)` to refuse it with that HTTP response (say 401 or 403);
     /// the connection then never reaches `on_connect`.
+    ///
+    /// The connection is not open yet: `conn` is the id it will have, but
+    /// sends to it and registry calls on it are ignored until `on_connect`.
+    /// Keep what you learn from the request (a token, a room in the query)
+    /// in your handler, keyed by `conn`, and act on it in `on_connect`.
     fn on_websocket_connect(
         &mut self,
         ctx: &mut Ctx,
