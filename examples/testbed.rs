@@ -31,6 +31,14 @@
 //! | `set_session` | `conn`, `data` | `ok` |
 //! | `errors` | | this worker's `on_error` reports |
 //! | `buffer_events` | | `events`: this worker's `on_buffer_full` / `on_buffer_drain` calls in order, as `"CONN full"` / `"CONN drain"` |
+//! | `pause` / `resume` | `conn` | `ok` (what `Ctx::pause_reading` / `resume_reading` returned) |
+//! | `tell_worker` | `worker`, `tag`, `n` | `accepted`: `n` calls of `Ctx::send_to_worker` with data `tag:0` .. `tag:n-1`, and how many returned true |
+//! | `tell_workers` | `tag`, `n` | `Ctx::send_to_workers` with `tag:0` .. `tag:n-1` |
+//! | `worker_messages` | | `messages`: this worker's `on_worker_message` calls in order, each `{from, data, groups}` where `groups` maps every group to its member conns as this worker saw them then |
+//! | `send_prepared` | `to` (a list of conns), `data` | `ok`: per recipient, what `Ctx::send_prepared` of one `Ctx::prepare`d message returned |
+//! | `local` | | `conns`: `Ctx::local_connections` |
+//! | `send_to_local` | `data` | |
+//! | `batch` | `cmds` (a list of commands) | `replies`: each command's reply, all run in one callback |
 //!
 //! `conn` fields default to the sender's own connection. A WebSocket request
 //! with `?panic` makes `on_websocket_connect` panic; `?reject` answers 403.
@@ -45,9 +53,11 @@
 //! |---|---|
 //! | `--spawn-thread-before-run` | start a parked thread before `Server::run`, which must then refuse to fork |
 //! | `--panic-on-start-worker N` | the handler factory panics in worker slot `N`, every time it starts |
+//! | `--busy-on-stop MS` | a stopping worker starts an `MS` ms timer in `on_worker_stop`; `busy()` is true until it fires, which prints `testbed: worker N busy work done` on stderr |
 //!
 //! Run: `cargo run --example testbed -- --listen websocket://127.0.0.1:0 --count 4`
 
+use bytes::Bytes;
 use foreman::{
     cli::Args, ConnError, ConnId, Ctx, Handler, Message, Request, Response, Server, TimerId,
 };
@@ -55,7 +65,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// How many `on_error` reports a worker keeps for the `errors` command.
+/// How many `on_error` reports (and other event lists) a worker keeps.
 const ERROR_LOG_CAP: usize = 1000;
 
 /// One worker's state.
@@ -76,6 +86,13 @@ struct Testbed {
     buffer_full: u64,
     /// How many `on_buffer_drain` calls there were in all.
     buffer_drain: u64,
+    /// The latest `on_worker_message` calls, oldest first, for `worker_messages`.
+    worker_messages: Vec<Value>,
+    /// `--busy-on-stop`: how long the pretend background work of a stopping
+    /// worker takes.
+    busy_on_stop: Option<Duration>,
+    /// The timer that ends that work; `busy()` is true while it is pending.
+    busy_timer: Option<TimerId>,
 }
 
 struct TimerEntry {
@@ -294,6 +311,53 @@ impl Testbed {
             }
             "errors" => Ok(json!({"errors": self.errors, "count": self.error_count})),
             "buffer_events" => Ok(json!({"events": self.buffer_events})),
+            "pause" => Ok(json!({"ok": ctx.pause_reading(target(cmd, me)?)})),
+            "resume" => Ok(json!({"ok": ctx.resume_reading(target(cmd, me)?)})),
+            "tell_worker" => {
+                let worker = number(cmd, "worker")? as usize;
+                let tag = text(cmd, "tag")?;
+                let accepted = (0..number(cmd, "n")?)
+                    .filter(|i| ctx.send_to_worker(worker, format!("{tag}:{i}")))
+                    .count();
+                Ok(json!({ "accepted": accepted }))
+            }
+            "tell_workers" => {
+                let tag = text(cmd, "tag")?;
+                for i in 0..number(cmd, "n")? {
+                    ctx.send_to_workers(format!("{tag}:{i}"));
+                }
+                ok
+            }
+            "worker_messages" => Ok(json!({"messages": self.worker_messages})),
+            "send_prepared" => {
+                let to = field(cmd, "to")?
+                    .as_array()
+                    .ok_or("to must be an array")?
+                    .iter()
+                    .map(|v| parse_conn(v.as_str().ok_or("to: strings only")?))
+                    .collect::<Result<Vec<ConnId>, String>>()?;
+                let msg = ctx.prepare(text(cmd, "data")?);
+                let sent: Vec<bool> = to.iter().map(|&c| ctx.send_prepared(c, &msg)).collect();
+                Ok(json!({ "ok": sent }))
+            }
+            "local" => Ok(json!({"conns": conn_strings(ctx.local_connections())})),
+            "send_to_local" => {
+                ctx.send_to_local(text(cmd, "data")?);
+                ok
+            }
+            "batch" => {
+                let cmds = field(cmd, "cmds")?
+                    .as_array()
+                    .ok_or("cmds must be an array")?;
+                let replies: Vec<Value> = cmds
+                    .iter()
+                    .map(|c| {
+                        self.run(ctx, me, c)
+                            .unwrap_or_else(|e| json!({ "error": e }))
+                    })
+                    .collect();
+                Ok(json!({ "replies": replies }))
+            }
             other => Err(format!("unknown op {other:?}")),
         }
     }
@@ -330,6 +394,11 @@ impl Handler for Testbed {
     }
 
     fn on_timer(&mut self, ctx: &mut Ctx, timer: TimerId) {
+        if self.busy_timer == Some(timer) {
+            self.busy_timer = None;
+            eprintln!("testbed: worker {} busy work done", ctx.worker_id());
+            return;
+        }
         let Some(entry) = self.timers.get_mut(&timer) else {
             return;
         };
@@ -369,6 +438,33 @@ impl Handler for Testbed {
         push_capped(&mut self.buffer_events, format!("{conn} drain"));
     }
 
+    fn on_worker_message(&mut self, ctx: &mut Ctx, from_worker: usize, data: Bytes) {
+        let groups: serde_json::Map<String, Value> = ctx
+            .groups()
+            .into_iter()
+            .map(|g| {
+                let members = conn_strings(ctx.group_conns(&g));
+                (g, json!(members))
+            })
+            .collect();
+        let entry = json!({
+            "from": from_worker,
+            "data": String::from_utf8_lossy(&data),
+            "groups": groups,
+        });
+        push_capped(&mut self.worker_messages, entry);
+    }
+
+    fn on_worker_stop(&mut self, ctx: &mut Ctx) {
+        if let Some(work) = self.busy_on_stop {
+            self.busy_timer = Some(ctx.add_timer(work, false));
+        }
+    }
+
+    fn busy(&mut self, _ctx: &mut Ctx) -> bool {
+        self.busy_timer.is_some()
+    }
+
     fn on_http_request(&mut self, _ctx: &mut Ctx, request: &Request) -> Response {
         if request.method == "POST" && request.path == "/echo" {
             return Response::new(200, request.body.clone())
@@ -380,11 +476,11 @@ impl Handler for Testbed {
 }
 
 /// Appends to a report list, dropping the oldest past [`ERROR_LOG_CAP`].
-fn push_capped(list: &mut Vec<String>, line: String) {
+fn push_capped<T>(list: &mut Vec<T>, item: T) {
     if list.len() == ERROR_LOG_CAP {
         list.remove(0);
     }
-    list.push(line);
+    list.push(item);
 }
 
 fn main() {
@@ -398,6 +494,7 @@ fn run() -> foreman::Result<()> {
     let mut args = Args::from_env()?;
     let mut spawn_thread = false;
     let mut panic_slot: Option<usize> = None;
+    let mut busy_on_stop: Option<Duration> = None;
     let mut rest = std::mem::take(&mut args.rest).into_iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
@@ -408,6 +505,13 @@ fn run() -> foreman::Result<()> {
                     foreman::Error::Usage(format!("--panic-on-start-worker {v:?}: not a slot"))
                 })?;
                 panic_slot = Some(slot);
+            }
+            "--busy-on-stop" => {
+                let v = rest.next().unwrap_or_default();
+                let ms = v.parse().map_err(|_| {
+                    foreman::Error::Usage(format!("--busy-on-stop {v:?}: not milliseconds"))
+                })?;
+                busy_on_stop = Some(Duration::from_millis(ms));
             }
             unknown => {
                 return Err(foreman::Error::Usage(format!(
@@ -434,6 +538,9 @@ fn run() -> foreman::Result<()> {
             }));
             panic!("testbed: --panic-on-start-worker {worker_id}");
         }
-        Testbed::default()
+        Testbed {
+            busy_on_stop,
+            ..Testbed::default()
+        }
     })
 }

@@ -109,9 +109,7 @@ fn read_report(dir: &Path) -> Vec<CaseOutcome> {
 
 fn run_conformance(name: &str, extra_args: &[&str]) {
     let kosoku = kosoku();
-    let mut args = vec!["--listen", "websocket://127.0.0.1:0", "--count", "2"];
-    args.extend_from_slice(extra_args);
-    let server = Server::start_with_toml("echo", &args, BIG_LIMITS);
+    let server = Server::start_ws("echo", 2, extra_args, Some(BIG_LIMITS));
     server.wait_workers(2, REPLY_TIMEOUT);
 
     let outdir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("autobahn-{name}"));

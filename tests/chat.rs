@@ -2,6 +2,7 @@
 //! `shared/chat-protocol.md`, against a server with two workers.
 
 mod chat_util;
+mod common;
 
 use chat_util::{now_secs, run_chat, temp_dir, token, ChatServer, Client, Event};
 use serde_json::{json, Value};

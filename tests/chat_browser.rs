@@ -7,8 +7,9 @@
 //! laptop without root) it is reported and the test returns early.
 
 mod chat_util;
+mod common;
 
-use chat_util::{target_profile_dir, ChatServer};
+use chat_util::ChatServer;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -34,9 +35,7 @@ fn two_browsers_chat_through_the_page() {
     const CONFIG: &str =
         "[chat]\ntick_interval_ms = 250\nhistory_on_join = 5\nmax_text_chars = 200\n";
     let mut server = ChatServer::start("browser", 2, CONFIG);
-    let shots = target_profile_dir()
-        .parent()
-        .map_or_else(|| root.join("target"), Path::to_path_buf);
+    let shots = common::target_dir();
     for old in ["chat-browser-alice.png", "chat-browser-bob.png"] {
         let _ = std::fs::remove_file(shots.join(old));
     }

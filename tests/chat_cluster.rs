@@ -3,6 +3,7 @@
 //! chosen workers.
 
 mod chat_util;
+mod common;
 
 use chat_util::{ChatServer, Client, Event};
 use serde_json::{json, Value};
@@ -38,6 +39,21 @@ fn before_marker(watch: &mut Client, marker: &mut Client, room: &str) -> Vec<Val
         }
         before.push(v);
     }
+}
+
+/// `watch` on worker 0 and `mark` on worker 1, both in room `r`, with
+/// `mark`'s join seen by `watch`: an observer and a source of markers for
+/// [`before_marker`].
+#[track_caller]
+fn watch_and_mark(server: &ChatServer) -> (Client, Client) {
+    let mut watch = Client::login_on(server, "watch", 0);
+    watch.join("r");
+    let mut mark = Client::login_on(server, "mark", 1);
+    // (`wait_for`: events of the room may come before `joined`.)
+    mark.send(json!({"type": "join", "room": "r"}));
+    mark.wait_for("joined", |v| v["type"] == "joined");
+    assert_eq!(watch.expect("presence")["user"], "mark");
+    (watch, mark)
 }
 
 #[test]
@@ -117,14 +133,7 @@ fn a_direct_message_reaches_every_connection_of_both_users() {
 #[test]
 fn presence_on_first_join_and_last_leave_across_workers() {
     let server = ChatServer::start("presence", 2, "");
-    let mut watch = Client::login_on(&server, "watch", 0);
-    watch.join("r");
-    // A member on worker 1 for markers.
-    let mut mark = Client::login_on(&server, "mark", 1);
-    // (`wait_for`: events of the room may come before `joined`.)
-    mark.send(json!({"type": "join", "room": "r"}));
-    mark.wait_for("joined", |v| v["type"] == "joined");
-    assert_eq!(watch.expect("presence")["user"], "mark");
+    let (mut watch, mut mark) = watch_and_mark(&server);
     let mut bo0 = Client::login_on(&server, "bo", 0);
     let mut bo1 = Client::login_on(&server, "bo", 1);
 
@@ -271,13 +280,7 @@ fn ticks_go_to_logged_in_connections_only() {
 #[test]
 fn simultaneous_joins_and_leaves_of_one_user_make_one_event_each() {
     let server = ChatServer::start("race", 2, "");
-    let mut watch = Client::login_on(&server, "watch", 0);
-    watch.join("r");
-    let mut mark = Client::login_on(&server, "mark", 1);
-    // (`wait_for`: events of the room may come before `joined`.)
-    mark.send(json!({"type": "join", "room": "r"}));
-    mark.wait_for("joined", |v| v["type"] == "joined");
-    assert_eq!(watch.expect("presence")["user"], "mark");
+    let (mut watch, mut mark) = watch_and_mark(&server);
     for round in 0..5 {
         let mut a = Client::login_on(&server, "bo", 0);
         let mut b = Client::login_on(&server, "bo", 1);

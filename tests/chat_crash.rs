@@ -2,6 +2,7 @@
 //! worker and of the master.
 
 mod chat_util;
+mod common;
 
 use chat_util::{ChatServer, Client};
 use serde_json::{json, Value};

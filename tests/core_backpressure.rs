@@ -23,11 +23,8 @@ const BATCH: u64 = 8;
 const MAX_VOLUME: u64 = 64 << 20;
 
 fn start_testbed_with(policy: &str) -> Server {
-    Server::start_with_toml(
-        "testbed",
-        &["--listen", "websocket://127.0.0.1:0", "--count", "1"],
-        &format!("[server]\nmax_output_bytes = {CAP}\noutput_overflow = \"{policy}\"\n"),
-    )
+    let toml = format!("[server]\nmax_output_bytes = {CAP}\noutput_overflow = \"{policy}\"\n");
+    Server::start_ws("testbed", 1, &[], Some(&toml))
 }
 
 fn flood_to(flooder: &mut Peer, to: &str, tag: &str) -> (u64, u64) {
@@ -264,11 +261,8 @@ fn assert_waiting(
 #[test]
 fn max_connections_holds_the_next_client_in_the_backlog_until_one_leaves() {
     const MAX: usize = 3;
-    let server = Server::start_with_toml(
-        "echo",
-        &["--listen", "websocket://127.0.0.1:0", "--count", "1"],
-        &format!("[server]\nmax_connections = {MAX}\n"),
-    );
+    let toml = format!("[server]\nmax_connections = {MAX}\n");
+    let server = Server::start_ws("echo", 1, &[], Some(&toml));
     let workers = server.wait_workers(1, REPLY_TIMEOUT);
     let mut clients = connect_many(server.addr, "/", MAX);
     for (i, c) in clients.iter_mut().enumerate() {

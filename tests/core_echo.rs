@@ -13,11 +13,8 @@ use std::time::{Duration, Instant};
 const CLIENTS: usize = 200;
 
 fn start_echo(reuse_port: bool) -> Server {
-    let mut args = vec!["--listen", "websocket://127.0.0.1:0", "--count", "2"];
-    if reuse_port {
-        args.push("--reuse-port");
-    }
-    Server::start("echo", &args)
+    let extra: &[&str] = if reuse_port { &["--reuse-port"] } else { &[] };
+    Server::start_ws("echo", 2, extra, None)
 }
 
 /// Which worker pid serves each client, by the client's position.

@@ -7,39 +7,15 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-fn start_testbed(count: &str) -> Server {
-    Server::start(
-        "testbed",
-        &["--listen", "websocket://127.0.0.1:0", "--count", count],
-    )
-}
-
-/// Connects peers until one shares `worker` with the first and one does not.
-#[track_caller]
-fn victim_neighbour_stranger(server: &Server) -> (Peer, Peer, Peer) {
-    let victim = Peer::connect(server.addr);
-    let (mut neighbour, mut stranger) = (None, None);
-    for _ in 0..200 {
-        let p = Peer::connect(server.addr);
-        if p.worker == victim.worker {
-            neighbour.get_or_insert(p);
-        } else {
-            stranger.get_or_insert(p);
-        }
-        if neighbour.is_some() && stranger.is_some() {
-            break;
-        }
-    }
-    let neighbour = neighbour.expect("a second client on the victim's worker (200 tries)");
-    let stranger = stranger.expect("a client on the other worker (200 tries)");
-    (victim, neighbour, stranger)
+fn start_testbed(count: usize) -> Server {
+    Server::start_ws("testbed", count, &[], None)
 }
 
 #[test]
 fn panic_in_on_message_closes_that_connection_only() {
-    let server = start_testbed("2");
+    let server = start_testbed(2);
     let workers = server.wait_workers(2, REPLY_TIMEOUT);
-    let (mut victim, mut neighbour, mut stranger) = victim_neighbour_stranger(&server);
+    let (mut victim, mut neighbour, mut stranger) = neighbour_and_stranger(&server);
 
     victim.send_cmd(json!({"op": "panic"}));
     assert_eq!(
@@ -98,7 +74,7 @@ fn panic_in_on_message_closes_that_connection_only() {
 
 #[test]
 fn panic_in_on_websocket_connect_fails_that_handshake_only() {
-    let server = start_testbed("1");
+    let server = start_testbed(1);
     let mut before = Peer::connect(server.addr);
     let result = Ws::try_connect(server.addr, "/?panic", REPLY_TIMEOUT);
     assert!(
@@ -147,7 +123,7 @@ fn wait_tick(peer: &mut Peer, timer: u64, n: u64, allowed: &[u64]) -> Instant {
 
 #[test]
 fn repeating_timer_fires_until_deleted() {
-    let server = start_testbed("2");
+    let server = start_testbed(2);
     let mut peer = Peer::connect(server.addr);
     let interval = 20;
     let t = peer.call(json!({"op": "timer", "ms": interval, "repeat": true}))["timer"]
@@ -188,7 +164,7 @@ fn repeating_timer_fires_until_deleted() {
 
 #[test]
 fn one_shot_timer_fires_once() {
-    let server = start_testbed("1");
+    let server = start_testbed(1);
     let mut peer = Peer::connect(server.addr);
     let once = peer.call(json!({"op": "timer", "ms": 10, "repeat": false}))["timer"]
         .as_u64()
@@ -208,7 +184,7 @@ fn one_shot_timer_fires_once() {
 
 #[test]
 fn timers_of_many_connections_fire_independently() {
-    let server = start_testbed("2");
+    let server = start_testbed(2);
     let mut peers = connect_peers(server.addr, 20);
     let timers: Vec<u64> = peers
         .iter_mut()

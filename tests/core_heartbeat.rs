@@ -10,11 +10,7 @@ use std::time::{Duration, Instant};
 use tungstenite::{Error as WsError, Message as WsMessage};
 
 fn start_echo(toml: &str) -> Server {
-    Server::start_with_toml(
-        "echo",
-        &["--listen", "websocket://127.0.0.1:0", "--count", "1"],
-        toml,
-    )
+    Server::start_ws("echo", 1, &[], Some(toml))
 }
 
 /// The next frame of any kind (pings included), or `None` at the deadline.

@@ -9,11 +9,7 @@ use common::*;
 use std::time::Duration;
 
 fn start(name: &str, toml: &str) -> Server {
-    Server::start_with_toml(
-        name,
-        &["--listen", "websocket://127.0.0.1:0", "--count", "1"],
-        toml,
-    )
+    Server::start_ws(name, 1, &[], Some(toml))
 }
 
 /// A request head; `extra` lines end with `\r\n` each.

@@ -12,10 +12,7 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::http::HeaderValue;
 
 fn start_echo() -> Server {
-    Server::start(
-        "echo",
-        &["--listen", "websocket://127.0.0.1:0", "--count", "2"],
-    )
+    Server::start_ws("echo", 2, &[], None)
 }
 
 /// Writes `bytes` and ignores a write that fails because the server already
@@ -162,10 +159,11 @@ fn message_over_the_limit_in_small_fragments_gets_close_1009() {
 
 #[test]
 fn incomplete_head_is_dropped_after_the_handshake_timeout() {
-    let server = Server::start_with_toml(
+    let server = Server::start_ws(
         "echo",
-        &["--listen", "websocket://127.0.0.1:0", "--count", "1"],
-        "[server]\nhandshake_timeout_ms = 300\n",
+        1,
+        &[],
+        Some("[server]\nhandshake_timeout_ms = 300\n"),
     );
     let mut s = tcp_connect(server.addr, REPLY_TIMEOUT);
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")

@@ -165,17 +165,7 @@ fn worker_dying_at_start_is_respawned_with_doubling_backoff_while_the_other_serv
     /// on a loaded machine.
     const LIFE_MAX: Duration = Duration::from_millis(300);
 
-    let server = Server::start(
-        "testbed",
-        &[
-            "--listen",
-            "websocket://127.0.0.1:0",
-            "--count",
-            "2",
-            "--panic-on-start-worker",
-            "1",
-        ],
-    );
+    let server = Server::start_ws("testbed", 2, &["--panic-on-start-worker", "1"], None);
     let started = Instant::now();
 
     // Worker 0 serves throughout, as the same process: a 20 ms timer of its
@@ -327,18 +317,11 @@ fn connect_in_a_loop(
 
 fn reload_replaces_workers_one_at_a_time(reuse_port: bool, by_command: bool) {
     let files = ControlFiles::without_log("stop_timeout_ms = 1000\n");
-    let mut args = vec![
-        "-c",
-        files.config(),
-        "--listen",
-        "websocket://127.0.0.1:0",
-        "--count",
-        "2",
-    ];
+    let mut extra = vec!["-c", files.config()];
     if reuse_port {
-        args.push("--reuse-port");
+        extra.push("--reuse-port");
     }
-    let server = Server::start("echo", &args);
+    let server = Server::start_ws("echo", 2, &extra, None);
     let old = server.wait_workers(2, REPLY_TIMEOUT);
     let mut held = one_silent_client_per_worker(&server, &old);
 
@@ -444,17 +427,7 @@ fn reload_command_replaces_workers_one_at_a_time_losing_no_connection_reuse_port
 #[test]
 fn stop_command_stops_the_server_and_removes_the_pid_file() {
     let files = ControlFiles::without_log("");
-    let mut server = Server::start(
-        "echo",
-        &[
-            "-c",
-            files.config(),
-            "--listen",
-            "websocket://127.0.0.1:0",
-            "--count",
-            "2",
-        ],
-    );
+    let mut server = Server::start_ws("echo", 2, &["-c", files.config()], None);
     let workers = server.wait_workers(2, REPLY_TIMEOUT);
     let mut ws = Ws::connect(server.addr, "/");
     ws.send_text("before stop");
@@ -553,11 +526,7 @@ fn start_d_returns_after_listening_and_the_daemon_serves_until_stopped() {
 #[test]
 fn reload_answers_a_handshake_in_progress_on_the_old_worker() {
     use std::io::{Read, Write};
-    let server = Server::start_with_toml(
-        "echo",
-        &["--listen", "websocket://127.0.0.1:0", "--count", "1"],
-        "[server]\nstop_timeout_ms = 3000\n",
-    );
+    let server = Server::start_ws("echo", 1, &[], Some("[server]\nstop_timeout_ms = 3000\n"));
     let old = server.wait_workers(1, REPLY_TIMEOUT);
     // An open WebSocket on the old worker shows when it has begun to stop.
     let mut witness = Ws::connect(server.addr, "/");

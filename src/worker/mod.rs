@@ -259,11 +259,18 @@ impl<H: Handler> Worker<H> {
                     }
                 }
                 Some(BusToken::In(key)) => {
-                    let ctx = &mut self.ctx;
                     let mut items = Vec::new();
-                    ctx.bus.read(key, &ctx.mio, |item| items.push(item));
+                    self.ctx
+                        .bus
+                        .read(key, &self.ctx.mio, |item| items.push(item));
                     for item in items {
-                        ctx.apply(item);
+                        self.ctx.apply(item);
+                        // A worker message reaches the handler with the
+                        // registry as it was when it was sent, before the
+                        // records after it are applied.
+                        if !self.ctx.deferred.is_empty() {
+                            self.run_deferred();
+                        }
                     }
                 }
                 None => {

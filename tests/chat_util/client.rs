@@ -2,6 +2,7 @@
 //! deadlines.
 
 use super::{ChatServer, WAIT};
+use crate::common::tcp_connect;
 use serde_json::{json, Value};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,8 +35,7 @@ impl Client {
     /// Opens a WebSocket to the server's `/ws`.
     #[track_caller]
     pub fn connect(server: &ChatServer) -> Client {
-        let stream = TcpStream::connect(&server.addr).expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
+        let stream = tcp_connect(server.socket_addr(), WAIT);
         let (ws, _) = tungstenite::client(server.ws_url(), stream).expect("websocket handshake");
         ws.get_ref()
             .set_read_timeout(Some(Duration::from_millis(50)))
@@ -129,12 +129,7 @@ impl Client {
                     return Event::Closed(frame.map(|f: CloseFrame| u16::from(f.code)))
                 }
                 Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Err(e) if is_timeout(&e) => {
                     if Instant::now() >= deadline {
                         return Event::Timeout;
                     }
@@ -253,40 +248,38 @@ impl Client {
     /// with it.
     #[track_caller]
     pub fn expect_gone(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            match self.ws.read() {
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return,
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: the server did not close the socket",
-                self.user
-            );
-        }
+        assert!(
+            self.read_until_gone(Instant::now() + WAIT),
+            "{}: the server did not close the socket",
+            self.user
+        );
     }
 
     /// Closes the connection from the client side.
     pub fn close(mut self) {
         let _ = self.ws.close(None);
         let _ = self.ws.flush();
-        let deadline = Instant::now() + WAIT;
-        while Instant::now() < deadline {
+        self.read_until_gone(Instant::now() + WAIT);
+    }
+
+    /// Reads and drops whatever comes until the connection ends (true) or
+    /// `deadline` passes (false).
+    fn read_until_gone(&mut self, deadline: Instant) -> bool {
+        loop {
             match self.ws.read() {
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return,
                 Ok(_) => {}
+                Err(e) if is_timeout(&e) => {}
+                Err(_) => return true,
+            }
+            if Instant::now() >= deadline {
+                return false;
             }
         }
     }
+}
+
+/// A read that ran into the socket's read timeout: nothing arrived yet.
+fn is_timeout(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(e)
+        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
 }

@@ -12,20 +12,43 @@ use std::time::{Duration, Instant};
 /// shared socket, whoever accepts first wins, and a worker may get none).
 #[track_caller]
 pub fn start_testbed(count: usize, toml: Option<&str>) -> Server {
-    let count = count.to_string();
-    let args = [
-        "--listen",
-        "websocket://127.0.0.1:0",
-        "--count",
-        &count,
-        "--reuse-port",
-    ];
-    let server = match toml {
-        Some(t) => Server::start_with_toml("testbed", &args, t),
-        None => Server::start("testbed", &args),
-    };
-    server.wait_workers(count.parse().expect("count"), REPLY_TIMEOUT);
+    let server = Server::start_ws("testbed", count, &["--reuse-port"], toml);
+    server.wait_workers(count, REPLY_TIMEOUT);
     server
+}
+
+/// Connects a first peer, then more until one lands on the first's worker (its
+/// neighbour) and one on another worker (a stranger): (first, neighbour,
+/// stranger). Works with one shared listening socket too, where the kernel
+/// does not spread connections evenly (and a worker that is still starting
+/// takes none), so it keeps trying until [`REPLY_TIMEOUT`].
+#[track_caller]
+pub fn neighbour_and_stranger(server: &Server) -> (Peer, Peer, Peer) {
+    let first = Peer::connect(server.addr);
+    let (mut neighbour, mut stranger) = (None, None);
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    while neighbour.is_none() || stranger.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "within {REPLY_TIMEOUT:?}, no client landed {}",
+            if neighbour.is_none() {
+                "on the first one's worker"
+            } else {
+                "on another worker"
+            }
+        );
+        let p = Peer::connect(server.addr);
+        if p.worker == first.worker {
+            neighbour.get_or_insert(p);
+        } else {
+            stranger.get_or_insert(p);
+        }
+    }
+    (
+        first,
+        neighbour.expect("neighbour"),
+        stranger.expect("stranger"),
+    )
 }
 
 /// Peer indexes by worker slot.

@@ -123,3 +123,10 @@ pub fn http_exchange(addr: SocketAddr, pieces: &[&[u8]]) -> HttpReply {
     }
     read_reply(&mut s)
 }
+
+/// `GET path` (with `Connection: close`) and the whole response.
+#[track_caller]
+pub fn http_get(addr: SocketAddr, path: &str) -> HttpReply {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    http_exchange(addr, &[request.as_bytes()])
+}

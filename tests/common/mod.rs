@@ -77,6 +77,11 @@ fn target_layout() -> (PathBuf, String) {
     (target, profile)
 }
 
+/// The target directory the running test belongs to (`target`).
+pub fn target_dir() -> PathBuf {
+    target_layout().0
+}
+
 /// The path of example `name`, built by this test's cargo if it is stale or
 /// missing (cheap when fresh), so `cargo test --test X` alone is enough.
 /// Set `FOREMAN_TEST_NO_BUILD=1` to use whatever binary is there.
@@ -177,23 +182,49 @@ impl Server {
     /// yourself) and waits for its `listening on` line.
     #[track_caller]
     pub fn start(name: &str, args: &[&str]) -> Server {
-        Server::start_with_config(name, args, None)
+        Server::start_with_config(name, args, None, &[])
+    }
+
+    /// Starts example `name` on a free loopback WebSocket port with `count`
+    /// workers, then `extra` arguments, with `toml` (if any) as its config.
+    #[track_caller]
+    pub fn start_ws(name: &str, count: usize, extra: &[&str], toml: Option<&str>) -> Server {
+        let count = count.to_string();
+        let mut args = vec!["--listen", "websocket://127.0.0.1:0", "--count", &count];
+        args.extend_from_slice(extra);
+        match toml {
+            Some(t) => Server::start_with_toml(name, &args, t),
+            None => Server::start(name, &args),
+        }
+    }
+
+    /// As [`Server::start`], with these environment variables set (say
+    /// `RUST_LOG`).
+    #[track_caller]
+    pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_with_config(name, args, None, env)
     }
 
     /// As [`Server::start`], passing `-c FILE` with `toml` as the config.
     #[track_caller]
     pub fn start_with_toml(name: &str, args: &[&str], toml: &str) -> Server {
-        Server::start_with_config(name, args, Some(TempFile::new("toml", toml)))
+        Server::start_with_config(name, args, Some(TempFile::new("toml", toml)), &[])
     }
 
     #[track_caller]
-    fn start_with_config(name: &str, args: &[&str], config: Option<TempFile>) -> Server {
+    fn start_with_config(
+        name: &str,
+        args: &[&str],
+        config: Option<TempFile>,
+        env: &[(&str, &str)],
+    ) -> Server {
         let bin = example(name);
         let mut cmd = Command::new(&bin);
         if let Some(c) = &config {
             cmd.arg("-c").arg(&c.path);
         }
         cmd.args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -41,15 +41,7 @@ impl Ws {
 
     /// Connects and upgrades; the handshake error as text on failure.
     pub fn try_connect(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Ws, String> {
-        let stream = super::tcp_connect(addr, timeout);
-        stream
-            .set_read_timeout(Some(timeout))
-            .map_err(|e| e.to_string())?;
-        let url = format!("ws://{addr}{path}");
-        match tungstenite::client(url.as_str(), stream) {
-            Ok((ws, _response)) => Ok(Ws { ws }),
-            Err(e) => Err(e.to_string()),
-        }
+        Ws::handshake(super::tcp_connect(addr, timeout), path, timeout)
     }
 
     /// One connection attempt and handshake, without retrying a refused
@@ -57,10 +49,18 @@ impl Ws {
     pub fn connect_once(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Ws, String> {
         let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        Ws::handshake(stream, path, timeout)
+    }
+
+    /// The client's handshake on a connected stream, reads bounded by `timeout`.
+    fn handshake(stream: TcpStream, path: &str, timeout: Duration) -> Result<Ws, String> {
         stream
             .set_read_timeout(Some(timeout))
             .map_err(|e| e.to_string())?;
-        let url = format!("ws://{addr}{path}");
+        let url = format!(
+            "ws://{}{path}",
+            stream.peer_addr().map_err(|e| e.to_string())?
+        );
         match tungstenite::client(url.as_str(), stream) {
             Ok((ws, _response)) => Ok(Ws { ws }),
             Err(e) => Err(e.to_string()),
