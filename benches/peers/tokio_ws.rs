@@ -1,0 +1,189 @@
+//! Bench peer: a tokio + tokio-tungstenite WebSocket broadcast/echo server.
+//!
+//! Follows the same contract as foreman's `broadcast` and `echo` examples so
+//! one bench runner drives both:
+//!
+//! ```text
+//! peer_tokio --mode broadcast|echo --listen websocket://127.0.0.1:PORT [--count N] [--tick-ms 0]
+//! ```
+//!
+//! - Prints `listening on websocket://HOST:PORT` (flushed) once bound.
+//! - broadcast: every text message reaches every connection once, the sender
+//!   included, in the shape of tokio-tungstenite's broadcast example (a map of
+//!   per-peer unbounded channels behind a mutex). echo: back to its sender.
+//! - `--count N` is the number of runtime worker threads (one process).
+//! - SIGTERM closes every client with 1001 and exits.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Per-connection outgoing queues, keyed by the peer's address.
+type PeerMap = Arc<Mutex<HashMap<SocketAddr, UnboundedSender<Message>>>>;
+
+/// Set by the SIGTERM handler; the accept loop polls it.
+static TERMINATE: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    TERMINATE.store(true, Ordering::SeqCst);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Broadcast,
+    Echo,
+}
+
+fn main() {
+    let mut mode = Mode::Broadcast;
+    let mut listen = "websocket://127.0.0.1:0".to_string();
+    let mut count = 1usize;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--mode" if value == "echo" => mode = Mode::Echo,
+            "--mode" if value == "broadcast" => mode = Mode::Broadcast,
+            "--listen" => listen = value,
+            "--count" => count = value.parse().unwrap_or(1).max(1),
+            "--tick-ms" => {}
+            other => {
+                eprintln!("peer_tokio: unexpected argument {other:?} {value:?}");
+                std::process::exit(2);
+            }
+        }
+        i += 2;
+    }
+    let addr = listen
+        .trim_start_matches("websocket://")
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .to_string();
+    raise_nofile_limit();
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe { libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t) };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(count)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(serve(&addr, mode));
+}
+
+/// Raises the soft open-files limit to the hard limit.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+async fn serve(addr: &str, mode: Mode) {
+    let listener = TcpListener::bind(addr).await.expect("bind");
+    let local = listener.local_addr().expect("local_addr");
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "listening on websocket://{local}");
+    let _ = out.flush();
+
+    let peers = PeerMap::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, peer)) = accepted {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(handle_connection(peers.clone(), stream, peer, mode));
+                }
+            }
+            _ = tick.tick() => {
+                if TERMINATE.load(Ordering::SeqCst) {
+                    break;
+                }
+            }
+        }
+    }
+    drop(listener);
+    let going_away = Message::Close(Some(CloseFrame {
+        code: CloseCode::Away,
+        reason: "server shutting down".into(),
+    }));
+    for tx in peers.lock().expect("peer map").values() {
+        let _ = tx.send(going_away.clone());
+    }
+    // Give the connection tasks a bounded moment to flush their close frames.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !peers.lock().expect("peer map").is_empty() && Instant::now() < deadline {
+        tick.tick().await;
+    }
+}
+
+async fn handle_connection(peers: PeerMap, stream: TcpStream, addr: SocketAddr, mode: Mode) {
+    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+        return;
+    };
+    let (tx, mut rx) = unbounded_channel::<Message>();
+    peers.lock().expect("peer map").insert(addr, tx.clone());
+    let (mut sink, mut source) = ws.split();
+
+    let forward = async move {
+        while let Some(msg) = rx.recv().await {
+            let closing = msg.is_close();
+            if sink.feed(msg).await.is_err() {
+                return;
+            }
+            // Cork: queue what is already waiting, then flush once.
+            while let Ok(more) = rx.try_recv() {
+                if sink.feed(more).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() || closing {
+                return;
+            }
+        }
+    };
+    let receive = async {
+        while let Some(Ok(msg)) = source.next().await {
+            if !msg.is_text() {
+                if msg.is_close() {
+                    break;
+                }
+                continue;
+            }
+            match mode {
+                Mode::Echo => {
+                    let _ = tx.send(msg);
+                }
+                Mode::Broadcast => {
+                    for peer in peers.lock().expect("peer map").values() {
+                        let _ = peer.send(msg.clone());
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = forward => {}
+        _ = receive => {}
+    }
+    peers.lock().expect("peer map").remove(&addr);
+}

@@ -1,0 +1,411 @@
+//! The load generator: one child process of the runner holding a share of the
+//! client connections in a single mio loop.
+//!
+//! It is the bench binary itself started as `ws loadgen '<json LoadConfig>'`.
+//! It talks to the runner in lines: it prints `ready {json}` once its
+//! connections are upgraded, then obeys stdin commands:
+//!
+//! - `run START_NS WARM_NS MEASURE_NS`: drive the scenario; traffic stops at
+//!   `START+WARM+MEASURE` (CLOCK_MONOTONIC), counted only inside the measure
+//!   window. Echo and churn then print `done {json Stats}`; fanout prints
+//!   `sent {json Stats}` and waits for `expect N` (messages every connection
+//!   must have received) before draining and printing `done {json Stats}`.
+//! - stdin closed: close every connection with 1000 and exit.
+
+mod connection;
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, Write};
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use mio::net::TcpStream;
+use mio::{Events, Poll, Token, Waker};
+use serde::{Deserialize, Serialize};
+
+use crate::hist::Histogram;
+use crate::wire::{self, MaskRng};
+use connection::flush;
+
+const WAKER: Token = Token(usize::MAX);
+/// Source addresses used: 127.0.0.2 ..= 127.0.0.(1 + SOURCE_ADDRS).
+const SOURCE_ADDRS: usize = 32;
+
+/// What one load generator process does (shipped as JSON on its command line).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct LoadConfig {
+    /// `idle`, `echo`, `fanout` or `churn`.
+    pub scenario: String,
+    /// Server address.
+    pub target: SocketAddr,
+    /// Connections this process holds (churn: concurrent attempts).
+    pub conns: usize,
+    /// Global index of this process's first connection (spreads source addrs).
+    pub conn_base: usize,
+    /// Connection attempts in flight at once while connecting.
+    pub connect_concurrency: usize,
+    /// Message size in bytes (>= 32).
+    pub size: usize,
+    /// Fanout: senders among this process's connections.
+    pub senders: usize,
+    /// Fanout: global id of this process's first sender.
+    pub sender_base: u32,
+    /// Fanout: senders over all processes.
+    pub senders_total: u32,
+    /// Fanout: messages/s per sender; 0 means saturation (send on own echo).
+    pub rate_per_sender: f64,
+    /// Bound on the connect phase, in ms.
+    pub deadline_ms: u64,
+    /// Bound on waiting for messages in flight after the window, in ms.
+    pub drain_ms: u64,
+}
+
+/// What a load generator reports; summed over processes by the runner.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Connections upgraded in the connect phase (churn: handshakes in window).
+    pub connected: u64,
+    /// Connection attempts that failed.
+    pub failed: u64,
+    /// Nanoseconds the connect phase took.
+    pub connect_ns: u64,
+    /// Messages sent (whole run, all phases).
+    pub sent: u64,
+    /// Messages received inside the measure window.
+    pub received_in_window: u64,
+    /// Messages received over the whole run.
+    pub received_total: u64,
+    /// Fanout: deliveries missing after the drain (expected - received).
+    pub lost: u64,
+    /// Fanout: deliveries beyond what was expected, or repeated sequences.
+    pub duplicated: u64,
+    /// Fanout: deliveries that arrived out of order per sender.
+    pub reordered: u64,
+    /// Connections the server closed or broke during the run.
+    pub closed_by_server: u64,
+    /// Latency of messages sent inside the window.
+    pub latency: Histogram,
+}
+
+#[derive(PartialEq, Clone, Copy)]
+enum State {
+    Connecting,
+    Upgrading,
+    Open,
+    Closing,
+    Dead,
+}
+
+struct Conn {
+    stream: TcpStream,
+    state: State,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    /// Partial message assembled from continuation frames.
+    frag: Vec<u8>,
+    /// Global sender id if this connection sends in fanout; echo: own index.
+    sender: Option<u32>,
+    /// Next sequence number to send.
+    seq: u32,
+    /// Saturation/echo: a message of ours is in flight.
+    awaiting: bool,
+    /// Rate mode: when the next message is due (ns).
+    next_due: u64,
+    /// Messages received over the whole run.
+    received: u64,
+    /// Fanout: next expected sequence per global sender id.
+    expect: Vec<u32>,
+}
+
+/// The loop's clock marks for the current run.
+#[derive(Default, Clone, Copy)]
+struct Window {
+    measure: u64,
+    end: u64,
+}
+
+struct Gen {
+    cfg: LoadConfig,
+    poll: Poll,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    rng: MaskRng,
+    scratch: Vec<u8>,
+    msg: Vec<u8>,
+    host: String,
+    stats: Stats,
+    window: Window,
+    running: bool,
+    /// Attempts in progress (connect phase / churn).
+    pending: usize,
+    started: usize,
+    /// Indices of this process's sending connections.
+    senders: Vec<usize>,
+    /// When the connect phase's latest upgrade completed (ns).
+    last_upgrade: u64,
+}
+
+/// Entry point of a load generator child; `arg` is the JSON [`LoadConfig`].
+pub fn main(arg: &str) -> io::Result<()> {
+    let cfg: LoadConfig = serde_json::from_str(arg).map_err(io::Error::other)?;
+    crate::raise_nofile_limit();
+    let poll = Poll::new()?;
+    let waker = std::sync::Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = mpsc::channel::<Option<String>>();
+    std::thread::spawn(move || {
+        for line in io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(Some(line)).is_err() {
+                return;
+            }
+            let _ = waker.wake();
+        }
+        let _ = tx.send(None);
+        let _ = waker.wake();
+    });
+    let mut g = Gen {
+        host: cfg.target.to_string(),
+        rng: MaskRng::new(cfg.conn_base as u32 ^ 0x9E37_79B9),
+        msg: vec![0; cfg.size.max(wire::PAYLOAD_MIN)],
+        cfg,
+        poll,
+        conns: Vec::new(),
+        free: Vec::new(),
+        scratch: vec![0; 256 * 1024],
+        stats: Stats::default(),
+        window: Window::default(),
+        running: false,
+        pending: 0,
+        started: 0,
+        senders: Vec::new(),
+        last_upgrade: 0,
+    };
+    let mut events = Events::with_capacity(1024);
+    let churn = g.cfg.scenario == "churn";
+    if !churn {
+        let t0 = wire::mono_ns();
+        let deadline = t0 + g.cfg.deadline_ms * 1_000_000;
+        while g.started < g.cfg.conns || g.pending > 0 {
+            g.start_connects();
+            g.turn(&mut events, Some(deadline))?;
+            if wire::mono_ns() > deadline {
+                break;
+            }
+        }
+        // Until the last upgrade: stuck attempts must not dilute the rate.
+        g.stats.connect_ns = g.last_upgrade.saturating_sub(t0).max(1);
+        g.stats.failed += g.pending as u64;
+    }
+    report("ready", &g.stats);
+    let mut commands = VecDeque::new();
+    loop {
+        while let Ok(cmd) = rx.try_recv() {
+            commands.push_back(cmd);
+        }
+        match commands.pop_front() {
+            Some(Some(line)) => g.command(&line, &mut events)?,
+            Some(None) => break,
+            None => g.turn(&mut events, None)?,
+        }
+    }
+    g.close_all(&mut events)
+}
+
+fn report(tag: &str, stats: &Stats) {
+    let json = serde_json::to_string(stats).unwrap_or_default();
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{tag} {json}");
+    let _ = out.flush();
+}
+
+impl Gen {
+    fn command(&mut self, line: &str, events: &mut Events) -> io::Result<()> {
+        let words: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        match (line.split_whitespace().next(), words.as_slice()) {
+            (Some("run"), [start, warm, measure]) => self.run(*start, *warm, *measure, events),
+            (Some("expect"), [n]) => self.drain(*n, events),
+            _ => Err(io::Error::other(format!("loadgen: bad command {line:?}"))),
+        }
+    }
+
+    fn run(&mut self, start: u64, warm: u64, measure: u64, events: &mut Events) -> io::Result<()> {
+        self.window = Window {
+            measure: start + warm,
+            end: start + warm + measure,
+        };
+        let churn = self.cfg.scenario == "churn";
+        let fanout = self.cfg.scenario == "fanout";
+        // Wait for the common start time, serving events meanwhile.
+        while wire::mono_ns() < start {
+            self.turn(events, Some(start))?;
+        }
+        self.running = true;
+        if churn {
+            self.stats.connected = 0;
+        }
+        let period = if self.cfg.rate_per_sender > 0.0 {
+            (1e9 / self.cfg.rate_per_sender) as u64
+        } else {
+            0
+        };
+        let now = wire::mono_ns();
+        for k in 0..self.senders.len() {
+            let i = self.senders[k];
+            let Some(c) = self.conns[i].as_mut() else {
+                continue;
+            };
+            if c.state != State::Open {
+                continue;
+            }
+            match (c.sender, self.cfg.scenario.as_str()) {
+                (Some(id), "fanout") if period > 0 => {
+                    c.next_due = now + period * id as u64 / self.cfg.senders_total.max(1) as u64;
+                }
+                (Some(_), _) => self.send_next(i, now),
+                _ => {}
+            }
+        }
+        while wire::mono_ns() < self.window.end {
+            if churn {
+                self.start_connects();
+            }
+            if period > 0 {
+                self.send_due(period);
+            }
+            self.turn(events, Some(self.window.end))?;
+        }
+        self.running = false;
+        if fanout {
+            report("sent", &self.stats);
+            return Ok(());
+        }
+        // Echo: let the messages in flight come back, within the deadline.
+        let deadline = wire::mono_ns() + self.cfg.drain_ms * 1_000_000;
+        while self
+            .conns
+            .iter()
+            .flatten()
+            .any(|c| c.awaiting && c.state == State::Open)
+            && wire::mono_ns() < deadline
+        {
+            self.turn(events, Some(deadline))?;
+        }
+        report("done", &self.stats);
+        Ok(())
+    }
+
+    /// Fanout: waits until every connection received `expected` messages.
+    fn drain(&mut self, expected: u64, events: &mut Events) -> io::Result<()> {
+        let deadline = wire::mono_ns() + self.cfg.drain_ms * 1_000_000;
+        let all_in = |g: &Gen| {
+            g.conns
+                .iter()
+                .flatten()
+                .all(|c| c.received >= expected || c.state == State::Dead)
+        };
+        while !all_in(self) && wire::mono_ns() < deadline {
+            self.turn(events, Some(deadline))?;
+        }
+        for c in self.conns.iter().flatten() {
+            self.stats.lost += expected.saturating_sub(c.received);
+            self.stats.duplicated += c.received.saturating_sub(expected);
+        }
+        report("done", &self.stats);
+        Ok(())
+    }
+
+    /// Rate mode: sends every message that is due, stamped with its due time.
+    fn send_due(&mut self, period: u64) {
+        let now = wire::mono_ns();
+        for k in 0..self.senders.len() {
+            let i = self.senders[k];
+            let end = self.window.end;
+            while let Some(c) = self.conns[i]
+                .as_mut()
+                .filter(|c| c.state == State::Open && c.next_due <= now && c.next_due < end)
+            {
+                let due = c.next_due;
+                c.next_due += period;
+                self.send_next(i, due);
+            }
+        }
+    }
+
+    /// Sends connection `i`'s next bench message stamped `ts`.
+    fn send_next(&mut self, i: usize, ts: u64) {
+        let Some(c) = self.conns[i].as_mut() else {
+            return;
+        };
+        let id = c.sender.unwrap_or(0);
+        wire::write_payload(&mut self.msg, id, c.seq, ts);
+        c.seq = c.seq.wrapping_add(1);
+        c.awaiting = true;
+        wire::encode_frame(&mut c.wbuf, wire::OP_TEXT, &self.msg, &mut self.rng);
+        self.stats.sent += 1;
+        flush(c);
+    }
+
+    /// One poll turn: waits at most until `until` (or 100 ms), handles events.
+    fn turn(&mut self, events: &mut Events, until: Option<u64>) -> io::Result<()> {
+        let now = wire::mono_ns();
+        let mut timeout = Duration::from_millis(100);
+        if let Some(t) = until {
+            timeout = timeout.min(Duration::from_nanos(t.saturating_sub(now)));
+        }
+        if self.running && self.cfg.rate_per_sender > 0.0 {
+            let conns = &self.conns;
+            let next = self
+                .senders
+                .iter()
+                .filter_map(|&i| conns[i].as_ref())
+                .map(|c| c.next_due)
+                .min();
+            if let Some(next) = next {
+                timeout = timeout.min(Duration::from_nanos(next.saturating_sub(now)));
+            }
+        }
+        match self.poll.poll(events, Some(timeout)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            r => r?,
+        }
+        for ev in events.iter() {
+            if ev.token() == WAKER {
+                continue;
+            }
+            self.ready(ev.token().0);
+        }
+        Ok(())
+    }
+
+    /// Stdin closed: close every connection politely, bounded by 2 s.
+    fn close_all(&mut self, events: &mut Events) -> io::Result<()> {
+        for c in self.conns.iter_mut().flatten() {
+            if c.state == State::Open {
+                wire::encode_frame(
+                    &mut c.wbuf,
+                    wire::OP_CLOSE,
+                    &wire::CLOSE_NORMAL,
+                    &mut self.rng,
+                );
+                c.state = State::Closing;
+                flush(c);
+            }
+        }
+        let deadline = wire::mono_ns() + 2_000_000_000;
+        while self
+            .conns
+            .iter()
+            .flatten()
+            .any(|c| c.state == State::Closing)
+            && wire::mono_ns() < deadline
+        {
+            self.turn(events, Some(deadline))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,388 @@
+//! foreman's WebSocket bench suite: runner and load generator in one binary.
+//!
+//! ```text
+//! cargo bench --bench ws                     # quick profile, < 5 min
+//! cargo bench --bench ws -- --full           # long profile, median of 3 runs
+//! cargo bench --bench ws -- --servers foreman,uws --scenarios fanout-sat,echo
+//! ```
+//!
+//! The runner builds the server examples (`broadcast`, `echo`, `peer_tokio`)
+//! in release mode, then for every (server, scenario) pair starts the server
+//! as a child process on an ephemeral port, spreads the client connections
+//! over load generator processes (this binary again, `ws loadgen <json>`),
+//! drives the scenario, samples the server tree's RSS and CPU from /proc, stops
+//! the server with SIGTERM and prints Markdown tables plus the issue's bars.
+//! JSON goes to `target/bench/ws-latest.json`. Node peers (uWebSockets.js,
+//! ws) need `scripts/setup-bench-peers.sh`; without it they are reported as
+//! skipped. Options:
+//!
+//! - `--full`: 10 s windows, 3 runs per pair (median), adds `idle-36k`.
+//! - `--servers LIST`: among `foreman`, `foreman1` (count 1), `tokio`, `uws`, `ws`.
+//! - `--scenarios LIST`: among `idle-10k`, `idle-36k`, `echo`, `fanout-sat`,
+//!   `fanout-rate`, `churn`.
+//! - `--runs N`, `--measure-ms N`, `--conns N`: override the profile.
+//! - `--no-build`: use the examples as they are in `target/release/examples`.
+
+mod hist;
+mod loadgen;
+mod report;
+mod scenario;
+mod server;
+mod wire;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use report::Row;
+use scenario::{Kind, Scenario};
+use server::{Paths, ServerSpec};
+
+/// Raises the soft open-files limit to the hard limit (children inherit it).
+pub fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Command-line options of the runner.
+struct Options {
+    full: bool,
+    servers: Option<Vec<String>>,
+    scenarios: Option<Vec<String>>,
+    runs: Option<usize>,
+    measure_ms: Option<u64>,
+    conns: Option<usize>,
+    build: bool,
+}
+
+fn parse_options(args: &[String]) -> Options {
+    let mut o = Options {
+        full: false,
+        servers: None,
+        scenarios: None,
+        runs: None,
+        measure_ms: None,
+        conns: None,
+        build: true,
+    };
+    let list = |v: Option<&String>| v.map(|s| s.split(',').map(str::to_string).collect());
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--full" => o.full = true,
+            "--quick" => o.full = false,
+            "--no-build" => o.build = false,
+            "--servers" => {
+                o.servers = list(args.get(i + 1));
+                i += 1;
+            }
+            "--scenarios" => {
+                o.scenarios = list(args.get(i + 1));
+                i += 1;
+            }
+            "--runs" => {
+                o.runs = args.get(i + 1).and_then(|v| v.parse().ok());
+                i += 1;
+            }
+            "--conns" => {
+                o.conns = args.get(i + 1).and_then(|v| v.parse().ok());
+                i += 1;
+            }
+            "--measure-ms" => {
+                o.measure_ms = args.get(i + 1).and_then(|v| v.parse().ok());
+                i += 1;
+            }
+            _ => {} // `--bench` and filters from cargo
+        }
+        i += 1;
+    }
+    o
+}
+
+/// The scenarios of a profile.
+fn scenarios(o: &Options) -> Vec<Scenario> {
+    let (warm, measure) = if o.full { (2000, 10_000) } else { (1000, 3000) };
+    let measure = Duration::from_millis(o.measure_ms.unwrap_or(measure));
+    let warm = Duration::from_millis(warm);
+    let base = |name: &str, kind: Kind, conns: usize, clients: usize| Scenario {
+        name: name.into(),
+        kind,
+        conns,
+        size: 64,
+        senders: 0,
+        rate: 0.0,
+        clients,
+        warm,
+        measure,
+    };
+    let mut v = vec![base("idle-10k", Kind::Idle, 10_000, 2)];
+    if o.full {
+        v.push(base("idle-36k", Kind::Idle, 36_000, 3));
+    }
+    v.push(Scenario {
+        size: 512,
+        ..base("echo", Kind::Echo, 500, 2)
+    });
+    v.push(Scenario {
+        senders: 10,
+        ..base("fanout-sat", Kind::Fanout, 1000, 2)
+    });
+    v.push(Scenario {
+        senders: 10,
+        rate: 1000.0,
+        ..base("fanout-rate", Kind::Fanout, 1000, 2)
+    });
+    v.push(base("churn", Kind::Churn, 64, 2));
+    if let Some(n) = o.conns {
+        for sc in &mut v {
+            sc.conns = n;
+            sc.clients = sc.clients.max(n.div_ceil(15_000));
+        }
+    }
+    v
+}
+
+/// Which servers run which scenarios.
+fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
+    let servers = [
+        (
+            "foreman",
+            ServerSpec {
+                name: "foreman",
+                count: 2,
+            },
+        ),
+        (
+            "foreman1",
+            ServerSpec {
+                name: "foreman",
+                count: 1,
+            },
+        ),
+        (
+            "tokio",
+            ServerSpec {
+                name: "tokio",
+                count: 2,
+            },
+        ),
+        (
+            "uws",
+            ServerSpec {
+                name: "uws",
+                count: 1,
+            },
+        ),
+        (
+            "ws",
+            ServerSpec {
+                name: "ws",
+                count: 1,
+            },
+        ),
+    ];
+    let wanted = |list: &Option<Vec<String>>, name: &str| match list {
+        None => true,
+        Some(l) => l.iter().any(|x| x == name),
+    };
+    let mut out = Vec::new();
+    for sc in scenarios(o) {
+        if !wanted(&o.scenarios, &sc.name) {
+            continue;
+        }
+        for (key, spec) in &servers {
+            // count=1 of ours only in fanout, where the issue compares it.
+            if *key == "foreman1" && sc.kind != Kind::Fanout {
+                continue;
+            }
+            if wanted(&o.servers, key) {
+                out.push((spec.clone(), sc.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Paths from our own location (`target/release/deps/ws-HASH`); the
+/// environment variable `FOREMAN_BENCH_ROOT` points at another checkout.
+fn paths() -> Paths {
+    if let Some(root) = std::env::var_os("FOREMAN_BENCH_ROOT").map(PathBuf::from) {
+        let target = root.join("target");
+        return Paths {
+            examples: target.join("release/examples"),
+            out: target.join("bench"),
+            manifest: root,
+        };
+    }
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/release/deps/ws-HASH -> target/release
+    let release = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let target = release
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("target"));
+    Paths {
+        examples: release.join("examples"),
+        out: target.join("bench"),
+        manifest,
+    }
+}
+
+/// Builds the server examples with the cargo that runs us, if any. A failed
+/// build is reported; its servers then show as skipped ("not built").
+fn build_examples(paths: &Paths) {
+    let Ok(cargo) = std::env::var("CARGO") else {
+        return;
+    };
+    for group in [&["peer_tokio"][..], &["broadcast", "echo"][..]] {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(&paths.manifest)
+            .args(["build", "--release", "--quiet"]);
+        for ex in group {
+            cmd.args(["--example", ex]);
+        }
+        match cmd.status() {
+            Ok(s) if s.success() => {}
+            _ => eprintln!("bench: building {group:?} failed; those servers will be skipped"),
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("loadgen") {
+        let json = args.get(2).cloned().unwrap_or_default();
+        if let Err(e) = loadgen::main(&json) {
+            eprintln!("loadgen: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    raise_nofile_limit();
+    let o = parse_options(&args[1..]);
+    let paths = paths();
+    if o.build {
+        build_examples(&paths);
+    }
+    let profile = if o.full { "full" } else { "quick" };
+    let runs = o.runs.unwrap_or(if o.full { 3 } else { 1 }).max(1);
+    let t0 = Instant::now();
+    let mut rows = Vec::new();
+    for (spec, sc) in plan(&o) {
+        let mut row = Row {
+            spec: spec.clone(),
+            scenario: sc.clone(),
+            status: "ok",
+            reason: String::new(),
+            runs: Vec::new(),
+            median: Default::default(),
+        };
+        if spec.single_process() && sc.conns > 19_000 {
+            row.status = "skipped";
+            row.reason = format!(
+                "one process cannot hold {} connections (20,000 open-file cap)",
+                sc.conns
+            );
+        }
+        // One retry per row: the machine is shared, and a stray signal or a
+        // rebuilt binary should not void a 15-minute run. The retry is noted.
+        let mut retries_left = 1;
+        let mut run = 0;
+        while run < runs && row.status == "ok" {
+            eprintln!(
+                "bench: {} / {} run {}/{} ...",
+                spec.label(),
+                sc.name,
+                run + 1,
+                runs
+            );
+            let tag = format!("{}-run{}", sc.name, run + 1);
+            match scenario::run(&spec, &sc, &tag, &paths) {
+                Ok(fig) => {
+                    row.runs.push(fig);
+                    run += 1;
+                }
+                Err(e) if e.contains("not built") || e.contains("not install") => {
+                    row.status = "skipped";
+                    row.reason = e;
+                }
+                Err(e) if retries_left > 0 => {
+                    eprintln!("bench: run failed, retrying once: {e}");
+                    retries_left -= 1;
+                    row.reason = format!("one run retried after: {e}");
+                }
+                Err(e) => {
+                    row.status = "failed";
+                    row.reason = e;
+                }
+            }
+        }
+        row.median = report::combine(&row.runs);
+        // Lost deliveries fail our server; a peer that cannot keep up with
+        // the offered rate just shows its count in the `lost` column.
+        let failed = row.median.get("connect_failed").copied().unwrap_or(0.0);
+        if row.status == "ok" && failed > 0.0 && sc.kind != Kind::Churn {
+            row.status = "failed";
+            row.reason = format!("{failed} of {} connections did not upgrade", sc.conns);
+        }
+        let lost = row.median.get("lost").copied().unwrap_or(0.0);
+        if row.status == "ok" && lost > 0.0 && spec.name == "foreman" {
+            row.status = "failed";
+            row.reason = format!("{lost} deliveries lost");
+        }
+        if row.status != "ok" {
+            eprintln!(
+                "bench: {} / {}: {}: {}",
+                spec.label(),
+                sc.name,
+                row.status,
+                row.reason
+            );
+        }
+        rows.push(row);
+    }
+    let command = format!(
+        "cargo bench --bench ws --{}",
+        if o.full { " --full" } else { "" }
+    );
+    let mut bars = report::bars(&rows);
+    let busiest = rows
+        .iter()
+        .filter_map(|r| r.median.get("other_cpu_pct").copied())
+        .fold(0.0, f64::max);
+    if busiest > 20.0 {
+        bars.push(format!(
+            "warning: other processes used up to {busiest:.0}% CPU during a window; figures are noisy"
+        ));
+    }
+    println!(
+        "\n## WebSocket bench ({profile} profile, {runs} run(s) per row; took {:.0} s)",
+        t0.elapsed().as_secs_f64()
+    );
+    println!("{}", report::tables(&rows));
+    println!("### bars\n");
+    for b in &bars {
+        println!("- {b}");
+    }
+    match report::write_json(&paths.out, profile, &command, &rows, &bars) {
+        Ok(p) => println!("\nJSON: {p}"),
+        Err(e) => eprintln!("bench: cannot write JSON: {e}"),
+    }
+    if rows.iter().any(|r| r.status == "failed") {
+        std::process::exit(1);
+    }
+}

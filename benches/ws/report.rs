@@ -1,0 +1,332 @@
+//! Results: medians over runs, Markdown tables, the bars as ratios,
+//! and JSON under `target/bench/`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::scenario::{Figures, Kind, Scenario};
+use crate::server::ServerSpec;
+
+/// The outcome of one (server, scenario) pair over its runs.
+pub struct Row {
+    /// Server under test.
+    pub spec: ServerSpec,
+    /// Scenario driven.
+    pub scenario: Scenario,
+    /// `ok`, `skipped` or `failed`.
+    pub status: &'static str,
+    /// Why skipped or failed.
+    pub reason: String,
+    /// Figures of each run.
+    pub runs: Vec<Figures>,
+    /// Median of each figure over runs; for error counts, the maximum.
+    pub median: Figures,
+}
+
+/// Figures where the worst run, not the median, is reported.
+const WORST: &[&str] = &[
+    "lost",
+    "duplicated",
+    "reordered",
+    "connect_failed",
+    "closed_by_server",
+];
+
+/// Combines runs: median per figure (max for error counts).
+pub fn combine(runs: &[Figures]) -> Figures {
+    let mut out = Figures::new();
+    let Some(first) = runs.first() else {
+        return out;
+    };
+    for key in first.keys() {
+        let mut v: Vec<f64> = runs.iter().filter_map(|r| r.get(key).copied()).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let pick = if WORST.contains(&key.as_str()) {
+            v[v.len() - 1]
+        } else {
+            v[v.len() / 2]
+        };
+        out.insert(key.clone(), pick);
+    }
+    out
+}
+
+/// Columns shown for each kind of scenario: (figure, heading).
+fn columns(kind: Kind) -> &'static [(&'static str, &'static str)] {
+    match kind {
+        Kind::Idle => &[
+            ("conns", "conns"),
+            ("handshakes_per_s", "handshakes/s"),
+            ("rss_empty_mib", "RSS empty MiB"),
+            ("rss_mib", "RSS holding MiB"),
+            ("rss_per_conn_b", "RSS/conn B"),
+        ],
+        Kind::Echo => &[
+            ("msgs_per_s", "msgs/s"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+            ("max_ms", "max ms"),
+            ("server_cpu_pct", "server CPU %"),
+            ("client_cpu_pct", "client CPU %"),
+            ("other_cpu_pct", "other CPU %"),
+        ],
+        Kind::Fanout => &[
+            ("deliveries_per_s", "deliveries/s"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+            ("max_ms", "max ms"),
+            ("lost", "lost"),
+            ("server_cpu_pct", "server CPU %"),
+            ("client_cpu_pct", "client CPU %"),
+            ("other_cpu_pct", "other CPU %"),
+        ],
+        Kind::Churn => &[
+            ("handshakes_per_s", "handshakes/s"),
+            ("connect_failed", "failed"),
+            ("server_cpu_pct", "server CPU %"),
+            ("client_cpu_pct", "client CPU %"),
+            ("other_cpu_pct", "other CPU %"),
+        ],
+    }
+}
+
+fn fmt(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        let s = format!("{:.0}", v);
+        // Thousands separators for readability.
+        let (sign, digits) = s.strip_prefix('-').map(|d| ("-", d)).unwrap_or(("", &s));
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        format!("{sign}{out}")
+    } else if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// Markdown tables, one per scenario, in plan order.
+pub fn tables(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let mut seen: Vec<String> = Vec::new();
+    for r in rows {
+        if seen.contains(&r.scenario.name) {
+            continue;
+        }
+        seen.push(r.scenario.name.clone());
+        let sc = &r.scenario;
+        let _ = writeln!(out, "\n### {} ({})\n", sc.name, describe(sc));
+        let cols = columns(sc.kind);
+        let _ = write!(out, "| server |");
+        for (_, h) in cols {
+            let _ = write!(out, " {h} |");
+        }
+        let _ = write!(out, "\n|---|");
+        for _ in cols.iter() {
+            let _ = write!(out, "---:|");
+        }
+        out.push('\n');
+        for r in rows.iter().filter(|x| x.scenario.name == sc.name) {
+            let mark = if r.status != "ok" && !r.median.is_empty() {
+                " (failed, see below)"
+            } else {
+                ""
+            };
+            let _ = write!(out, "| {}{mark} |", r.spec.label());
+            if r.status != "ok" && r.median.is_empty() {
+                let _ = write!(out, " {}: {} |", r.status, r.reason);
+                for _ in 1..cols.len() {
+                    out.push_str(" |");
+                }
+            } else {
+                for (k, _) in cols {
+                    let v = r
+                        .median
+                        .get(*k)
+                        .map(|v| fmt(*v))
+                        .unwrap_or_else(|| "-".into());
+                    let _ = write!(out, " {v} |");
+                }
+            }
+            out.push('\n');
+        }
+        for r in rows.iter().filter(|x| x.scenario.name == sc.name) {
+            let noted = r.status == "ok" && !r.reason.is_empty();
+            if noted || (r.status != "ok" && !r.median.is_empty()) {
+                let _ = writeln!(out, "\n{} {}: {}", r.spec.label(), r.status, r.reason);
+            }
+        }
+    }
+    out
+}
+
+/// One line saying what a scenario does.
+pub fn describe(sc: &Scenario) -> String {
+    match sc.kind {
+        Kind::Idle => format!(
+            "hold {} connections, {} client processes",
+            sc.conns, sc.clients
+        ),
+        Kind::Echo => format!("{} connections ping-pong {} B text", sc.conns, sc.size),
+        Kind::Fanout if sc.rate > 0.0 => format!(
+            "{} connections, {} senders, {} B, offered {} msgs/s = {} deliveries/s",
+            sc.conns,
+            sc.senders,
+            sc.size,
+            fmt(sc.rate),
+            fmt(sc.rate * sc.conns as f64)
+        ),
+        Kind::Fanout => format!(
+            "{} connections, {} senders, {} B, saturation: next send when own message returns",
+            sc.conns, sc.senders, sc.size
+        ),
+        Kind::Churn => format!("open, upgrade, close; {} concurrent attempts", sc.conns),
+    }
+}
+
+fn find<'a>(rows: &'a [Row], server: &str, count: usize, scenario: &str) -> Option<&'a Figures> {
+    rows.iter()
+        .find(|r| {
+            r.spec.name == server
+                && r.spec.count == count
+                && r.scenario.name == scenario
+                && !r.median.is_empty()
+        })
+        .map(|r| &r.median)
+}
+
+/// The bars, as lines of text (figures, not pass/fail gates).
+pub fn bars(rows: &[Row]) -> Vec<String> {
+    let mut out = Vec::new();
+    let ratio =
+        |out: &mut Vec<String>, what: &str, a: Option<&Figures>, b: Option<&Figures>, key: &str| {
+            let line = match (a.and_then(|f| f.get(key)), b.and_then(|f| f.get(key))) {
+                (Some(x), Some(y)) if *y > 0.0 => {
+                    format!("{what}: {} / {} = {:.2}x", fmt(*x), fmt(*y), x / y)
+                }
+                _ => format!("{what}: n/a (a side was skipped or failed)"),
+            };
+            out.push(line);
+        };
+    let ours = |sc: &str| find(rows, "foreman", 2, sc);
+    let uws = |sc: &str| find(rows, "uws", 1, sc);
+    ratio(
+        &mut out,
+        "fanout-sat deliveries/s, foreman c=2 vs uWS.js",
+        ours("fanout-sat"),
+        uws("fanout-sat"),
+        "deliveries_per_s",
+    );
+    ratio(
+        &mut out,
+        "echo msgs/s, foreman c=2 vs uWS.js",
+        ours("echo"),
+        uws("echo"),
+        "msgs_per_s",
+    );
+    ratio(
+        &mut out,
+        "churn handshakes/s, foreman c=2 vs uWS.js",
+        ours("churn"),
+        uws("churn"),
+        "handshakes_per_s",
+    );
+    let c1 = find(rows, "foreman", 1, "fanout-sat");
+    ratio(
+        &mut out,
+        "fanout-sat deliveries/s, foreman c=2 vs c=1 (bar >= 0.8x)",
+        ours("fanout-sat"),
+        c1,
+        "deliveries_per_s",
+    );
+    match ours("fanout-rate") {
+        Some(f) => {
+            let lost = f.get("lost").copied().unwrap_or(f64::NAN);
+            let p99 = f.get("p99_ms").copied().unwrap_or(f64::NAN);
+            let met = lost == 0.0 && p99 < 15.0;
+            out.push(format!(
+                "fanout-rate foreman c=2: lost {}, p99 {p99:.2} ms (bar: 0 lost, p99 < 15 ms): {}",
+                fmt(lost),
+                if met { "met" } else { "NOT met" }
+            ));
+        }
+        None => out.push("fanout-rate foreman c=2: n/a".into()),
+    }
+    for sc in ["idle-10k", "idle-36k"] {
+        match ours(sc).and_then(|f| f.get("rss_per_conn_b")) {
+            Some(b) => out.push(format!(
+                "{sc} foreman c=2: {} B RSS/conn (bar <= 1024): {}",
+                fmt(*b),
+                if *b <= 1024.0 { "met" } else { "NOT met" }
+            )),
+            None => out.push(format!("{sc} foreman c=2: n/a")),
+        }
+    }
+    out
+}
+
+/// Writes the JSON report to `dir/ws-<profile>-<unix>.json` and
+/// `dir/ws-latest.json`; returns the first path.
+pub fn write_json(
+    dir: &Path,
+    profile: &str,
+    command: &str,
+    rows: &[Row],
+    bars: &[String],
+) -> std::io::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let doc = json!({
+        "date_utc": utc_date(unix),
+        "unix": unix,
+        "profile": profile,
+        "command": command,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "bars": bars,
+        "rows": rows.iter().map(|r| json!({
+            "server": r.spec.name,
+            "count": r.spec.count,
+            "scenario": r.scenario.name,
+            "description": describe(&r.scenario),
+            "status": r.status,
+            "reason": r.reason,
+            "median": r.median,
+            "runs": r.runs,
+        })).collect::<Vec<_>>(),
+    });
+    let text = serde_json::to_string_pretty(&doc).map_err(std::io::Error::other)?;
+    let path = dir.join(format!("ws-{profile}-{unix}.json"));
+    std::fs::write(&path, &text)?;
+    std::fs::write(dir.join("ws-latest.json"), &text)?;
+    Ok(path.display().to_string())
+}
+
+/// `YYYY-MM-DD HH:MM` UTC from Unix seconds (civil-from-days).
+pub fn utc_date(unix: u64) -> String {
+    let days = (unix / 86400) as i64;
+    let secs = unix % 86400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60
+    )
+}
