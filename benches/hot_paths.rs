@@ -5,8 +5,11 @@
 //! shared reference per recipient) against encoding per recipient, with our
 //! codec and with tungstenite's frame encoder.
 //!
-//! The bus and the registry are crate-private; they get micro-benchmarks here
-//! once the library exposes a way in.
+//! `bus`: one worker encoding broadcast deliveries onto a bus link and the
+//! other decoding them (`foreman::bench_support::bus_round_trip`).
+//!
+//! `registry`: a replica's work for N connections: open, bind, join, list
+//! group members, close (`foreman::bench_support::registry_churn`).
 //!
 //! `cargo bench --bench hot_paths` runs a short profile; `-- --full` the
 //! default Criterion timing. Criterion's own command line is not parsed (it
@@ -78,6 +81,30 @@ fn broadcast_frame(c: &mut Criterion) {
     group.finish();
 }
 
+fn bus(c: &mut Criterion) {
+    const RECORDS: usize = 1000;
+    let mut group = c.benchmark_group("bus");
+    group.throughput(Throughput::Elements(RECORDS as u64));
+    for size in [64usize, 512, 16 * 1024] {
+        let payload = bytes::Bytes::from(vec![b'x'; size]);
+        group.bench_with_input(BenchmarkId::new("round_trip", size), &payload, |b, p| {
+            b.iter(|| black_box(foreman::bench_support::bus_round_trip(p, RECORDS)))
+        });
+    }
+    group.finish();
+}
+
+fn registry(c: &mut Criterion) {
+    let mut group = c.benchmark_group("registry");
+    for conns in [1_000usize, 10_000] {
+        group.throughput(Throughput::Elements(conns as u64));
+        group.bench_with_input(BenchmarkId::new("churn", conns), &conns, |b, &n| {
+            b.iter(|| black_box(foreman::bench_support::registry_churn(n, 50)))
+        });
+    }
+    group.finish();
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--full");
     let mut c = Criterion::default().without_plots();
@@ -88,5 +115,7 @@ fn main() {
             .sample_size(20);
     }
     broadcast_frame(&mut c);
+    bus(&mut c);
+    registry(&mut c);
     c.final_summary();
 }

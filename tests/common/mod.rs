@@ -307,6 +307,7 @@ impl Server {
 
     /// Sends `sig` to the master.
     pub fn signal(&self, sig: Signal) {
+        assert!(self.exited.is_none(), "the master has exited; its pid may be reused");
         kill(Pid::from_raw(self.pid()), sig).expect("signal the master");
     }
 
@@ -344,13 +345,19 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let mut pids = descendants(self.pid());
-        pids.push(self.pid());
-        let _ = kill(Pid::from_raw(-self.pid()), Signal::SIGKILL);
-        for p in pids {
-            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        // A master already reaped has given its pid (and process group id)
+        // back to the system: signalling it now could hit an unrelated
+        // process. Its workers died with it (PR_SET_PDEATHSIG).
+        let reaped = self.exited.is_some() || matches!(self.child.try_wait(), Ok(Some(_)));
+        if !reaped {
+            let mut pids = descendants(self.pid());
+            pids.push(self.pid());
+            let _ = kill(Pid::from_raw(-self.pid()), Signal::SIGKILL);
+            for p in pids {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+            let _ = self.child.wait();
         }
-        let _ = self.child.wait();
         if std::thread::panicking() {
             let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
             let tail: VecDeque<_> = log.iter().rev().take(80).collect();
