@@ -28,6 +28,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "../ws/nofile.rs"]
+mod nofile;
+use nofile::raise_nofile_limit;
+
 /// Per-connection outgoing queues, keyed by the peer's address.
 type PeerMap = Arc<Mutex<HashMap<SocketAddr, UnboundedSender<Message>>>>;
 
@@ -80,21 +84,6 @@ fn main() {
         .build()
         .expect("tokio runtime");
     runtime.block_on(serve(&addr, mode));
-}
-
-/// Raises the soft open-files limit to the hard limit.
-fn raise_nofile_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }
 
 async fn serve(addr: &str, mode: Mode) {

@@ -24,6 +24,9 @@
 //! - `--no-build`: use the examples as they are in `target/release/examples`.
 
 mod hist;
+mod nofile;
+
+pub use nofile::raise_nofile_limit;
 mod loadgen;
 mod report;
 mod scenario;
@@ -37,21 +40,6 @@ use std::time::{Duration, Instant};
 use report::Row;
 use scenario::{Kind, Scenario};
 use server::{Paths, ServerSpec};
-
-/// Raises the soft open-files limit to the hard limit (children inherit it).
-pub fn raise_nofile_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
 
 /// Command-line options of the runner.
 struct Options {
