@@ -307,7 +307,10 @@ impl Server {
 
     /// Sends `sig` to the master.
     pub fn signal(&self, sig: Signal) {
-        assert!(self.exited.is_none(), "the master has exited; its pid may be reused");
+        assert!(
+            self.exited.is_none(),
+            "the master has exited; its pid may be reused"
+        );
         kill(Pid::from_raw(self.pid()), sig).expect("signal the master");
     }
 
