@@ -37,7 +37,7 @@ impl OutQueue {
     }
 
     /// Writes as much as the socket takes. `Ok(true)`: all written.
-    pub(crate) fn write_to(&mut self, w: &mut impl Write) -> io::Result<bool> {
+    pub(crate) fn write_to(&mut self, w: &mut impl SendVectored) -> io::Result<bool> {
         while !self.bufs.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let n = self
@@ -46,7 +46,7 @@ impl OutQueue {
                 .zip(slices.iter_mut())
                 .map(|(b, s)| *s = IoSlice::new(b))
                 .count();
-            match w.write_vectored(&slices[..n]) {
+            match w.send_vectored(&slices[..n]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => self.advance(written),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -77,6 +77,40 @@ impl OutQueue {
                 front.advance(n);
                 n = 0;
             }
+        }
+    }
+}
+
+/// Where queued output goes: a socket, or a mock in tests.
+pub(crate) trait SendVectored {
+    /// Writes what it can of `bufs`, in order, without blocking.
+    fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+}
+
+impl SendVectored for TcpStream {
+    /// `sendmsg(2)` rather than `writev(2)`: the socket call skips the VFS
+    /// layer (file position lock, iterator setup), which shows in profiles of
+    /// broadcasts, where nearly all the time is one send per connection.
+    fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: an all-zero msghdr is valid; it then points at `bufs`, whose
+        // `IoSlice`s are ABI-compatible with `iovec`, for the duration of the
+        // call only.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = bufs.len() as _;
+        // SAFETY: `msg` is valid as above; the fd is this stream's own.
+        let n = unsafe {
+            libc::sendmsg(
+                self.as_raw_fd(),
+                &msg,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
         }
     }
 }
@@ -185,6 +219,12 @@ mod tests {
     struct Tight {
         got: Vec<u8>,
         room: usize,
+    }
+
+    impl SendVectored for Tight {
+        fn send_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.write_vectored(bufs)
+        }
     }
 
     impl Write for Tight {
