@@ -386,14 +386,7 @@ impl Gen {
     fn close_all(&mut self, events: &mut Events) -> io::Result<()> {
         for c in self.conns.iter_mut().flatten() {
             if c.state == State::Open {
-                wire::encode_frame(
-                    &mut c.wbuf,
-                    wire::OP_CLOSE,
-                    &wire::CLOSE_NORMAL,
-                    &mut self.rng,
-                );
-                c.state = State::Closing;
-                flush(c);
+                connection::begin_close(c, &mut self.rng);
             }
         }
         let deadline = wire::mono_ns() + 2_000_000_000;

@@ -232,14 +232,7 @@ impl Gen {
                 self.stats.connected += 1;
             }
             if let Some(c) = self.conns[i].as_mut() {
-                wire::encode_frame(
-                    &mut c.wbuf,
-                    wire::OP_CLOSE,
-                    &wire::CLOSE_NORMAL,
-                    &mut self.rng,
-                );
-                c.state = State::Closing;
-                flush(c);
+                begin_close(c, &mut self.rng);
             }
         } else {
             self.stats.connected += 1;
@@ -276,6 +269,13 @@ impl Gen {
             }
         }
     }
+}
+
+/// Sends a normal close frame and waits for the server's answer.
+pub(super) fn begin_close(c: &mut Conn, rng: &mut wire::MaskRng) {
+    wire::encode_frame(&mut c.wbuf, wire::OP_CLOSE, &wire::CLOSE_NORMAL, rng);
+    c.state = State::Closing;
+    flush(c);
 }
 
 /// Writes as much of the connection's queued output as the socket takes.
