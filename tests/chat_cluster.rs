@@ -347,11 +347,9 @@ fn users_of_a_stopped_or_killed_worker_leave_their_rooms() {
             assert!(left.insert(user), "{signal:?}: twice: {p}");
         }
         // The replacement is up before the next round logs in on worker 0.
-        let deadline = Instant::now() + chat_util::WAIT;
-        while server.worker_pid(0).is_none_or(|p| p == pid) {
-            assert!(Instant::now() < deadline, "worker 0 not replaced");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_until(chat_util::WAIT, "worker 0 is replaced", || {
+            server.worker_pid(0).is_some_and(|p| p != pid)
+        });
         server.wait_for_workers(2);
     }
     // Worker 0's replacement announced them: nothing more from it.

@@ -69,19 +69,10 @@ fn acked_messages_survive_sigkill_of_workers_and_master() {
             nix::sys::signal::Signal::SIGKILL,
         )
         .expect("kill worker");
-        let deadline = std::time::Instant::now() + chat_util::WAIT;
-        loop {
+        common::wait_until(chat_util::WAIT, "the killed worker is replaced", || {
             let now = server.worker_pids();
-            if now.len() == 2 && !now.contains(&victim) {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "worker not replaced:\n{}",
-                server.log()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+            now.len() == 2 && !now.contains(&victim)
+        });
         server.wait_for_workers(2);
         let mut reader = Client::login(&server, "reader");
         reader.send(json!({"type": "join", "room": "crash"}));
