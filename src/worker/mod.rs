@@ -49,6 +49,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// reads themselves go through the worker's one shared buffer. Frames longer
 /// than this are copied into tungstenite in chunks of this size.
 const WS_READ_CHUNK: usize = 128;
+/// Writes between two looks at new events while a turn writes its dirty
+/// connections (see [`Worker::flush_conns`]).
+const POLL_EVERY: usize = 32;
 
 /// Everything a worker gets from the master.
 pub(crate) struct Setup {
@@ -72,6 +75,8 @@ pub(crate) struct Worker<H: Handler> {
     ws_config: WebSocketConfig,
     /// Connections that had more to read when their budget ran out.
     pending_reads: VecDeque<usize>,
+    /// Events taken in the middle of a write pass.
+    mid_events: Events,
     max_conns: usize,
     /// Accepting stopped at the connection cap; resume below it.
     accept_full: bool,
@@ -181,6 +186,7 @@ impl<H: Handler> Worker<H> {
             scratch: vec![0; SCRATCH],
             ws_config,
             pending_reads: VecDeque::new(),
+            mid_events: Events::with_capacity(256),
             max_conns,
             accept_full: false,
             accept_resume: None,
@@ -219,6 +225,7 @@ impl<H: Handler> Worker<H> {
 
     fn poll_timeout(&mut self) -> Option<Duration> {
         if !self.pending_reads.is_empty()
+            || !self.ctx.dirty.is_empty()
             || !self.ctx.deferred.is_empty()
             || !self.ctx.resumed.is_empty()
         {
@@ -287,7 +294,8 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Everything after the events of one poll: more reads, timers, deferred
-    /// callbacks, deadlines, then one write per dirty connection and bus link.
+    /// callbacks, deadlines, then one write per dirty connection and bus link
+    /// (a write pass that handles events arriving meanwhile).
     fn turn(&mut self) {
         self.pending_reads.extend(self.ctx.resumed.drain(..));
         for _ in 0..self.pending_reads.len() {
@@ -434,12 +442,28 @@ impl<H: Handler> Worker<H> {
 
     // ----- writing -----
 
+    /// One write per dirty connection, in the order they became dirty.
+    ///
+    /// Every [`POLL_EVERY`] writes the pass looks for new events and handles
+    /// them before going on. A broadcast that arrives while a pass is writing
+    /// 1,000 connections then rides along with the rest of this pass and
+    /// reaches the connections already written at the same place in the next
+    /// one: each receiver waits at most one pass, not the rest of this pass
+    /// plus a whole next one. Connections written in this pass and dirty again
+    /// go to the next pass, so each still gets one write per pass.
     fn flush_conns(&mut self) {
         let dirty = std::mem::take(&mut self.ctx.dirty);
-        for &key in &dirty {
+        for (i, &key) in dirty.iter().enumerate() {
+            if i % POLL_EVERY == POLL_EVERY - 1 {
+                self.poll_between_writes();
+            }
             let Some(c) = self.ctx.conns.get_mut(key) else {
                 continue;
             };
+            if !c.dirty {
+                // Written already: it was closed and its key reused mid-pass.
+                continue;
+            }
             c.dirty = false;
             match c.out.write_to(&mut c.sock) {
                 Ok(true) => {
@@ -456,12 +480,27 @@ impl<H: Handler> Worker<H> {
                 Err(e) => self.peer_gone(key, Some(ConnError::Io(e))),
             }
         }
-        // Reuse the allocation unless callbacks above queued more.
-        if self.ctx.dirty.is_empty() {
-            let mut dirty = dirty;
-            dirty.clear();
-            self.ctx.dirty = dirty;
+        // Keep the larger allocation for the next pass.
+        let mut done = dirty;
+        done.clear();
+        if done.capacity() > self.ctx.dirty.capacity() {
+            done.extend_from_slice(&self.ctx.dirty);
+            self.ctx.dirty = done;
         }
+    }
+
+    /// Handles whatever became ready since the turn's poll, without waiting,
+    /// and passes new bus records on at once.
+    fn poll_between_writes(&mut self) {
+        let mut events = std::mem::replace(&mut self.mid_events, Events::with_capacity(0));
+        if self.poll.poll(&mut events, Some(Duration::ZERO)).is_ok() && !events.is_empty() {
+            self.ctx.now = Instant::now();
+            for event in events.iter() {
+                self.dispatch(event);
+            }
+            self.flush_bus();
+        }
+        self.mid_events = events;
     }
 
     fn flush_bus(&mut self) {
