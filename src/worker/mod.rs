@@ -283,7 +283,7 @@ impl<H: Handler> Worker<H> {
                 None => {
                     let key = token.0;
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
-                        self.read_conn(key);
+                        self.read_conn(key, event.is_read_closed() || event.is_error());
                     }
                     if event.is_writable() {
                         self.ctx.mark_dirty(key);
@@ -300,7 +300,7 @@ impl<H: Handler> Worker<H> {
         self.pending_reads.extend(self.ctx.resumed.drain(..));
         for _ in 0..self.pending_reads.len() {
             if let Some(key) = self.pending_reads.pop_front() {
-                self.read_conn(key);
+                self.read_conn(key, true);
             }
         }
         while let Some(id) = self.ctx.timers.pop_due(Instant::now()) {

@@ -4,7 +4,17 @@
 use super::*;
 
 impl<H: Handler> Worker<H> {
-    pub(super) fn read_conn(&mut self, key: usize) {
+    /// Reads connection `key` until the socket is drained, its budget is
+    /// spent or it is paused.
+    ///
+    /// `until_eagain` is false for a readiness event that did not report the
+    /// peer's FIN: the socket is edge-triggered, so data arriving after a read
+    /// raises a new event, and a read shorter than the buffer means nothing
+    /// was left. Stopping there saves the read that would only say EAGAIN,
+    /// one syscall per message for ping-pong traffic. Reads without an event
+    /// (resumed, out of budget) and events with a FIN read until EAGAIN or
+    /// end of stream, since nothing else would bring the rest.
+    pub(super) fn read_conn(&mut self, key: usize, until_eagain: bool) {
         let mut budget = READ_BUDGET;
         loop {
             let Some(c) = self.ctx.conns.get_mut(key) else {
@@ -23,6 +33,9 @@ impl<H: Handler> Worker<H> {
             c.last_read = self.ctx.now;
             c.pinged = false;
             self.feed(key, n);
+            if n < SCRATCH && !until_eagain {
+                return;
+            }
             budget = budget.saturating_sub(n);
             if budget == 0 {
                 self.pending_reads.push_back(key);
