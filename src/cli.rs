@@ -5,10 +5,11 @@
 //! PROGRAM stop [-g] [-c FILE]     stop the server named by the pid file
 //! PROGRAM restart [-d] [-c FILE]  stop it if running, then start
 //! PROGRAM reload [-c FILE]        replace workers one at a time (SIGUSR1)
-//! PROGRAM status [-c FILE]        is it running, with which workers
+//! PROGRAM status [-c FILE]        a table of the master and its workers
+//! PROGRAM connections [-c FILE]   a table of every connection
 //! ```
 //!
-//! `stop`, `restart`, `reload` and `status` find the running master through
+//! `stop`, `restart`, `reload`, `status` and `connections` find the running master through
 //! `server.pid_file` in the config, which must be set for them. Arguments the
 //! library does not know are left in [`Args::rest`] for the application.
 
@@ -29,8 +30,12 @@ pub enum Command {
     Restart,
     /// Replace a running server's workers one at a time.
     Reload,
-    /// Report whether a server is running and its processes.
+    /// Print a running server's processes with their connections, memory,
+    /// queues and counters.
     Status,
+    /// Print every connection of a running server: worker, id, protocol,
+    /// state, addresses, queued output, idle time and uid.
+    Connections,
 }
 
 /// A parsed command line.
@@ -84,6 +89,7 @@ impl Args {
                 "restart" if first => out.command = Command::Restart,
                 "reload" if first => out.command = Command::Reload,
                 "status" if first => out.command = Command::Status,
+                "connections" if first => out.command = Command::Connections,
                 "-c" | "--config" => out.config = Some(value("-c")?.into()),
                 "--listen" => out.listen = Some(value("--listen")?),
                 "--count" => {

@@ -55,6 +55,7 @@ mod id;
 mod master;
 mod message;
 mod registry;
+mod report;
 mod timer;
 mod worker;
 

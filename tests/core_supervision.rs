@@ -1,8 +1,8 @@
 //! The master as a supervisor, seen from outside: it refuses to fork in a
 //! threaded process, respawns a worker that dies at start with a doubling
 //! backoff while the other worker serves, replaces every worker one at a time
-//! on `reload` without losing a connection attempt, and obeys `stop` and
-//! `start -d` through its pid file.
+//! on `reload` without losing a connection attempt, obeys `stop` and
+//! `start -d` through its pid file, and answers `status` and `connections`.
 
 mod common;
 
@@ -567,4 +567,113 @@ fn reload_answers_a_handshake_in_progress_on_the_old_worker() {
         text.starts_with("HTTP/1.1 "),
         "the handshake in progress gets an HTTP answer, got {text:?}"
     );
+}
+
+/// The rows of a table printed by `status` or `connections`, each as a map
+/// from header to cell. Columns are left-aligned under their headers, so a
+/// cell starts where its header does.
+fn parse_table(text: &str) -> Vec<BTreeMap<String, String>> {
+    let mut lines = text.lines().skip_while(|l| !l.starts_with("worker"));
+    let header = lines
+        .next()
+        .unwrap_or_else(|| panic!("no header in:\n{text}"));
+    let mut starts = Vec::new();
+    let mut prev = ' ';
+    let mut prev2 = ' ';
+    for (i, ch) in header.char_indices() {
+        if ch != ' ' && (i == 0 || (prev == ' ' && prev2 == ' ')) {
+            starts.push(i);
+        }
+        prev2 = prev;
+        prev = ch;
+    }
+    let cell = |line: &str, i: usize| -> String {
+        let from = starts[i].min(line.len());
+        let to = starts.get(i + 1).map_or(line.len(), |&e| e.min(line.len()));
+        line[from..to].trim().to_string()
+    };
+    lines
+        .take_while(|l| l.starts_with(|c: char| c.is_ascii_digit()) || l.starts_with("total "))
+        .map(|line| {
+            (0..starts.len())
+                .map(|i| (cell(header, i), cell(line, i)))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn status_and_connections_print_every_worker_and_every_connection() {
+    let files = ControlFiles::without_log("");
+    let server = Server::start_ws("echo", 2, &["-c", files.config()], None);
+    let workers = server.wait_workers(2, REPLY_TIMEOUT);
+    let mut clients: Vec<Ws> = (0..3).map(|_| Ws::connect(server.addr, "/")).collect();
+    for ws in &mut clients {
+        ws.send_text("hello");
+        assert_eq!(ws.recv_text(REPLY_TIMEOUT), "hello");
+    }
+
+    let status = files.echo("status", &[]);
+    assert!(status.status.success(), "status: {status:?}");
+    assert!(
+        status.stdout.contains(&format!("master {}", server.pid())),
+        "{}",
+        status.stdout
+    );
+    let rows = parse_table(&status.stdout);
+    let pids: HashSet<i32> = rows
+        .iter()
+        .filter(|r| r["worker"] != "total")
+        .map(|r| r["pid"].parse().expect("a pid"))
+        .collect();
+    assert_eq!(pids, workers.iter().copied().collect(), "{}", status.stdout);
+    let total = rows.iter().find(|r| r["worker"] == "total").expect("total");
+    assert_eq!(total["conns"], "3", "{}", status.stdout);
+    assert_eq!(total["msgs in"], "3", "{}", status.stdout);
+    assert!(
+        status.stdout.contains("registry: 3 connections"),
+        "{}",
+        status.stdout
+    );
+
+    let conns = files.echo("connections", &[]);
+    assert!(conns.status.success(), "connections: {conns:?}");
+    let rows = parse_table(&conns.stdout);
+    let peers: HashSet<String> = rows.iter().map(|r| r["peer"].clone()).collect();
+    let ours: HashSet<String> = clients
+        .iter()
+        .map(|ws| ws.ws.get_ref().local_addr().expect("addr").to_string())
+        .collect();
+    assert_eq!(peers, ours, "{}", conns.stdout);
+    for r in &rows {
+        assert_eq!(r["protocol"], "websocket", "{r:?}");
+        assert_eq!(r["state"], "open", "{r:?}");
+        assert_eq!(r["local"], server.addr.to_string(), "{r:?}");
+        assert!(workers.contains(&r["pid"].parse().expect("pid")), "{r:?}");
+    }
+
+    // A stopped worker cannot answer: the command says which, fails, and
+    // does not hang.
+    let stopped = workers[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(stopped), Signal::SIGSTOP).expect("stop");
+    let partial = files.echo("status", &[]);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(stopped), Signal::SIGCONT).expect("cont");
+    assert!(!partial.status.success(), "status: {partial:?}");
+    assert!(
+        partial.stderr.contains(&format!("pid {stopped}")),
+        "{partial:?}"
+    );
+    let row = parse_table(&partial.stdout)
+        .into_iter()
+        .find(|r| r["pid"] == stopped.to_string())
+        .expect("the stopped worker's row");
+    assert!(
+        row.values().any(|v| v.contains("no answer")),
+        "{}",
+        partial.stdout
+    );
+
+    // Once resumed, it answers again.
+    let again = files.echo("status", &[]);
+    assert!(again.status.success(), "status: {again:?}");
 }

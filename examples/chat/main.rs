@@ -46,7 +46,7 @@ fn run() -> Result<(), Error> {
         [word, name] if word == "token" => Some(name.clone()),
         [arg, ..] => {
             return Err(Error::Usage(format!(
-                "unexpected argument {arg:?}; usage: chat [start|stop|reload|status] \
+                "unexpected argument {arg:?}; usage: chat [start|stop|restart|reload|status|connections] \
                  [-c chat.toml] [--listen ADDR] [--count N] [--reuse-port], or chat token NAME"
             )))
         }

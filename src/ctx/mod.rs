@@ -75,6 +75,8 @@ pub(crate) enum Deferred {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Stats {
     pub(crate) dropped_sends: u64,
+    /// Messages handed to `on_message`.
+    pub(crate) messages_in: u64,
 }
 
 /// The worker's state as handlers see it: sending, closing, the registry,

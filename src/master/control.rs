@@ -1,4 +1,4 @@
-//! `stop`, `restart`, `reload` and `status`: talking to a running master
+//! `stop`, `restart`, `reload`, `status` and `connections`: talking to a running master
 //! through its pid file and signals.
 
 use super::*;
@@ -65,11 +65,14 @@ fn alive(pid: Pid) -> bool {
 
 pub(super) fn status(cfg: &Config) -> Result<()> {
     let pid = master_pid(cfg)?;
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    println!("running: master {pid}, workers {}", children.trim());
-    // Each worker logs a status line (connections, queues, bus) to the
-    // server's log.
-    kill(pid, Signal::SIGUSR2)?;
-    Ok(())
+    let g = report::gather::<report::WorkerReport>(cfg, pid, Signal::SIGUSR2, "worker")?;
+    print!("{}", report::status_table(&g));
+    g.complete()
+}
+
+pub(super) fn connections(cfg: &Config) -> Result<()> {
+    let pid = master_pid(cfg)?;
+    let g = report::gather::<report::ConnsReport>(cfg, pid, Signal::SIGIO, "conns")?;
+    print!("{}", report::connections_table(&g));
+    g.complete()
 }

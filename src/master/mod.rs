@@ -8,6 +8,7 @@ use crate::bus;
 use crate::cli::{Args, Command};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::report;
 use crate::worker::{self, Setup, Worker};
 use crate::Handler;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -222,6 +223,7 @@ impl Server {
             }
             Command::Reload => control::signal(&self.cfg, Signal::SIGUSR1, "reload"),
             Command::Status => control::status(&self.cfg),
+            Command::Connections => control::connections(&self.cfg),
         }
     }
 }
@@ -239,6 +241,9 @@ struct Master<F> {
     stop_deadline: Option<Instant>,
     /// Slots still to be replaced by a reload, in order; the head is being replaced.
     reloading: Vec<usize>,
+    started: Instant,
+    /// What it listens on, as printed at start.
+    url: String,
 }
 
 impl<F> Master<F> {
@@ -311,6 +316,14 @@ impl<F> Master<F> {
         if let Some(p) = &cfg.pid_file {
             std::fs::write(p, format!("{pid}\n")).map_err(|e| Error::io("write pid_file", e))?;
         }
+        if let Some(dir) = report::dir(&cfg) {
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                log::warn!(
+                    "{}: {e}; status and connections cannot answer",
+                    dir.display()
+                );
+            }
+        }
         let mut master = Master {
             cfg: Arc::new(cfg),
             factory,
@@ -320,6 +333,8 @@ impl<F> Master<F> {
             signals,
             stop_deadline: None,
             reloading: Vec::new(),
+            started: Instant::now(),
+            url,
         };
         for slot in 0..master.slots.len() {
             master.spawn(slot);
@@ -327,6 +342,9 @@ impl<F> Master<F> {
         let r = master.supervise();
         if let Some(p) = &master.cfg.pid_file {
             let _ = std::fs::remove_file(p);
+        }
+        if let Some(dir) = report::dir(&master.cfg) {
+            let _ = std::fs::remove_dir_all(dir);
         }
         r
     }
@@ -449,7 +467,12 @@ impl<F> Master<F> {
                 match Signal::try_from(info.ssi_signo as i32) {
                     Ok(Signal::SIGCHLD) => {}
                     Ok(Signal::SIGUSR1) => self.begin_reload(),
-                    Ok(Signal::SIGHUP) | Ok(Signal::SIGUSR2) => self.log_status(),
+                    Ok(sig @ (Signal::SIGUSR2 | Signal::SIGIO)) => match report::token_of(&info) {
+                        Some(token) => self.answer(sig, token),
+                        None if sig == Signal::SIGUSR2 => self.log_status(),
+                        None => {}
+                    },
+                    Ok(Signal::SIGHUP) => self.log_status(),
                     Ok(sig) => {
                         log::info!("{sig}: stopping");
                         self.begin_stop();
@@ -567,6 +590,40 @@ impl<F> Master<F> {
                 }
             }
         }
+    }
+
+    /// Answers a `status` or `connections` command (`sig` with `token`):
+    /// writes the master's view and passes the request on to every worker.
+    fn answer(&self, sig: Signal, token: i32) {
+        let now = Instant::now();
+        let workers = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(slot, s)| report::SlotReport {
+                slot,
+                pid: s.pid.map(|p| p.as_raw()),
+                incarnation: s.incarnation,
+                up_ms: now.saturating_duration_since(s.started).as_millis() as u64,
+            })
+            .collect();
+        let master = report::MasterReport {
+            pid: self.pid,
+            name: self.cfg.name.clone(),
+            listen: self.url.clone(),
+            up_ms: now.saturating_duration_since(self.started).as_millis() as u64,
+            workers,
+        };
+        // The workers first: the command reads the master's answer, then waits
+        // for theirs.
+        for s in &self.slots {
+            if let Some(pid) = s.pid {
+                if let Err(e) = report::queue_signal(pid, sig, token) {
+                    log::warn!("cannot ask worker {pid}: {e}");
+                }
+            }
+        }
+        report::answer(&self.cfg, "master", token, &master);
     }
 
     /// Logs the master's view and asks every worker to log its own.

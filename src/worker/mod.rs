@@ -15,6 +15,7 @@ use crate::conn::{Conn, State, WsIo};
 use crate::ctx::{Ctx, Deferred, Stats, Waker, CLOSE_GRACE};
 use crate::http::{Head, Request, Response};
 use crate::registry::Registry;
+use crate::report;
 use crate::timer::Timers;
 use crate::{ConnError, ConnId, Handler, Message};
 use bytes::BytesMut;
@@ -104,6 +105,7 @@ pub(crate) fn worker_signals() -> SigSet {
         Signal::SIGQUIT,
         Signal::SIGUSR1,
         Signal::SIGUSR2,
+        Signal::SIGIO,
     ] {
         s.add(sig);
     }
@@ -557,13 +559,75 @@ impl<H: Handler> Worker<H> {
     fn read_signals(&mut self) {
         while let Ok(Some(info)) = self.signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGUSR2) => self.log_status(),
+                Ok(Signal::SIGUSR2) => match report::token_of(&info) {
+                    Some(token) => self.answer_status(token),
+                    None => self.log_status(),
+                },
+                Ok(Signal::SIGIO) => {
+                    if let Some(token) = report::token_of(&info) {
+                        self.answer_connections(token);
+                    }
+                }
                 sig => {
                     log::debug!("worker {} got {sig:?}: stopping", self.ctx.slot);
                     self.stop();
                 }
             }
         }
+    }
+
+    /// Answers `status` (see [`crate::report`]).
+    fn answer_status(&self, token: i32) {
+        let ctx = &self.ctx;
+        let r = report::WorkerReport {
+            pid: std::process::id(),
+            rss_bytes: report::rss_bytes(),
+            conns: ctx.conns.len(),
+            server_conns: ctx.registry.conn_count(),
+            uids: ctx.registry.uid_count(),
+            timers: ctx.timers.len(),
+            messages_in: ctx.stats.messages_in,
+            queued_bytes: ctx.conns.iter().map(|(_, c)| c.out.len()).sum(),
+            dropped_sends: ctx.stats.dropped_sends,
+            bus_queued_bytes: ctx.bus.queued_bytes(),
+            bus_dropped_bytes: ctx.bus.dropped_bytes,
+            bus_relinks: ctx.bus.relinks,
+        };
+        report::answer(&ctx.cfg, &format!("worker.{}", ctx.slot), token, &r);
+    }
+
+    /// Answers `connections` (see [`crate::report`]).
+    fn answer_connections(&self, token: i32) {
+        let ctx = &self.ctx;
+        let scheme = ctx.cfg.protocol.scheme();
+        let conns = ctx
+            .conns
+            .iter()
+            .map(|(key, c)| {
+                let id = ConnId::new(ctx.slot, key as u32, c.serial);
+                let (protocol, state) = match &c.state {
+                    State::Head(_) => ("http", "request"),
+                    State::Ws(_) | State::Plain(_) if c.closing => (scheme, "closing"),
+                    State::Ws(_) | State::Plain(_) => (scheme, "open"),
+                    State::Done => (scheme, "closing"),
+                };
+                report::ConnRow {
+                    id: id.to_string(),
+                    protocol: protocol.into(),
+                    state: state.into(),
+                    local: c.sock.local_addr().map_or("-".into(), |a| a.to_string()),
+                    peer: c.peer.to_string(),
+                    queued_bytes: c.out.len(),
+                    idle_ms: ctx.now.saturating_duration_since(c.last_read).as_millis() as u64,
+                    uid: ctx.registry.uid_of(id).map(str::to_string),
+                }
+            })
+            .collect();
+        let r = report::ConnsReport {
+            pid: std::process::id(),
+            conns,
+        };
+        report::answer(&ctx.cfg, &format!("conns.{}", ctx.slot), token, &r);
     }
 
     /// One status line: what `status` shows for this worker.

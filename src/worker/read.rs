@@ -112,6 +112,7 @@ impl<H: Handler> Worker<H> {
             return;
         }
         let id = self.ctx.id_of(key, c);
+        self.ctx.stats.messages_in += 1;
         self.guard(Some(id), |h, ctx| h.on_message(ctx, id, msg));
     }
 

@@ -1,0 +1,448 @@
+//! `status` and `connections`: a command process asks the running master,
+//! the master asks its workers, and every process answers with a JSON file in
+//! the report directory next to the pid file (`PID_FILE.report/`). The command
+//! prints the answers as a table and removes them.
+//!
+//! The request is a signal sent with `sigqueue(2)` whose value is a token (the
+//! command's pid): SIGUSR2 for `status`, SIGIO for `connections`, as in
+//! Workerman. Answers are named by the token, so two commands at once never
+//! read each other's. The command keeps a file `request.TOKEN` while it waits;
+//! a process answers only while it exists, so a worker that was stopped and
+//! resumes after the command gave up leaves nothing behind. A plain
+//! `kill -USR2` (no token) still makes every process log its status line.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long a command waits for every answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where answers go: `PID_FILE.report`, or none without a pid file.
+pub(crate) fn dir(cfg: &Config) -> Option<PathBuf> {
+    cfg.pid_file
+        .as_ref()
+        .map(|p| PathBuf::from(format!("{p}.report")))
+}
+
+/// Sends `sig` to `pid` with `token` as its value.
+pub(crate) fn queue_signal(pid: Pid, sig: Signal, token: i32) -> nix::Result<()> {
+    let value = libc::sigval {
+        sival_ptr: token as isize as *mut libc::c_void,
+    };
+    // SAFETY: sigqueue takes plain values; nothing is borrowed.
+    let r = unsafe { libc::sigqueue(pid.as_raw(), sig as libc::c_int, value) };
+    nix::errno::Errno::result(r).map(drop)
+}
+
+/// The token of a signal read from a signalfd: set by [`queue_signal`],
+/// `None` for a plain `kill`.
+pub(crate) fn token_of(info: &libc::signalfd_siginfo) -> Option<i32> {
+    (info.ssi_code == libc::SI_QUEUE && info.ssi_int != 0).then_some(info.ssi_int)
+}
+
+/// Writes `value` as `dir/NAME.TOKEN`, whole or not at all (temp + rename).
+pub(crate) fn answer<T: Serialize>(cfg: &Config, name: &str, token: i32, value: &T) {
+    let Some(dir) = dir(cfg) else { return };
+    if !dir.join(format!("request.{token}")).exists() {
+        log::debug!("request {token} is over: not answering");
+        return;
+    }
+    let path = dir.join(format!("{name}.{token}"));
+    let tmp = dir.join(format!(".{name}.{token}.{}", std::process::id()));
+    let result = serde_json::to_vec(value)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = result {
+        log::warn!("cannot write {}: {e}", path.display());
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// The master's answer: who it is and which workers it runs.
+#[derive(Serialize, Deserialize, Debug)]
+pub(crate) struct MasterReport {
+    pub(crate) pid: u32,
+    pub(crate) name: String,
+    pub(crate) listen: String,
+    pub(crate) up_ms: u64,
+    pub(crate) workers: Vec<SlotReport>,
+}
+
+/// One worker slot as the master sees it.
+#[derive(Serialize, Deserialize, Debug)]
+pub(crate) struct SlotReport {
+    pub(crate) slot: usize,
+    /// `None` while the slot waits to be respawned.
+    pub(crate) pid: Option<i32>,
+    pub(crate) incarnation: u32,
+    pub(crate) up_ms: u64,
+}
+
+/// A worker's answer to `status`.
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub(crate) struct WorkerReport {
+    pub(crate) pid: u32,
+    pub(crate) rss_bytes: u64,
+    /// This worker's connections.
+    pub(crate) conns: usize,
+    /// Connections on the whole server, as this worker's registry sees them.
+    pub(crate) server_conns: usize,
+    pub(crate) uids: usize,
+    pub(crate) timers: usize,
+    pub(crate) messages_in: u64,
+    pub(crate) queued_bytes: usize,
+    pub(crate) dropped_sends: u64,
+    pub(crate) bus_queued_bytes: usize,
+    pub(crate) bus_dropped_bytes: u64,
+    pub(crate) bus_relinks: u64,
+}
+
+impl WorkerReport {
+    /// The `status` cells from `memory` on.
+    fn cells(&self) -> [String; 9] {
+        [
+            bytes(self.rss_bytes),
+            self.conns.to_string(),
+            self.timers.to_string(),
+            self.messages_in.to_string(),
+            bytes(self.queued_bytes as u64),
+            self.dropped_sends.to_string(),
+            bytes(self.bus_queued_bytes as u64),
+            bytes(self.bus_dropped_bytes),
+            self.bus_relinks.to_string(),
+        ]
+    }
+
+    /// Adds a worker's figures into a total. The registry's are server-wide
+    /// already, so they are taken, not added.
+    fn add(&mut self, r: &WorkerReport) {
+        self.rss_bytes += r.rss_bytes;
+        self.conns += r.conns;
+        self.server_conns = r.server_conns;
+        self.uids = r.uids;
+        self.timers += r.timers;
+        self.messages_in += r.messages_in;
+        self.queued_bytes += r.queued_bytes;
+        self.dropped_sends += r.dropped_sends;
+        self.bus_queued_bytes += r.bus_queued_bytes;
+        self.bus_dropped_bytes += r.bus_dropped_bytes;
+        self.bus_relinks += r.bus_relinks;
+    }
+}
+
+/// A worker's answer to `connections`.
+#[derive(Serialize, Deserialize, Debug, Default)]
+pub(crate) struct ConnsReport {
+    pub(crate) pid: u32,
+    pub(crate) conns: Vec<ConnRow>,
+}
+
+/// One connection.
+#[derive(Serialize, Deserialize, Debug)]
+pub(crate) struct ConnRow {
+    pub(crate) id: String,
+    pub(crate) protocol: String,
+    pub(crate) state: String,
+    pub(crate) local: String,
+    pub(crate) peer: String,
+    pub(crate) queued_bytes: usize,
+    pub(crate) idle_ms: u64,
+    pub(crate) uid: Option<String>,
+}
+
+/// This process's resident memory.
+pub(crate) fn rss_bytes() -> u64 {
+    let pages: u64 = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf only reads a constant.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as u64,
+        _ => 4096,
+    };
+    pages * page
+}
+
+/// What a command gathered: the master's answer, and each live worker's
+/// (`None`: it did not answer in time).
+pub(crate) struct Gathered<T> {
+    pub(crate) master: MasterReport,
+    pub(crate) workers: Vec<(SlotReport, Option<T>)>,
+}
+
+impl<T> Gathered<T> {
+    /// An error naming the workers that did not answer, if any.
+    pub(crate) fn complete(&self) -> Result<()> {
+        let silent: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(s, r)| s.pid.is_some() && r.is_none())
+            .map(|(s, _)| format!("{} (pid {})", s.slot, s.pid.unwrap_or(0)))
+            .collect();
+        if silent.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Usage(format!(
+                "no answer within {ANSWER_TIMEOUT:?} from worker {} (stopped or stuck?)",
+                silent.join(", ")
+            )))
+        }
+    }
+}
+
+/// Asks the master `master` with `sig` and waits for its answer and its
+/// workers' answers, named `WORKER_FILE.SLOT.TOKEN`.
+pub(crate) fn gather<T: DeserializeOwned>(
+    cfg: &Config,
+    master: Pid,
+    sig: Signal,
+    worker_file: &str,
+) -> Result<Gathered<T>> {
+    let dir = dir(cfg).ok_or_else(|| Error::Config("server.pid_file is not set".into()))?;
+    let token = std::process::id() as i32;
+    let request = Request::new(&dir, token)?;
+    queue_signal(master, sig, token)?;
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    let master_report: MasterReport = take(&dir.join(format!("master.{token}")), deadline)
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "master {master} did not answer within {ANSWER_TIMEOUT:?} (is {} writable?)",
+                dir.display()
+            ))
+        })?;
+    let mut workers = Vec::new();
+    for slot in &master_report.workers {
+        let report = match slot.pid {
+            Some(_) => take(
+                &dir.join(format!("{worker_file}.{}.{token}", slot.slot)),
+                deadline,
+            ),
+            None => None,
+        };
+        workers.push((
+            SlotReport {
+                slot: slot.slot,
+                pid: slot.pid,
+                incarnation: slot.incarnation,
+                up_ms: slot.up_ms,
+            },
+            report,
+        ));
+    }
+    drop(request);
+    Ok(Gathered {
+        master: master_report,
+        workers,
+    })
+}
+
+/// The request file: answers are written while it exists.
+struct Request(PathBuf);
+
+impl Request {
+    fn new(dir: &Path, token: i32) -> Result<Request> {
+        let path = dir.join(format!("request.{token}"));
+        std::fs::write(&path, b"").map_err(|e| {
+            Error::Usage(format!(
+                "cannot write {}: {e} (is the server running, as this user?)",
+                path.display()
+            ))
+        })?;
+        Ok(Request(path))
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Reads and removes the answer at `path` once it exists, or `None` after
+/// `deadline`.
+fn take<T: DeserializeOwned>(path: &Path, deadline: Instant) -> Option<T> {
+    loop {
+        if let Ok(bytes) = std::fs::read(path) {
+            let _ = std::fs::remove_file(path);
+            return match serde_json::from_slice(&bytes) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    eprintln!("{}: {e}", path.display());
+                    None
+                }
+            };
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `status`: the master line, then a row per worker and a total.
+pub(crate) fn status_table(g: &Gathered<WorkerReport>) -> String {
+    let m = &g.master;
+    let mut out = format!(
+        "{} running: master {}, up {}, {}, {} workers\n",
+        m.name,
+        m.pid,
+        duration(m.up_ms),
+        m.listen,
+        m.workers.len()
+    );
+    let mut rows = vec![strings(&[
+        "worker",
+        "pid",
+        "up",
+        "memory",
+        "conns",
+        "timers",
+        "msgs in",
+        "queued out",
+        "dropped",
+        "bus queued",
+        "bus dropped",
+        "relinks",
+    ])];
+    let mut total = WorkerReport::default();
+    for (slot, report) in &g.workers {
+        let pid = slot.pid.map_or("-".into(), |p| p.to_string());
+        let Some(r) = report else {
+            let what = if slot.pid.is_some() {
+                "no answer"
+            } else {
+                "respawning"
+            };
+            rows.push(vec![slot.slot.to_string(), pid, what.into()]);
+            continue;
+        };
+        let mut row = vec![slot.slot.to_string(), pid, duration(slot.up_ms)];
+        row.extend(r.cells());
+        rows.push(row);
+        total.add(r);
+    }
+    let mut row = vec!["total".into(), String::new(), String::new()];
+    row.extend(total.cells());
+    rows.push(row);
+    out.push_str(&table(&rows));
+    out.push_str(&format!(
+        "registry: {} connections, {} uids\n",
+        total.server_conns, total.uids
+    ));
+    out
+}
+
+/// `connections`: a row per connection of every worker that answered.
+pub(crate) fn connections_table(g: &Gathered<ConnsReport>) -> String {
+    let mut rows = vec![strings(&[
+        "worker", "pid", "id", "protocol", "state", "local", "peer", "queued", "idle", "uid",
+    ])];
+    let mut n = 0;
+    for (slot, report) in &g.workers {
+        let Some(r) = report else { continue };
+        for c in &r.conns {
+            n += 1;
+            rows.push(vec![
+                slot.slot.to_string(),
+                r.pid.to_string(),
+                c.id.clone(),
+                c.protocol.clone(),
+                c.state.clone(),
+                c.local.clone(),
+                c.peer.clone(),
+                bytes(c.queued_bytes as u64),
+                duration(c.idle_ms),
+                c.uid.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+    }
+    let mut out = table(&rows);
+    out.push_str(&format!("total: {n} connections\n"));
+    out
+}
+
+fn strings(s: &[&str]) -> Vec<String> {
+    s.iter().map(|s| s.to_string()).collect()
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(rows: &[Vec<String>]) -> String {
+    let mut widths = Vec::new();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if widths.len() <= i {
+                widths.push(0);
+            }
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            if i + 1 < row.len() {
+                line.extend(std::iter::repeat_n(' ', widths[i] - cell.chars().count()));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `1d 2h`, `3h 4m`, `5m 6s`, `7.8s`, `90ms`.
+fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => format!("{ms}ms"),
+        1..60 => format!("{:.1}s", ms as f64 / 1000.0),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// `512 B`, `3.4 KiB`, `5.6 MiB`, `1.2 GiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_and_units_read_well() {
+        let t = table(&[strings(&["a", "bb"]), strings(&["ccc", "d"])]);
+        assert_eq!(t, "a    bb\nccc  d\n");
+        assert_eq!(duration(90), "90ms");
+        assert_eq!(duration(7_800), "7.8s");
+        assert_eq!(duration(306_000), "5m 6s");
+        assert_eq!(duration(2 * 86_400_000 + 3_600_000), "2d 1h");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 * 1024 + 512), "3.5 KiB");
+        assert_eq!(bytes(5 << 30), "5.0 GiB");
+    }
+}
