@@ -4,7 +4,7 @@
 //! PROGRAM [start] [-d] [-c FILE] [--listen URL] [--count N] [--reuse-port]
 //! PROGRAM stop [-g] [-c FILE]     stop the server named by the pid file
 //! PROGRAM restart [-d] [-c FILE]  stop it if running, then start
-//! PROGRAM reload [-c FILE]        replace workers one at a time (SIGUSR1)
+//! PROGRAM reload [-c FILE]        read the config again, replace workers one at a time
 //! PROGRAM status [-c FILE]        a table of the master and its workers
 //! PROGRAM connections [-c FILE]   a table of every connection
 //! ```
@@ -28,7 +28,8 @@ pub enum Command {
     Stop,
     /// Stop a running server (if any), then start.
     Restart,
-    /// Replace a running server's workers one at a time.
+    /// Replace a running server's workers one at a time, with the config
+    /// read again (see [`crate::Server::reload_config`]).
     Reload,
     /// Print a running server's processes with their connections, memory,
     /// queues and counters.

@@ -4,7 +4,7 @@
 mod chat_util;
 mod common;
 
-use chat_util::{now_secs, run_chat, temp_dir, token, ChatServer, Client, Event};
+use chat_util::{now_secs, run_chat, temp_dir, token, ChatServer, Client, Event, WAIT};
 use serde_json::{json, Value};
 
 #[test]
@@ -392,4 +392,45 @@ fn the_binary_mints_tokens_the_server_accepts() {
     let mut c = Client::connect(&server);
     c.send(json!({"type": "login", "name": "al", "token": stdout.trim()}));
     assert_eq!(c.expect("welcome")["user"], "al");
+}
+
+#[test]
+fn reload_applies_a_changed_chat_toml() {
+    let dir = temp_dir("reload");
+    let pid_file = dir.join("chat.pid");
+    let mut server = ChatServer::start_in(
+        &dir,
+        2,
+        &format!(
+            "[server]\npid_file = {:?}\n[chat]\ntick_interval_ms = 0\nmax_text_chars = 10\n",
+            pid_file.display().to_string()
+        ),
+    );
+    let old = server.worker_pids();
+    let mut al = Client::login(&server, "al");
+    al.join("r");
+    al.send(json!({"type": "say", "room": "r", "text": "12345678901", "ref": "long"}));
+    assert_eq!(al.expect_error("too_long")["ref"], "long");
+    al.close();
+
+    let config = dir.join("chat.toml");
+    let text = std::fs::read_to_string(&config).expect("read chat.toml");
+    assert!(text.contains("max_text_chars = 10"), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("max_text_chars = 10", "max_text_chars = 20"),
+    )
+    .expect("write chat.toml");
+    let (ok, out, err) = run_chat(&["reload", "-c", config.to_str().expect("utf-8")]);
+    assert!(ok, "reload: {out} {err}");
+    common::poll_until(WAIT, "both workers replaced", || {
+        let now = server.worker_pids();
+        (now.len() == 2 && now.iter().all(|p| !old.contains(p))).then_some(())
+    });
+
+    let mut bo = Client::login(&server, "bo");
+    bo.join("r");
+    bo.send(json!({"type": "say", "room": "r", "text": "12345678901", "ref": "fits"}));
+    assert_eq!(bo.expect("message")["text"], "12345678901");
+    assert_eq!(bo.expect("ack")["ref"], "fits");
 }

@@ -677,3 +677,82 @@ fn status_and_connections_print_every_worker_and_every_connection() {
     let again = files.echo("status", &[]);
     assert!(again.status.success(), "status: {again:?}");
 }
+
+/// Waits until every worker in `old` is gone and `n` others run; returns them.
+#[track_caller]
+fn wait_replaced(server: &Server, old: &[i32], n: usize) -> Vec<i32> {
+    poll_until(Duration::from_secs(15), "every worker replaced", || {
+        let now = server.workers();
+        (now.len() == n && now.iter().all(|w| !old.contains(w))).then_some(now)
+    })
+}
+
+/// Sends `len` bytes of text and returns what came back: the echo, or the close.
+fn echo_of(server: &Server, len: usize) -> Recv {
+    let mut ws = Ws::connect(server.addr, "/");
+    let text = "x".repeat(len);
+    ws.send_text(&text);
+    match ws.recv(REPLY_TIMEOUT) {
+        Recv::Text(t) if t == text => Recv::Text(format!("{len} bytes")),
+        other => other,
+    }
+}
+
+#[test]
+fn reload_reads_the_config_again_and_refuses_a_bad_one() {
+    let files = ControlFiles::without_log("");
+    let limit = |n: usize| format!("max_frame_bytes = {n}\nmax_message_bytes = {n}\n");
+    let write_config = |pid_file: &Path, extra: &str| {
+        std::fs::write(
+            &files.config.path,
+            format!(
+                "[server]\npid_file = {:?}\nstop_timeout_ms = 1000\n{extra}",
+                pid_file.display().to_string()
+            ),
+        )
+        .expect("write the config")
+    };
+    write_config(&files.pid_file, &limit(1000));
+    let server = Server::start_ws("echo", 2, &["-c", files.config()], None);
+    let first = server.wait_workers(2, REPLY_TIMEOUT);
+    assert_eq!(echo_of(&server, 2000), Recv::Close(Some(1009)));
+
+    // A new limit takes effect with the replacement workers.
+    write_config(&files.pid_file, &limit(4000));
+    let done = files.echo("reload", &[]);
+    assert!(done.status.success(), "reload: {done:?}");
+    let second = wait_replaced(&server, &first, 2);
+    assert_eq!(echo_of(&server, 2000), Recv::Text("2000 bytes".into()));
+
+    // A bad file: the command says what is wrong and signals nothing.
+    write_config(
+        &files.pid_file,
+        "max_frame_bytes = 4000\nmax_message_bytes = \"lots\"\n",
+    );
+    let refused = files.echo("reload", &[]);
+    assert!(!refused.status.success(), "reload: {refused:?}");
+    assert!(refused.stderr.contains("max_message_bytes"), "{refused:?}");
+    // The master, asked directly, refuses it too and keeps its workers.
+    server.signal(Signal::SIGUSR1);
+    wait_until(REPLY_TIMEOUT, "the master logs the refusal", || {
+        server.output().contains("reload refused")
+    });
+    assert_eq!(server.workers(), second, "the workers stay");
+    assert_eq!(echo_of(&server, 2000), Recv::Text("2000 bytes".into()));
+
+    // What takes a restart keeps its running value, with a warning; the
+    // rest of the file still applies.
+    let elsewhere = temp_path("pid");
+    write_config(&elsewhere, &limit(3000));
+    server.signal(Signal::SIGUSR1);
+    wait_replaced(&server, &second, 2);
+    assert!(
+        server.output().contains("pid_file changed"),
+        "{}",
+        server.output()
+    );
+    assert_eq!(read_pid(&files.pid_file), Some(server.pid()));
+    assert!(!elsewhere.exists(), "no pid file at the new path");
+    assert_eq!(echo_of(&server, 2000), Recv::Text("2000 bytes".into()));
+    assert_eq!(echo_of(&server, 3500), Recv::Close(Some(1009)));
+}

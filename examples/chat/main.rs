@@ -25,8 +25,10 @@ mod worker;
 use config::ChatConfig;
 use foreman::cli::{Args, Command};
 use foreman::{Error, Server};
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::sync::Arc;
 
 fn main() -> ExitCode {
@@ -71,11 +73,22 @@ fn run() -> Result<(), Error> {
             ))
         })?;
     }
-    let server = Server::new(config.server.clone())
+    // `reload` reads chat.toml again: the master swaps in the new settings,
+    // and the workers it then forks start with them.
+    let current = Rc::new(RefCell::new(Arc::new(config)));
+    let reloaded = current.clone();
+    let server = Server::new(current.borrow().server.clone())
         .command(args.command)
-        .daemon(args.daemon);
-    let config = Arc::new(config);
-    server.run(move |_worker| worker::ChatWorker::new(config.clone()))
+        .daemon(args.daemon)
+        .reload_config(move || {
+            let mut config = ChatConfig::load(&path)?;
+            args.apply(&mut config.server)?;
+            config.server.validate()?;
+            let server = config.server.clone();
+            *reloaded.borrow_mut() = Arc::new(config);
+            Ok(server)
+        });
+    server.run(move |_worker| worker::ChatWorker::new(current.borrow().clone()))
 }
 
 /// `chat token NAME`: prints a login token for NAME, valid for a day, signed

@@ -38,7 +38,11 @@ pub struct Server {
     cfg: Config,
     command: Command,
     daemon: bool,
+    reconfigure: Option<Reconfigure>,
 }
+
+/// Builds the config anew for `reload` (see [`Server::reload_config`]).
+type Reconfigure = Box<dyn FnMut() -> Result<Config>>;
 
 /// One worker slot as the master sees it.
 struct Slot {
@@ -153,12 +157,33 @@ impl Server {
             cfg,
             command: Command::Start,
             daemon: false,
+            reconfigure: None,
         }
+    }
+
+    /// How `reload` gets its config: the master calls `f` on every reload
+    /// and the replacement workers run with what it returns. Without it (a
+    /// server made by [`Server::new`]), a reload replaces the workers with
+    /// the same config. [`Server::from_config_file`] and
+    /// [`Server::with_args`] set it to read their file again.
+    ///
+    /// An error, or a config that fails [`Config::validate`], refuses the
+    /// reload: it is logged and the running workers stay. Settings that need
+    /// the listener or the process layout to change (listen address and
+    /// protocol, `count`, `reuse_port`, `pid_file`, `log_file`) keep their
+    /// running values, with a warning; those take a `restart`. An application
+    /// with settings of its own re-reads them here too, and hands them to the
+    /// workers through its handler factory, which runs after this.
+    pub fn reload_config(mut self, f: impl FnMut() -> Result<Config> + 'static) -> Server {
+        self.reconfigure = Some(Box::new(f));
+        self
     }
 
     /// A server configured by the `[server]` table of a TOML file.
     pub fn from_config_file(path: impl AsRef<std::path::Path>) -> Result<Server> {
-        Ok(Server::new(Config::load(path)?))
+        let path = path.as_ref().to_path_buf();
+        let server = Server::new(Config::load(&path)?);
+        Ok(server.reload_config(move || Config::load(&path)))
     }
 
     /// A server configured by the process's command line (see [`crate::cli`]):
@@ -172,9 +197,11 @@ impl Server {
     /// A server as a parsed command line asks: the `-c` file (or defaults) with
     /// the flags applied, the command, and `-d`.
     pub fn with_args(args: &Args) -> Result<Server> {
+        let again = args.clone();
         Ok(Server::new(args.config()?)
             .command(args.command)
-            .daemon(args.daemon))
+            .daemon(args.daemon)
+            .reload_config(move || again.config()))
     }
 
     /// Detach from the terminal after binding (`start -d`): the command
@@ -213,13 +240,13 @@ impl Server {
     {
         self.cfg.validate()?;
         match self.command {
-            Command::Start => Master::start(self.cfg, self.daemon, factory),
+            Command::Start => Master::start(self.cfg, self.daemon, self.reconfigure, factory),
             Command::Stop => control::stop(&self.cfg),
             Command::Restart => {
                 if control::running(&self.cfg)? {
                     control::stop(&self.cfg)?;
                 }
-                Master::start(self.cfg, self.daemon, factory)
+                Master::start(self.cfg, self.daemon, self.reconfigure, factory)
             }
             Command::Reload => control::signal(&self.cfg, Signal::SIGUSR1, "reload"),
             Command::Status => control::status(&self.cfg),
@@ -244,10 +271,16 @@ struct Master<F> {
     started: Instant,
     /// What it listens on, as printed at start.
     url: String,
+    reconfigure: Option<Reconfigure>,
 }
 
 impl<F> Master<F> {
-    fn start<H: Handler>(cfg: Config, daemon: bool, factory: F) -> Result<()>
+    fn start<H: Handler>(
+        cfg: Config,
+        daemon: bool,
+        reconfigure: Option<Reconfigure>,
+        factory: F,
+    ) -> Result<()>
     where
         F: FnMut(usize) -> H,
     {
@@ -335,6 +368,7 @@ impl<F> Master<F> {
             reloading: Vec::new(),
             started: Instant::now(),
             url,
+            reconfigure,
         };
         for slot in 0..master.slots.len() {
             master.spawn(slot);
@@ -570,6 +604,15 @@ impl<F> Master<F> {
         if !self.reloading.is_empty() || self.stop_deadline.is_some() {
             return;
         }
+        if let Some(reconfigure) = self.reconfigure.as_mut() {
+            match reconfigure().and_then(|c| c.validate().map(|()| c)) {
+                Ok(new) => self.cfg = Arc::new(keep_fixed(&self.cfg, new)),
+                Err(e) => {
+                    log::error!("reload refused, the workers keep running: {e}");
+                    return;
+                }
+            }
+        }
         log::info!(
             "reload: replacing {} workers one at a time",
             self.slots.len()
@@ -640,6 +683,31 @@ impl<F> Master<F> {
             );
         }
     }
+}
+
+/// `new` with the settings a reload cannot change taken from `running`, and
+/// a warning for each that differs.
+fn keep_fixed(running: &Config, mut new: Config) -> Config {
+    let keep = |what: &str, differs: bool| {
+        if differs {
+            log::warn!("reload: {what} changed in the config; it takes a restart, keeping the running value");
+        }
+    };
+    keep(
+        "listen",
+        new.protocol != running.protocol || new.addr != running.addr,
+    );
+    keep("count", new.count != running.count);
+    keep("reuse_port", new.reuse_port != running.reuse_port);
+    keep("pid_file", new.pid_file != running.pid_file);
+    keep("log_file", new.log_file != running.log_file);
+    new.protocol = running.protocol;
+    new.addr = running.addr.clone();
+    new.count = running.count;
+    new.reuse_port = running.reuse_port;
+    new.pid_file = running.pid_file.clone();
+    new.log_file = running.log_file.clone();
+    new
 }
 
 /// Commands that talk to a running master through its pid file.
