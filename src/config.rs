@@ -99,6 +99,10 @@ pub struct ServerSection {
     /// Most bytes queued on the bus for one other worker before it is
     /// considered stuck.
     pub bus_peer_buffer_bytes: Option<usize>,
+    /// PEM file with the certificate chain: serve TLS (`wss://`, `https://`).
+    pub tls_cert: Option<String>,
+    /// PEM file with the private key for `tls_cert`.
+    pub tls_key: Option<String>,
 }
 
 /// A validated server configuration. Build it with [`Config::default`] and the
@@ -154,6 +158,12 @@ pub struct Config {
     /// treated as stuck: its queue is dropped (counted), the link is re-made and
     /// the registry resynchronised. Default 64 MiB.
     pub bus_peer_buffer_bytes: usize,
+    /// PEM certificate chain; with [`Config::tls_key`], every connection is
+    /// TLS (`wss://`, `https://`). `None` (default): plain TCP. Read at start
+    /// and again on `reload`.
+    pub tls_cert: Option<String>,
+    /// PEM private key for [`Config::tls_cert`].
+    pub tls_key: Option<String>,
 }
 
 impl Default for Config {
@@ -178,6 +188,8 @@ impl Default for Config {
             output_overflow: OverflowPolicy::Close,
             max_http_body_bytes: 64 << 10,
             bus_peer_buffer_bytes: 64 << 20,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -244,6 +256,8 @@ impl Config {
             c.name.clone_from(v);
         }
         c.pid_file.clone_from(&s.pid_file);
+        c.tls_cert.clone_from(&s.tls_cert);
+        c.tls_key.clone_from(&s.tls_key);
         c.log_file.clone_from(&s.log_file);
         if let Some(v) = s.stop_timeout_ms {
             c.stop_timeout = ms("stop_timeout_ms", v)?;
@@ -359,6 +373,9 @@ impl Config {
                     "server.websocket_path = {p:?}: must start with '/'"
                 ));
             }
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("server.tls_cert and tls_key go together: set both or neither".into());
         }
         if self.handshake_timeout.is_zero() {
             return bad("server.handshake_timeout_ms must be above 0".into());

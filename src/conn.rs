@@ -183,6 +183,8 @@ pub(crate) struct Conn {
     pub(crate) pinged: bool,
     /// The handler paused reading ([`crate::Ctx::pause_reading`]).
     pub(crate) paused: bool,
+    /// The TLS session, on a TLS listener.
+    pub(crate) tls: Option<Box<rustls::ServerConnection>>,
 }
 
 impl Conn {
@@ -207,7 +209,21 @@ impl Conn {
             last_read: now,
             pinged: false,
             paused: false,
+            tls: None,
         }
+    }
+
+    /// Writes queued output (through TLS when on). `Ok(true)`: all of it
+    /// reached the socket.
+    pub(crate) fn flush(&mut self) -> io::Result<bool> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return self.out.write_to(&mut self.sock);
+        };
+        let mut w = crate::tls::TlsSend {
+            tls,
+            sock: &mut self.sock,
+        };
+        Ok(self.out.write_to(&mut w)? && w.drain()?)
     }
 }
 

@@ -35,7 +35,8 @@
 //!   and reload) and answers Workerman-style commands ([`cli`]).
 //! - [`Handler`] is what you implement; [`Ctx`] is what you can do.
 //! - Protocols by listen URL scheme: `websocket://` (with plain HTTP on the same
-//!   port), `text://`, `frame://`, `tcp://` ([`Protocol`]).
+//!   port), `text://`, `frame://`, `tcp://` ([`Protocol`]); each over TLS
+//!   (rustls) when [`Config::tls_cert`] and [`Config::tls_key`] are set.
 //! - [`Config`] holds every limit, with defaults and validation.
 #![deny(missing_docs)]
 
@@ -57,6 +58,7 @@ mod message;
 mod registry;
 mod report;
 mod timer;
+mod tls;
 mod worker;
 
 pub use codec::Prepared;

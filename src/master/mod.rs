@@ -272,6 +272,8 @@ struct Master<F> {
     /// What it listens on, as printed at start.
     url: String,
     reconfigure: Option<Reconfigure>,
+    /// TLS for the workers, loaded from the config's files.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl<F> Master<F> {
@@ -293,6 +295,7 @@ impl<F> Master<F> {
         }
         init_logging();
         raise_nofile();
+        let tls = crate::tls::server_config(&cfg)?;
         let mut addr = cfg.socket_addr()?;
         let listen_err = |source| Error::Listen {
             addr: cfg.addr.clone(),
@@ -335,10 +338,11 @@ impl<F> Master<F> {
             detach()?;
         }
         log::info!(
-            "{}: {url}, {} workers, reuse_port={}",
+            "{}: {url}, {} workers, reuse_port={}, tls={}",
             cfg.name,
             cfg.count,
-            cfg.reuse_port
+            cfg.reuse_port,
+            tls.is_some()
         );
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&master_signals()), None)?;
         let signals = SignalFd::with_flags(
@@ -369,6 +373,7 @@ impl<F> Master<F> {
             started: Instant::now(),
             url,
             reconfigure,
+            tls,
         };
         for slot in 0..master.slots.len() {
             master.spawn(slot);
@@ -445,6 +450,7 @@ impl<F> Master<F> {
         let setup = match (s.listener.try_clone(), s.bus_listener.try_clone()) {
             (Ok(listener), Ok(bus_listener)) => Setup {
                 cfg: self.cfg.clone(),
+                tls: self.tls.clone(),
                 slot: slot as u16,
                 incarnation: s.incarnation,
                 bus_id: self.bus_id,
@@ -605,8 +611,16 @@ impl<F> Master<F> {
             return;
         }
         if let Some(reconfigure) = self.reconfigure.as_mut() {
-            match reconfigure().and_then(|c| c.validate().map(|()| c)) {
-                Ok(new) => self.cfg = Arc::new(keep_fixed(&self.cfg, new)),
+            let new = reconfigure().and_then(|c| {
+                c.validate()?;
+                let tls = crate::tls::server_config(&c)?;
+                Ok((c, tls))
+            });
+            match new {
+                Ok((new, tls)) => {
+                    self.cfg = Arc::new(keep_fixed(&self.cfg, new));
+                    self.tls = tls;
+                }
                 Err(e) => {
                     log::error!("reload refused, the workers keep running: {e}");
                     return;

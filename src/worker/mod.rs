@@ -62,6 +62,8 @@ pub(crate) struct Setup {
     /// Names the bus addresses (the master's pid when it bound them).
     pub(crate) bus_id: u32,
     pub(crate) listener: std::net::TcpListener,
+    /// TLS for every connection, when configured.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) bus_listener: std::os::unix::net::UnixListener,
 }
 
@@ -71,6 +73,7 @@ pub(crate) struct Worker<H: Handler> {
     ctx: Ctx,
     poll: Poll,
     listener: Option<TcpListener>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     signals: SignalFd,
     scratch: Vec<u8>,
     ws_config: WebSocketConfig,
@@ -184,6 +187,7 @@ impl<H: Handler> Worker<H> {
             ctx,
             poll,
             listener: Some(listener),
+            tls: setup.tls,
             signals,
             scratch: vec![0; SCRATCH],
             ws_config,
@@ -413,6 +417,16 @@ impl<H: Handler> Worker<H> {
 
     fn admit(&mut self, mut sock: TcpStream, peer: std::net::SocketAddr) {
         let _ = sock.set_nodelay(true);
+        let tls = match &self.tls {
+            None => None,
+            Some(config) => match rustls::ServerConnection::new(config.clone()) {
+                Ok(session) => Some(Box::new(session)),
+                Err(e) => {
+                    log::error!("TLS session for {peer}: {e}");
+                    return;
+                }
+            },
+        };
         let entry = self.ctx.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -432,6 +446,7 @@ impl<H: Handler> Worker<H> {
             State::Plain(BytesMut::new())
         };
         let mut conn = Conn::new(sock, peer, serial, state, self.ctx.now);
+        conn.tls = tls;
         if websocket {
             conn.deadline = Some(self.ctx.now + self.ctx.cfg.handshake_timeout);
         }
@@ -467,7 +482,7 @@ impl<H: Handler> Worker<H> {
                 continue;
             }
             c.dirty = false;
-            match c.out.write_to(&mut c.sock) {
+            match c.flush() {
                 Ok(true) => {
                     if c.full {
                         c.full = false;

@@ -15,6 +15,9 @@ impl<H: Handler> Worker<H> {
     /// (resumed, out of budget) and events with a FIN read until EAGAIN or
     /// end of stream, since nothing else would bring the rest.
     pub(super) fn read_conn(&mut self, key: usize, until_eagain: bool) {
+        if self.ctx.conns.get(key).is_some_and(|c| c.tls.is_some()) {
+            return self.read_tls_conn(key);
+        }
         let mut budget = READ_BUDGET;
         loop {
             let Some(c) = self.ctx.conns.get_mut(key) else {
@@ -44,6 +47,72 @@ impl<H: Handler> Worker<H> {
         }
     }
 
+    /// [`Self::read_conn`] through TLS: decrypted bytes go to the protocol,
+    /// then more ciphertext is read, until the socket is drained, the budget
+    /// is spent or the connection is paused. Handshake answers and alerts the
+    /// session wants to send make the connection dirty.
+    fn read_tls_conn(&mut self, key: usize) {
+        let mut budget = READ_BUDGET;
+        let mut eof = false;
+        loop {
+            // What the session decrypted already.
+            loop {
+                let Some(c) = self.ctx.conns.get_mut(key) else {
+                    return;
+                };
+                let Some(tls) = c.tls.as_deref_mut() else {
+                    return;
+                };
+                if c.paused {
+                    return;
+                }
+                match tls.reader().read(&mut self.scratch) {
+                    // close_notify, or the TCP stream ended without one.
+                    Ok(0) => return self.peer_gone(key, None),
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        return self.peer_gone(key, None)
+                    }
+                    Ok(n) => {
+                        budget = budget.saturating_sub(n);
+                        self.feed(key, n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return self.peer_gone(key, Some(ConnError::Io(e))),
+                }
+            }
+            if eof {
+                return self.peer_gone(key, None);
+            }
+            if budget == 0 {
+                self.pending_reads.push_back(key);
+                return;
+            }
+            let Some(c) = self.ctx.conns.get_mut(key) else {
+                return;
+            };
+            let Some(tls) = c.tls.as_deref_mut() else {
+                return;
+            };
+            match tls.read_tls(&mut c.sock) {
+                Ok(0) => eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.peer_gone(key, Some(ConnError::Io(e))),
+            }
+            c.last_read = self.ctx.now;
+            c.pinged = false;
+            if let Err(e) = tls.process_new_packets() {
+                // The session queued an alert saying why; send it if we can.
+                let _ = tls.write_tls(&mut c.sock);
+                return self.peer_gone(key, Some(ConnError::Protocol(format!("TLS: {e}"))));
+            }
+            if tls.wants_write() {
+                self.ctx.mark_dirty(key);
+            }
+        }
+    }
+
     /// The peer closed its end or the socket failed: nothing more can be
     /// exchanged, so the connection goes now.
     pub(super) fn peer_gone(&mut self, key: usize, error: Option<ConnError>) {
@@ -59,7 +128,13 @@ impl<H: Handler> Worker<H> {
     /// so an explicit `EPOLL_CTL_DEL` would be one more syscall per
     /// connection for nothing.
     pub(super) fn remove(&mut self, key: usize) {
-        self.ctx.conns.try_remove(key);
+        if let Some(mut c) = self.ctx.conns.try_remove(key) {
+            if let Some(tls) = c.tls.as_deref_mut() {
+                // Best effort: tell the peer the stream ends here, not cut.
+                tls.send_close_notify();
+                let _ = tls.write_tls(&mut c.sock);
+            }
+        }
     }
 
     /// Hands `scratch[..n]`, just read from connection `key`, to its protocol.
