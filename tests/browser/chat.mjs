@@ -40,6 +40,7 @@ async function person(name, viewport) {
     headless: true,
     args: ARGS,
     viewport,
+    ignoreHTTPSErrors: true,  // the TLS test serves a certificate made for it
   });
   contexts.push(context);
   const page = context.pages()[0] || (await context.newPage());
@@ -47,11 +48,18 @@ async function person(name, viewport) {
   await page.emulateMedia({ reducedMotion: "reduce" });  // no drawer animation in screenshots
   page.on("pageerror", (e) => console.error(`[${name}] page error: ${e.message}`));
   page.on("console", (m) => { if (m.type() === "error") console.error(`[${name}] console: ${m.text()}`); });
+  const sockets = [];
+  page.on("websocket", (ws) => sockets.push(ws.url()));
   await page.goto(url);
   await page.fill("#name", name);
   await page.click("#login-btn");
   await page.waitForSelector("#status.online");
   await page.waitForFunction((n) => document.querySelector("#me").textContent === n, name);
+  // An https:// page must talk over wss://, an http:// one over ws://.
+  const scheme = url.startsWith("https:") ? "wss:" : "ws:";
+  if (!sockets.length || !sockets.every((u) => u.startsWith(scheme))) {
+    throw new Error(`[${name}] expected ${scheme} sockets, saw ${JSON.stringify(sockets)}`);
+  }
   return page;
 }
 
