@@ -195,3 +195,42 @@ fn bad_tls_settings_stop_start_up_naming_the_key() {
         assert!(!done.stdout.contains("listening on"), "{toml}: {done:?}");
     }
 }
+
+#[test]
+fn reload_serves_a_renewed_certificate() {
+    let old = Cert::new();
+    let new = Cert::new();
+    let pid_file = std::env::temp_dir().join(format!("foreman-tls-{}.pid", std::process::id()));
+    let config = TempFile::new(
+        "toml",
+        &format!("{}pid_file = {:?}\n", old.toml(), path_str(&pid_file)),
+    );
+    let server = Server::start_ws("echo", 2, &["-c", path_str(&config.path).as_str()], None);
+    let before = server.wait_workers(2, REPLY_TIMEOUT);
+    let mut ws = old.websocket(server.addr);
+    ws.send(Message::text("old")).expect("send");
+    assert_eq!(recv_text(&mut ws), "old");
+    drop(ws);
+
+    // Renew: the new certificate and key at the same paths, then reload.
+    std::fs::copy(&new.cert_file.path, &old.cert_file.path).expect("renew cert");
+    std::fs::copy(&new.key_file.path, &old.key_file.path).expect("renew key");
+    let mut cmd = Command::new(example("echo"));
+    cmd.args(["reload", "-c"]).arg(&config.path);
+    let done = run_to_exit(&mut cmd, Duration::from_secs(20));
+    assert!(done.status.success(), "reload: {done:?}");
+    poll_until(Duration::from_secs(15), "both workers replaced", || {
+        let now = server.workers();
+        (now.len() == 2 && now.iter().all(|w| !before.contains(w))).then_some(())
+    });
+
+    let mut ws = new.websocket(server.addr);
+    ws.send(Message::text("new")).expect("send");
+    assert_eq!(recv_text(&mut ws), "new");
+    let url = format!("wss://localhost:{}/", server.addr.port());
+    assert!(
+        tungstenite::client(url.as_str(), old.connect(server.addr)).is_err(),
+        "a client trusting only the old certificate still got in"
+    );
+    let _ = std::fs::remove_file(&pid_file);
+}
