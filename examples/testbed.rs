@@ -53,6 +53,7 @@
 //! |---|---|
 //! | `--spawn-thread-before-run` | start a parked thread before `Server::run`, which must then refuse to fork |
 //! | `--panic-on-start-worker N` | the handler factory panics in worker slot `N`, every time it starts |
+//! | `--panic-on-start-if PATH` | the handler factory panics in every worker that starts while `PATH` exists (a broken release, for reload tests) |
 //! | `--busy-on-stop MS` | a stopping worker starts an `MS` ms timer in `on_worker_stop`; `busy()` is true until it fires, which prints `testbed: worker N busy work done` on stderr |
 //!
 //! Run: `cargo run --example testbed -- --listen websocket://127.0.0.1:0 --count 4`
@@ -494,6 +495,7 @@ fn run() -> foreman::Result<()> {
     let mut args = Args::from_env()?;
     let mut spawn_thread = false;
     let mut panic_slot: Option<usize> = None;
+    let mut panic_if: Option<std::path::PathBuf> = None;
     let mut busy_on_stop: Option<Duration> = None;
     let mut rest = std::mem::take(&mut args.rest).into_iter();
     while let Some(arg) = rest.next() {
@@ -505,6 +507,12 @@ fn run() -> foreman::Result<()> {
                     foreman::Error::Usage(format!("--panic-on-start-worker {v:?}: not a slot"))
                 })?;
                 panic_slot = Some(slot);
+            }
+            "--panic-on-start-if" => {
+                let v = rest.next().ok_or_else(|| {
+                    foreman::Error::Usage("--panic-on-start-if needs a path".into())
+                })?;
+                panic_if = Some(v.into());
             }
             "--busy-on-stop" => {
                 let v = rest.next().unwrap_or_default();
@@ -528,7 +536,8 @@ fn run() -> foreman::Result<()> {
         });
     }
     server.run(move |worker_id: usize| {
-        if panic_slot == Some(worker_id) {
+        let broken = panic_if.as_ref().is_some_and(|p| p.exists());
+        if panic_slot == Some(worker_id) || broken {
             // No backtrace, and one write, so the message does not split the
             // master's log lines on the shared stderr: this worker dies at
             // once, every time.
@@ -536,7 +545,7 @@ fn run() -> foreman::Result<()> {
                 use std::io::Write;
                 let _ = std::io::stderr().write_all(format!("{info}\n").as_bytes());
             }));
-            panic!("testbed: --panic-on-start-worker {worker_id}");
+            panic!("testbed: panic on start in worker {worker_id}");
         }
         Testbed {
             busy_on_stop,

@@ -340,6 +340,14 @@ impl Config {
             .ok_or_else(|| Error::Config(format!("listen = {:?}: no address", self.addr)))
     }
 
+    /// Reads and checks the files the config names (the TLS certificate and
+    /// key), as start-up and `reload` do. For a reload hook that must not
+    /// commit to a config the master would then refuse (see
+    /// [`crate::Server::reload_config`]).
+    pub fn check_files(&self) -> Result<()> {
+        crate::tls::server_config(self).map(drop)
+    }
+
     /// Checks ranges and relations between keys.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));

@@ -219,11 +219,14 @@ impl Conn {
         let Some(tls) = self.tls.as_deref_mut() else {
             return self.out.write_to(&mut self.sock);
         };
+        let handshaking = tls.is_handshaking();
         let mut w = crate::tls::TlsSend {
             tls,
             sock: &mut self.sock,
         };
-        Ok(self.out.write_to(&mut w)? && w.drain()?)
+        // Output queued during the handshake waits in the session until it
+        // is done: not written yet, so a connection closing meanwhile stays.
+        Ok(self.out.write_to(&mut w)? && w.drain()? && !handshaking)
     }
 }
 

@@ -3,13 +3,18 @@
 //! the report directory next to the pid file (`PID_FILE.report/`). The command
 //! prints the answers as a table and removes them.
 //!
-//! The request is a signal sent with `sigqueue(2)` whose value is a token (the
-//! command's pid): SIGUSR2 for `status`, SIGIO for `connections`, as in
-//! Workerman. Answers are named by the token, so two commands at once never
-//! read each other's. The command keeps a file `request.TOKEN` while it waits;
-//! a process answers only while it exists, so a worker that was stopped and
-//! resumes after the command gave up leaves nothing behind. A plain
-//! `kill -USR2` (no token) still makes every process log its status line.
+//! A command writes `request.TOKEN` (the token is its pid; the file says
+//! `status` or `connections`) and sends the master a signal with
+//! `sigqueue(2)`: SIGUSR2 for `status`, SIGIO for `connections`, as in
+//! Workerman. The master passes the signal on to its workers. On that signal
+//! each process answers every request file of that kind it has not answered
+//! yet, as `NAME.TOKEN`: ordinary signals do not queue, so two commands at
+//! once may arrive as one signal, and the files, not the signals, say who is
+//! asking. When the command is done (or gives up) it removes its request and
+//! every answer to it; a process answers only while the request exists, so a
+//! worker that was stopped and resumes later leaves nothing behind. A plain
+//! `kill -USR2` (not sent with `sigqueue`) still makes every process log its
+//! status line instead.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -30,20 +35,50 @@ pub(crate) fn dir(cfg: &Config) -> Option<PathBuf> {
         .map(|p| PathBuf::from(format!("{p}.report")))
 }
 
-/// Sends `sig` to `pid` with `token` as its value.
-pub(crate) fn queue_signal(pid: Pid, sig: Signal, token: i32) -> nix::Result<()> {
+/// Sends `sig` to `pid` with `sigqueue`, which marks it as a request.
+pub(crate) fn queue_signal(pid: Pid, sig: Signal) -> nix::Result<()> {
     let value = libc::sigval {
-        sival_ptr: token as isize as *mut libc::c_void,
+        sival_ptr: std::ptr::null_mut(),
     };
     // SAFETY: sigqueue takes plain values; nothing is borrowed.
     let r = unsafe { libc::sigqueue(pid.as_raw(), sig as libc::c_int, value) };
     nix::errno::Errno::result(r).map(drop)
 }
 
-/// The token of a signal read from a signalfd: set by [`queue_signal`],
-/// `None` for a plain `kill`.
-pub(crate) fn token_of(info: &libc::signalfd_siginfo) -> Option<i32> {
-    (info.ssi_code == libc::SI_QUEUE && info.ssi_int != 0).then_some(info.ssi_int)
+/// Whether a signal read from a signalfd came from [`queue_signal`] (a
+/// command's request) rather than a plain `kill`.
+pub(crate) fn is_request(info: &libc::signalfd_siginfo) -> bool {
+    info.ssi_code == libc::SI_QUEUE
+}
+
+/// The tokens of the requests waiting in the report directory, of `kind`
+/// (`status` or `connections`) or of any kind, that have no `NAME.TOKEN`
+/// answer yet.
+pub(crate) fn waiting(cfg: &Config, kind: Option<&str>, name: &str) -> Vec<i32> {
+    let Some(dir) = dir(cfg) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let token: i32 = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("request.")?
+                .parse()
+                .ok()?;
+            if dir.join(format!("{name}.{token}")).exists() {
+                return None;
+            }
+            match kind {
+                Some(k) => (std::fs::read_to_string(e.path()).ok()? == k).then_some(token),
+                None => Some(token),
+            }
+        })
+        .collect()
 }
 
 /// Writes `value` as `dir/NAME.TOKEN`, whole or not at all (temp + rename).
@@ -208,8 +243,13 @@ pub(crate) fn gather<T: DeserializeOwned>(
 ) -> Result<Gathered<T>> {
     let dir = dir(cfg).ok_or_else(|| Error::Config("server.pid_file is not set".into()))?;
     let token = std::process::id() as i32;
-    let request = Request::new(&dir, token)?;
-    queue_signal(master, sig, token)?;
+    let kind = if sig == Signal::SIGIO {
+        "connections"
+    } else {
+        "status"
+    };
+    let request = Request::new(&dir, token, kind)?;
+    queue_signal(master, sig)?;
     let deadline = Instant::now() + ANSWER_TIMEOUT;
     let master_report: MasterReport = take(&dir.join(format!("master.{token}")), deadline)
         .ok_or_else(|| {
@@ -244,34 +284,47 @@ pub(crate) fn gather<T: DeserializeOwned>(
     })
 }
 
-/// The request file: answers are written while it exists.
-struct Request(PathBuf);
+/// The request file: answers are written while it exists. Dropping it
+/// removes it and every answer to it.
+struct Request {
+    dir: PathBuf,
+    token: i32,
+}
 
 impl Request {
-    fn new(dir: &Path, token: i32) -> Result<Request> {
+    fn new(dir: &Path, token: i32, kind: &str) -> Result<Request> {
         let path = dir.join(format!("request.{token}"));
-        std::fs::write(&path, b"").map_err(|e| {
+        std::fs::write(&path, kind).map_err(|e| {
             Error::Usage(format!(
                 "cannot write {}: {e} (is the server running, as this user?)",
                 path.display()
             ))
         })?;
-        Ok(Request(path))
+        Ok(Request {
+            dir: dir.to_path_buf(),
+            token,
+        })
     }
 }
 
 impl Drop for Request {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(self.dir.join(format!("request.{}", self.token)));
+        let suffix = format!(".{}", self.token);
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_str().is_some_and(|n| n.ends_with(&suffix)) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
     }
 }
 
-/// Reads and removes the answer at `path` once it exists, or `None` after
-/// `deadline`.
+/// Reads the answer at `path` once it exists, or `None` after `deadline`.
 fn take<T: DeserializeOwned>(path: &Path, deadline: Instant) -> Option<T> {
     loop {
         if let Ok(bytes) = std::fs::read(path) {
-            let _ = std::fs::remove_file(path);
             return match serde_json::from_slice(&bytes) {
                 Ok(v) => Some(v),
                 Err(e) => {

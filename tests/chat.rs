@@ -433,4 +433,27 @@ fn reload_applies_a_changed_chat_toml() {
     bo.send(json!({"type": "say", "room": "r", "text": "12345678901", "ref": "fits"}));
     assert_eq!(bo.expect("message")["text"], "12345678901");
     assert_eq!(bo.expect("ack")["ref"], "fits");
+
+    // A database the workers could not open: the master refuses the reload
+    // (instead of replacing workers that would die) and nothing changes.
+    let running = server.worker_pids();
+    let text = std::fs::read_to_string(&config).expect("read chat.toml");
+    std::fs::write(
+        &config,
+        format!("{text}[history]\ndatabase = \"/nonexistent/dir/chat.db\"\n"),
+    )
+    .expect("write chat.toml");
+    let (ok, out, err) = run_chat(&["reload", "-c", config.to_str().expect("utf-8")]);
+    assert!(ok, "reload: {out} {err}");
+    common::wait_until(WAIT, "the master refuses the reload", || {
+        server.log().contains("reload refused")
+    });
+    assert!(
+        server.log().contains("history.database"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.worker_pids(), running);
+    bo.send(json!({"type": "say", "room": "r", "text": "still fine", "ref": "ok"}));
+    assert_eq!(bo.expect("message")["text"], "still fine");
 }

@@ -652,6 +652,36 @@ fn status_and_connections_print_every_worker_and_every_connection() {
         assert!(workers.contains(&r["pid"].parse().expect("pid")), "{r:?}");
     }
 
+    // Commands at once: ordinary signals do not queue, so several requests
+    // may arrive as one signal; each command still gets its answers.
+    let config = files.config().to_string();
+    let together: Vec<_> = (0..6)
+        .map(|i| {
+            let config = config.clone();
+            let what = if i % 2 == 0 { "status" } else { "connections" };
+            std::thread::spawn(move || {
+                let mut cmd = Command::new(example("echo"));
+                cmd.args([what, "-c", &config]);
+                run_to_exit(&mut cmd, Duration::from_secs(20))
+            })
+        })
+        .collect();
+    for t in together {
+        let done = t.join().expect("command thread");
+        assert!(done.status.success(), "{done:?}");
+    }
+    let report_dir = PathBuf::from(format!("{}.report", files.pid_file.display()));
+    let left: Vec<_> = std::fs::read_dir(&report_dir)
+        .expect("report dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "files left in {}: {left:?}",
+        report_dir.display()
+    );
+
     // A stopped worker cannot answer: the command says which, fails, and
     // does not hang.
     let stopped = workers[0];
@@ -755,4 +785,42 @@ fn reload_reads_the_config_again_and_refuses_a_bad_one() {
     assert!(!elsewhere.exists(), "no pid file at the new path");
     assert_eq!(echo_of(&server, 2000), Recv::Text("2000 bytes".into()));
     assert_eq!(echo_of(&server, 3500), Recv::Close(Some(1009)));
+}
+
+#[test]
+fn reload_stops_when_a_replacement_dies_at_start() {
+    let files = ControlFiles::without_log("stop_timeout_ms = 1000\n");
+    let broken = temp_path("broken");
+    let broken_arg = broken.to_str().expect("utf-8 temp path").to_string();
+    let server = Server::start_ws(
+        "testbed",
+        2,
+        &["-c", files.config(), "--panic-on-start-if", &broken_arg],
+        None,
+    );
+    let old = server.wait_workers(2, REPLY_TIMEOUT);
+
+    // A "release" whose workers die at start: the first replacement dies, and
+    // the reload stops there instead of taking down the other worker too.
+    std::fs::write(&broken, "").expect("break the release");
+    let done = files.echo("reload", &[]);
+    assert!(done.status.success(), "reload: {done:?}");
+    wait_until(
+        Duration::from_secs(15),
+        "the master stops the reload",
+        || server.output().contains("reload stopped"),
+    );
+    let survivors: Vec<i32> = old.iter().copied().filter(|&p| is_alive(p)).collect();
+    assert_eq!(survivors.len(), 1, "one old worker still runs: {old:?}");
+    let mut ws = Ws::connect(server.addr, "/");
+    ws.send_text(r#"{"op":"whoami","id":1}"#);
+    assert!(ws.recv_text(REPLY_TIMEOUT).contains("\"conn\""));
+
+    // Fixed: the empty slot comes back by itself, next to the survivor.
+    std::fs::remove_file(&broken).expect("fix the release");
+    let now = poll_until(Duration::from_secs(15), "the slot respawned", || {
+        let w = server.workers();
+        (w.len() == 2).then_some(w)
+    });
+    assert!(now.contains(&survivors[0]), "{now:?}");
 }

@@ -234,3 +234,31 @@ fn reload_serves_a_renewed_certificate() {
     );
     let _ = std::fs::remove_file(&pid_file);
 }
+
+#[test]
+fn tls_under_text_protocol_opens_after_the_handshake() {
+    let cert = Cert::new();
+    let server = Server::start_with_toml("echo", &["--listen", "text://127.0.0.1:0"], &cert.toml());
+    let mut tls = cert.connect(server.addr);
+    tls.write_all(b"hello\nworld\n").expect("write");
+    let mut got = Vec::new();
+    while got.len() < 12 {
+        let mut buf = [0u8; 64];
+        let n = tls.read(&mut buf).expect("read the echo");
+        assert!(n > 0, "closed after {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"hello\nworld\n");
+
+    // What on_connect sends before closing reaches the client: the
+    // connection opens only once its TLS handshake is done.
+    let turned = Server::start_with_toml(
+        "echo",
+        &["--listen", "text://127.0.0.1:0", "--turn-away", "full"],
+        &cert.toml(),
+    );
+    let mut tls = cert.connect(turned.addr);
+    let mut got = Vec::new();
+    let _ = tls.read_to_end(&mut got);
+    assert_eq!(String::from_utf8_lossy(&got), "full\n");
+}

@@ -63,15 +63,7 @@ fn run() -> Result<(), Error> {
     }
     args.apply(&mut config.server)?;
     if matches!(args.command, Command::Start | Command::Restart) {
-        // Create the database and its schema now, so a bad path stops
-        // start-up here with a message; the connection is closed again before
-        // the fork (workers open their own).
-        store::Store::open(&config.database, config.busy_timeout).map_err(|e| {
-            Error::Config(format!(
-                "history.database = {:?}: {e}",
-                config.database.display()
-            ))
-        })?;
+        check_database(&config)?;
     }
     // `reload` reads chat.toml again: the master swaps in the new settings,
     // and the workers it then forks start with them.
@@ -81,14 +73,32 @@ fn run() -> Result<(), Error> {
         .command(args.command)
         .daemon(args.daemon)
         .reload_config(move || {
+            // Everything the master or a new worker would refuse is checked
+            // before the new settings are handed on.
             let mut config = ChatConfig::load(&path)?;
             args.apply(&mut config.server)?;
             config.server.validate()?;
+            config.server.check_files()?;
+            check_database(&config)?;
             let server = config.server.clone();
             *reloaded.borrow_mut() = Arc::new(config);
             Ok(server)
         });
     server.run(move |_worker| worker::ChatWorker::new(current.borrow().clone()))
+}
+
+/// Creates the database and its schema now, so a bad path stops start-up
+/// (or a reload) here with a message; the connection is closed again before
+/// any fork (workers open their own).
+fn check_database(config: &ChatConfig) -> Result<(), Error> {
+    store::Store::open(&config.database, config.busy_timeout)
+        .map(drop)
+        .map_err(|e| {
+            Error::Config(format!(
+                "history.database = {:?}: {e}",
+                config.database.display()
+            ))
+        })
 }
 
 /// `chat token NAME`: prints a login token for NAME, valid for a day, signed

@@ -268,6 +268,11 @@ struct Master<F> {
     stop_deadline: Option<Instant>,
     /// Slots still to be replaced by a reload, in order; the head is being replaced.
     reloading: Vec<usize>,
+    /// The slot whose replacement must live [`QUICK_DEATH`] before a reload
+    /// goes on to the next slot.
+    probation: Option<usize>,
+    /// A reload asked for while one was under way: it follows.
+    reload_queued: bool,
     started: Instant,
     /// What it listens on, as printed at start.
     url: String,
@@ -370,6 +375,8 @@ impl<F> Master<F> {
             signals,
             stop_deadline: None,
             reloading: Vec::new(),
+            probation: None,
+            reload_queued: false,
             started: Instant::now(),
             url,
             reconfigure,
@@ -490,6 +497,7 @@ impl<F> Master<F> {
                 .iter()
                 .filter_map(|s| s.respawn_at)
                 .chain(self.stop_deadline)
+                .chain(self.probation_ends())
                 .min();
             let timeout = match next {
                 None => PollTimeout::NONE,
@@ -507,11 +515,11 @@ impl<F> Master<F> {
                 match Signal::try_from(info.ssi_signo as i32) {
                     Ok(Signal::SIGCHLD) => {}
                     Ok(Signal::SIGUSR1) => self.begin_reload(),
-                    Ok(sig @ (Signal::SIGUSR2 | Signal::SIGIO)) => match report::token_of(&info) {
-                        Some(token) => self.answer(sig, token),
-                        None if sig == Signal::SIGUSR2 => self.log_status(),
-                        None => {}
-                    },
+                    Ok(sig @ (Signal::SIGUSR2 | Signal::SIGIO)) if report::is_request(&info) => {
+                        self.answer(sig)
+                    }
+                    Ok(Signal::SIGUSR2) => self.log_status(),
+                    Ok(Signal::SIGIO) => {}
                     Ok(Signal::SIGHUP) => self.log_status(),
                     Ok(sig) => {
                         log::info!("{sig}: stopping");
@@ -538,7 +546,24 @@ impl<F> Master<F> {
                     self.spawn(slot);
                 }
             }
+            if self.probation_ends().is_some_and(|t| t <= now) {
+                self.probation = None;
+                self.next_reload();
+                if self.reloading.is_empty() {
+                    log::info!("reload done");
+                }
+            }
+            if self.reload_queued && self.reloading.is_empty() && self.probation.is_none() {
+                self.reload_queued = false;
+                self.begin_reload();
+            }
         }
+    }
+
+    /// When the replacement on probation has lived long enough.
+    fn probation_ends(&self) -> Option<Instant> {
+        let s = &self.slots[self.probation?];
+        s.pid.map(|_| s.started + QUICK_DEATH)
     }
 
     /// Collects exited workers and schedules their replacements.
@@ -560,6 +585,17 @@ impl<F> Master<F> {
             }
             let reloaded = self.reloading.first() == Some(&slot);
             let lived = s.started.elapsed();
+            if self.probation == Some(slot) && lived < QUICK_DEATH {
+                // The new code or config does not come up: keep the workers
+                // that still run the old one.
+                log::error!(
+                    "reload stopped: the new worker {slot} (pid {pid}) died {lived:?} after \
+                     start ({status:?}); {} worker(s) keep running as before",
+                    self.reloading.len()
+                );
+                self.probation = None;
+                self.reloading.clear();
+            }
             if reloaded {
                 s.backoff = Duration::ZERO;
             } else if lived < QUICK_DEATH {
@@ -574,8 +610,10 @@ impl<F> Master<F> {
             }
             s.respawn_at = Some(Instant::now() + s.backoff);
             if reloaded {
+                // Its replacement starts now; the next slot waits until it
+                // has lived QUICK_DEATH.
                 self.reloading.remove(0);
-                self.next_reload();
+                self.probation = Some(slot);
             }
         }
     }
@@ -605,9 +643,16 @@ impl<F> Master<F> {
 
     /// Replaces the workers one at a time: each is stopped gracefully and its
     /// replacement forked as soon as it has exited, so the listener (held by the
-    /// master) never stops accepting.
+    /// master) never stops accepting. The next slot's turn comes once that
+    /// replacement has lived [`QUICK_DEATH`]; if it dies sooner, the reload
+    /// stops and the other workers keep running as they were.
     fn begin_reload(&mut self) {
-        if !self.reloading.is_empty() || self.stop_deadline.is_some() {
+        if self.stop_deadline.is_some() {
+            return;
+        }
+        if !self.reloading.is_empty() || self.probation.is_some() {
+            log::info!("reload asked for during a reload: it follows when this one is done");
+            self.reload_queued = true;
             return;
         }
         if let Some(reconfigure) = self.reconfigure.as_mut() {
@@ -649,9 +694,10 @@ impl<F> Master<F> {
         }
     }
 
-    /// Answers a `status` or `connections` command (`sig` with `token`):
-    /// writes the master's view and passes the request on to every worker.
-    fn answer(&self, sig: Signal, token: i32) {
+    /// Answers `status` or `connections` commands (see [`crate::report`]):
+    /// writes the master's view for each waiting request and passes the
+    /// signal on to every worker.
+    fn answer(&self, sig: Signal) {
         let now = Instant::now();
         let workers = self
             .slots
@@ -675,12 +721,14 @@ impl<F> Master<F> {
         // for theirs.
         for s in &self.slots {
             if let Some(pid) = s.pid {
-                if let Err(e) = report::queue_signal(pid, sig, token) {
+                if let Err(e) = report::queue_signal(pid, sig) {
                     log::warn!("cannot ask worker {pid}: {e}");
                 }
             }
         }
-        report::answer(&self.cfg, "master", token, &master);
+        for token in report::waiting(&self.cfg, None, "master") {
+            report::answer(&self.cfg, "master", token, &master);
+        }
     }
 
     /// Logs the master's view and asks every worker to log its own.

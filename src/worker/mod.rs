@@ -192,7 +192,7 @@ impl<H: Handler> Worker<H> {
             scratch: vec![0; SCRATCH],
             ws_config,
             pending_reads: VecDeque::new(),
-            mid_events: Events::with_capacity(256),
+            mid_events: Events::with_capacity(64),
             max_conns,
             accept_full: false,
             accept_resume: None,
@@ -446,15 +446,26 @@ impl<H: Handler> Worker<H> {
             State::Plain(BytesMut::new())
         };
         let mut conn = Conn::new(sock, peer, serial, state, self.ctx.now);
-        conn.tls = tls;
-        if websocket {
+        // A request head, or a TLS handshake, must come in time.
+        if websocket || tls.is_some() {
             conn.deadline = Some(self.ctx.now + self.ctx.cfg.handshake_timeout);
         }
+        let handshaking = tls.is_some();
+        conn.tls = tls;
         entry.insert(conn);
-        if !websocket {
-            let id = self.ctx.announce(key);
-            self.guard(Some(id), |h, ctx| h.on_connect(ctx, id));
+        // A plain protocol's connection opens at once, or once its TLS
+        // handshake is done (see `read_tls_conn`), so that what `on_connect`
+        // sends has a session to go through.
+        if !websocket && !handshaking {
+            self.open_plain(key);
         }
+    }
+
+    /// Makes a `text://`, `frame://` or `tcp://` connection visible and calls
+    /// `on_connect`.
+    pub(super) fn open_plain(&mut self, key: usize) {
+        let id = self.ctx.announce(key);
+        self.guard(Some(id), |h, ctx| h.on_connect(ctx, id));
     }
 
     // ----- writing -----
@@ -574,15 +585,10 @@ impl<H: Handler> Worker<H> {
     fn read_signals(&mut self) {
         while let Ok(Some(info)) = self.signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGUSR2) => match report::token_of(&info) {
-                    Some(token) => self.answer_status(token),
-                    None => self.log_status(),
-                },
-                Ok(Signal::SIGIO) => {
-                    if let Some(token) = report::token_of(&info) {
-                        self.answer_connections(token);
-                    }
-                }
+                Ok(Signal::SIGUSR2) if report::is_request(&info) => self.answer_status(),
+                Ok(Signal::SIGUSR2) => self.log_status(),
+                Ok(Signal::SIGIO) if report::is_request(&info) => self.answer_connections(),
+                Ok(Signal::SIGIO) => {}
                 sig => {
                     log::debug!("worker {} got {sig:?}: stopping", self.ctx.slot);
                     self.stop();
@@ -591,9 +597,14 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Answers `status` (see [`crate::report`]).
-    fn answer_status(&self, token: i32) {
+    /// Answers the waiting `status` requests (see [`crate::report`]).
+    fn answer_status(&self) {
         let ctx = &self.ctx;
+        let name = format!("worker.{}", ctx.slot);
+        let tokens = report::waiting(&ctx.cfg, Some("status"), &name);
+        if tokens.is_empty() {
+            return;
+        }
         let r = report::WorkerReport {
             pid: std::process::id(),
             rss_bytes: report::rss_bytes(),
@@ -608,12 +619,19 @@ impl<H: Handler> Worker<H> {
             bus_dropped_bytes: ctx.bus.dropped_bytes,
             bus_relinks: ctx.bus.relinks,
         };
-        report::answer(&ctx.cfg, &format!("worker.{}", ctx.slot), token, &r);
+        for token in tokens {
+            report::answer(&ctx.cfg, &name, token, &r);
+        }
     }
 
-    /// Answers `connections` (see [`crate::report`]).
-    fn answer_connections(&self, token: i32) {
+    /// Answers the waiting `connections` requests (see [`crate::report`]).
+    fn answer_connections(&self) {
         let ctx = &self.ctx;
+        let name = format!("conns.{}", ctx.slot);
+        let tokens = report::waiting(&ctx.cfg, Some("connections"), &name);
+        if tokens.is_empty() {
+            return;
+        }
         let scheme = ctx.cfg.protocol.scheme();
         let conns = ctx
             .conns
@@ -642,7 +660,9 @@ impl<H: Handler> Worker<H> {
             pid: std::process::id(),
             conns,
         };
-        report::answer(&ctx.cfg, &format!("conns.{}", ctx.slot), token, &r);
+        for token in tokens {
+            report::answer(&ctx.cfg, &name, token, &r);
+        }
     }
 
     /// One status line: what `status` shows for this worker.

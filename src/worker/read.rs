@@ -95,7 +95,9 @@ impl<H: Handler> Worker<H> {
             };
             match tls.read_tls(&mut c.sock) {
                 Ok(0) => eof = true,
-                Ok(_) => {}
+                // Ciphertext counts too: handshake and alert records bring
+                // no plaintext.
+                Ok(n) => budget = budget.saturating_sub(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.peer_gone(key, Some(ConnError::Io(e))),
@@ -107,8 +109,20 @@ impl<H: Handler> Worker<H> {
                 let _ = tls.write_tls(&mut c.sock);
                 return self.peer_gone(key, Some(ConnError::Protocol(format!("TLS: {e}"))));
             }
-            if tls.wants_write() {
+            let wants_write = tls.wants_write();
+            // A plain protocol's connection opens when its handshake is done.
+            let open_now = !tls.is_handshaking()
+                && !c.open
+                && !c.closing
+                && matches!(c.state, State::Plain(_));
+            if open_now {
+                c.deadline = None;
+            }
+            if wants_write {
                 self.ctx.mark_dirty(key);
+            }
+            if open_now {
+                self.open_plain(key);
             }
         }
     }
