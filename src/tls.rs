@@ -53,7 +53,7 @@ impl TlsSend<'_> {
     /// Writes the ciphertext the session holds. `Ok(true)`: none is left.
     pub(crate) fn drain(&mut self) -> io::Result<bool> {
         while self.tls.wants_write() {
-            match self.tls.write_tls(self.sock) {
+            match self.tls.write_tls(&mut NoSigpipe(self.sock)) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -62,6 +62,25 @@ impl TlsSend<'_> {
             }
         }
         Ok(true)
+    }
+}
+
+/// The socket as rustls writes to it: through `sendmsg(2)` with
+/// `MSG_NOSIGNAL`, like plain output, so a peer that reset never raises
+/// SIGPIPE even in a program that does not ignore it.
+pub(crate) struct NoSigpipe<'a>(pub(crate) &'a mut TcpStream);
+
+impl Write for NoSigpipe<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.send_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

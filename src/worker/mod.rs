@@ -303,7 +303,9 @@ impl<H: Handler> Worker<H> {
     /// callbacks, deadlines, then one write per dirty connection and bus link
     /// (a write pass that handles events arriving meanwhile).
     fn turn(&mut self) {
-        self.pending_reads.extend(self.ctx.resumed.drain(..));
+        for key in std::mem::take(&mut self.ctx.resumed) {
+            self.defer_read(key);
+        }
         for _ in 0..self.pending_reads.len() {
             if let Some(key) = self.pending_reads.pop_front() {
                 self.read_conn(key, true);

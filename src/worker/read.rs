@@ -41,7 +41,7 @@ impl<H: Handler> Worker<H> {
             }
             budget = budget.saturating_sub(n);
             if budget == 0 {
-                self.pending_reads.push_back(key);
+                self.defer_read(key);
                 return;
             }
         }
@@ -84,7 +84,7 @@ impl<H: Handler> Worker<H> {
                 return self.peer_gone(key, None);
             }
             if budget == 0 {
-                self.pending_reads.push_back(key);
+                self.defer_read(key);
                 return;
             }
             let Some(c) = self.ctx.conns.get_mut(key) else {
@@ -106,7 +106,7 @@ impl<H: Handler> Worker<H> {
             c.pinged = false;
             if let Err(e) = tls.process_new_packets() {
                 // The session queued an alert saying why; send it if we can.
-                let _ = tls.write_tls(&mut c.sock);
+                let _ = tls.write_tls(&mut crate::tls::NoSigpipe(&mut c.sock));
                 return self.peer_gone(key, Some(ConnError::Protocol(format!("TLS: {e}"))));
             }
             let wants_write = tls.wants_write();
@@ -124,6 +124,14 @@ impl<H: Handler> Worker<H> {
             if open_now {
                 self.open_plain(key);
             }
+        }
+    }
+
+    /// Reads `key` again next turn (its budget ran out), once however often
+    /// that happens within a turn.
+    pub(super) fn defer_read(&mut self, key: usize) {
+        if !self.pending_reads.contains(&key) {
+            self.pending_reads.push_back(key);
         }
     }
 
@@ -146,7 +154,7 @@ impl<H: Handler> Worker<H> {
             if let Some(tls) = c.tls.as_deref_mut() {
                 // Best effort: tell the peer the stream ends here, not cut.
                 tls.send_close_notify();
-                let _ = tls.write_tls(&mut c.sock);
+                let _ = tls.write_tls(&mut crate::tls::NoSigpipe(&mut c.sock));
             }
         }
     }
