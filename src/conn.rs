@@ -183,6 +183,8 @@ pub(crate) struct Conn {
     pub(crate) pinged: bool,
     /// The handler paused reading ([`crate::Ctx::pause_reading`]).
     pub(crate) paused: bool,
+    /// In the worker's list of connections to read again next turn.
+    pub(crate) read_pending: bool,
     /// The TLS session, on a TLS listener.
     pub(crate) tls: Option<Box<rustls::ServerConnection>>,
 }
@@ -209,6 +211,7 @@ impl Conn {
             last_read: now,
             pinged: false,
             paused: false,
+            read_pending: false,
             tls: None,
         }
     }

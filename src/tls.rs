@@ -68,7 +68,7 @@ impl TlsSend<'_> {
 /// The socket as rustls writes to it: through `sendmsg(2)` with
 /// `MSG_NOSIGNAL`, like plain output, so a peer that reset never raises
 /// SIGPIPE even in a program that does not ignore it.
-pub(crate) struct NoSigpipe<'a>(pub(crate) &'a mut TcpStream);
+struct NoSigpipe<'a>(&'a mut TcpStream);
 
 impl Write for NoSigpipe<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

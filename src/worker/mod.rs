@@ -308,6 +308,9 @@ impl<H: Handler> Worker<H> {
         }
         for _ in 0..self.pending_reads.len() {
             if let Some(key) = self.pending_reads.pop_front() {
+                if let Some(c) = self.ctx.conns.get_mut(key) {
+                    c.read_pending = false;
+                }
                 self.read_conn(key, true);
             }
         }
@@ -607,20 +610,7 @@ impl<H: Handler> Worker<H> {
         if tokens.is_empty() {
             return;
         }
-        let r = report::WorkerReport {
-            pid: std::process::id(),
-            rss_bytes: report::rss_bytes(),
-            conns: ctx.conns.len(),
-            server_conns: ctx.registry.conn_count(),
-            uids: ctx.registry.uid_count(),
-            timers: ctx.timers.len(),
-            messages_in: ctx.stats.messages_in,
-            queued_bytes: ctx.conns.iter().map(|(_, c)| c.out.len()).sum(),
-            dropped_sends: ctx.stats.dropped_sends,
-            bus_queued_bytes: ctx.bus.queued_bytes(),
-            bus_dropped_bytes: ctx.bus.dropped_bytes,
-            bus_relinks: ctx.bus.relinks,
-        };
+        let r = self.status_report();
         for token in tokens {
             report::answer(&ctx.cfg, &name, token, &r);
         }
@@ -667,22 +657,44 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// One status line: what `status` shows for this worker.
-    fn log_status(&self) {
+    /// This worker's figures, for `status` and for its log line.
+    fn status_report(&self) -> report::WorkerReport {
         let ctx = &self.ctx;
+        report::WorkerReport {
+            pid: std::process::id(),
+            rss_bytes: report::rss_bytes(),
+            conns: ctx.conns.len(),
+            server_conns: ctx.registry.conn_count(),
+            uids: ctx.registry.uid_count(),
+            timers: ctx.timers.len(),
+            messages_in: ctx.stats.messages_in,
+            queued_bytes: ctx.conns.iter().map(|(_, c)| c.out.len()).sum(),
+            dropped_sends: ctx.stats.dropped_sends,
+            bus_queued_bytes: ctx.bus.queued_bytes(),
+            bus_dropped_bytes: ctx.bus.dropped_bytes,
+            bus_relinks: ctx.bus.relinks,
+        }
+    }
+
+    /// One status line (a plain `kill -USR2`): what `status` shows for this
+    /// worker.
+    fn log_status(&self) {
+        let r = self.status_report();
         log::info!(
             "status: pid {} local connections {} (server {}), uids {}, timers {}, \
-             queued output {} B, dropped sends {}, bus queued {} B, bus dropped {} B, bus relinks {}",
-            std::process::id(),
-            ctx.conns.len(),
-            ctx.registry.conn_count(),
-            ctx.registry.uid_count(),
-            ctx.timers.len(),
-            ctx.conns.iter().map(|(_, c)| c.out.len()).sum::<usize>(),
-            ctx.stats.dropped_sends,
-            ctx.bus.queued_bytes(),
-            ctx.bus.dropped_bytes,
-            ctx.bus.relinks,
+             messages in {}, queued output {} B, dropped sends {}, bus queued {} B, \
+             bus dropped {} B, bus relinks {}",
+            r.pid,
+            r.conns,
+            r.server_conns,
+            r.uids,
+            r.timers,
+            r.messages_in,
+            r.queued_bytes,
+            r.dropped_sends,
+            r.bus_queued_bytes,
+            r.bus_dropped_bytes,
+            r.bus_relinks,
         );
     }
 

@@ -15,7 +15,7 @@ impl<H: Handler> Worker<H> {
     /// (resumed, out of budget) and events with a FIN read until EAGAIN or
     /// end of stream, since nothing else would bring the rest.
     pub(super) fn read_conn(&mut self, key: usize, until_eagain: bool) {
-        if self.ctx.conns.get(key).is_some_and(|c| c.tls.is_some()) {
+        if self.tls.is_some() {
             return self.read_tls_conn(key);
         }
         let mut budget = READ_BUDGET;
@@ -106,7 +106,11 @@ impl<H: Handler> Worker<H> {
             c.pinged = false;
             if let Err(e) = tls.process_new_packets() {
                 // The session queued an alert saying why; send it if we can.
-                let _ = tls.write_tls(&mut crate::tls::NoSigpipe(&mut c.sock));
+                let _ = crate::tls::TlsSend {
+                    tls,
+                    sock: &mut c.sock,
+                }
+                .drain();
                 return self.peer_gone(key, Some(ConnError::Protocol(format!("TLS: {e}"))));
             }
             let wants_write = tls.wants_write();
@@ -127,11 +131,14 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// Reads `key` again next turn (its budget ran out), once however often
-    /// that happens within a turn.
+    /// Reads `key` again next turn (its budget ran out, or it was resumed),
+    /// once however often that happens within a turn.
     pub(super) fn defer_read(&mut self, key: usize) {
-        if !self.pending_reads.contains(&key) {
-            self.pending_reads.push_back(key);
+        if let Some(c) = self.ctx.conns.get_mut(key) {
+            if !c.read_pending {
+                c.read_pending = true;
+                self.pending_reads.push_back(key);
+            }
         }
     }
 
@@ -154,7 +161,11 @@ impl<H: Handler> Worker<H> {
             if let Some(tls) = c.tls.as_deref_mut() {
                 // Best effort: tell the peer the stream ends here, not cut.
                 tls.send_close_notify();
-                let _ = tls.write_tls(&mut crate::tls::NoSigpipe(&mut c.sock));
+                let _ = crate::tls::TlsSend {
+                    tls,
+                    sock: &mut c.sock,
+                }
+                .drain();
             }
         }
     }
