@@ -35,6 +35,41 @@ pub(crate) fn dir(cfg: &Config) -> Option<PathBuf> {
         .map(|p| PathBuf::from(format!("{p}.report")))
 }
 
+/// What a command asks for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Ask {
+    /// `status`: each worker's figures ([`WorkerReport`]).
+    Status,
+    /// `connections`: each worker's connections ([`ConnsReport`]).
+    Connections,
+}
+
+impl Ask {
+    /// The signal that carries the request.
+    pub(crate) fn signal(self) -> Signal {
+        match self {
+            Ask::Status => Signal::SIGUSR2,
+            Ask::Connections => Signal::SIGIO,
+        }
+    }
+
+    /// What a request file holds.
+    fn kind(self) -> &'static str {
+        match self {
+            Ask::Status => "status",
+            Ask::Connections => "connections",
+        }
+    }
+
+    /// The name of worker `slot`'s answers (`NAME.TOKEN`).
+    pub(crate) fn answer_name(self, slot: usize) -> String {
+        match self {
+            Ask::Status => format!("worker.{slot}"),
+            Ask::Connections => format!("conns.{slot}"),
+        }
+    }
+}
+
 /// Sends `sig` to `pid` with `sigqueue`, which marks it as a request.
 pub(crate) fn queue_signal(pid: Pid, sig: Signal) -> nix::Result<()> {
     let value = libc::sigval {
@@ -51,10 +86,9 @@ pub(crate) fn is_request(info: &libc::signalfd_siginfo) -> bool {
     info.ssi_code == libc::SI_QUEUE
 }
 
-/// The tokens of the requests waiting in the report directory, of `kind`
-/// (`status` or `connections`) or of any kind, that have no `NAME.TOKEN`
-/// answer yet.
-pub(crate) fn waiting(cfg: &Config, kind: Option<&str>, name: &str) -> Vec<i32> {
+/// The tokens of the requests waiting in the report directory, for `ask` or
+/// for anything, that have no `NAME.TOKEN` answer yet.
+pub(crate) fn waiting(cfg: &Config, ask: Option<Ask>, name: &str) -> Vec<i32> {
     let Some(dir) = dir(cfg) else {
         return Vec::new();
     };
@@ -73,8 +107,8 @@ pub(crate) fn waiting(cfg: &Config, kind: Option<&str>, name: &str) -> Vec<i32> 
             if dir.join(format!("{name}.{token}")).exists() {
                 return None;
             }
-            match kind {
-                Some(k) => (std::fs::read_to_string(e.path()).ok()? == k).then_some(token),
+            match ask {
+                Some(a) => (std::fs::read_to_string(e.path()).ok()? == a.kind()).then_some(token),
                 None => Some(token),
             }
         })
@@ -206,19 +240,26 @@ pub(crate) fn rss_bytes() -> u64 {
     pages * page
 }
 
-/// What a command gathered: the master's answer, and each live worker's
-/// (`None`: it did not answer in time).
+/// What a command gathered: the master's answer, and each of its workers'
+/// (`None`: it did not answer in time, or the slot is empty).
 pub(crate) struct Gathered<T> {
     pub(crate) master: MasterReport,
-    pub(crate) workers: Vec<(SlotReport, Option<T>)>,
+    answers: Vec<Option<T>>,
 }
 
 impl<T> Gathered<T> {
+    /// Each slot the master named, with its worker's answer.
+    fn workers(&self) -> impl Iterator<Item = (&SlotReport, Option<&T>)> {
+        self.master
+            .workers
+            .iter()
+            .zip(self.answers.iter().map(Option::as_ref))
+    }
+
     /// An error naming the workers that did not answer, if any.
     pub(crate) fn complete(&self) -> Result<()> {
         let silent: Vec<String> = self
-            .workers
-            .iter()
+            .workers()
             .filter(|(s, r)| s.pid.is_some() && r.is_none())
             .map(|(s, _)| format!("{} (pid {})", s.slot, s.pid.unwrap_or(0)))
             .collect();
@@ -233,23 +274,17 @@ impl<T> Gathered<T> {
     }
 }
 
-/// Asks the master `master` with `sig` and waits for its answer and its
-/// workers' answers, named `WORKER_FILE.SLOT.TOKEN`.
+/// Asks the master `master` for `ask` and waits for its answer and its
+/// workers' answers.
 pub(crate) fn gather<T: DeserializeOwned>(
     cfg: &Config,
     master: Pid,
-    sig: Signal,
-    worker_file: &str,
+    ask: Ask,
 ) -> Result<Gathered<T>> {
     let dir = dir(cfg).ok_or_else(|| Error::Config("server.pid_file is not set".into()))?;
     let token = std::process::id() as i32;
-    let kind = if sig == Signal::SIGIO {
-        "connections"
-    } else {
-        "status"
-    };
-    let request = Request::new(&dir, token, kind)?;
-    queue_signal(master, sig)?;
+    let request = Request::new(&dir, token, ask.kind())?;
+    queue_signal(master, ask.signal())?;
     let deadline = Instant::now() + ANSWER_TIMEOUT;
     let master_report: MasterReport = take(&dir.join(format!("master.{token}")), deadline)
         .ok_or_else(|| {
@@ -258,29 +293,20 @@ pub(crate) fn gather<T: DeserializeOwned>(
                 dir.display()
             ))
         })?;
-    let mut workers = Vec::new();
-    for slot in &master_report.workers {
-        let report = match slot.pid {
-            Some(_) => take(
-                &dir.join(format!("{worker_file}.{}.{token}", slot.slot)),
-                deadline,
-            ),
-            None => None,
-        };
-        workers.push((
-            SlotReport {
-                slot: slot.slot,
-                pid: slot.pid,
-                incarnation: slot.incarnation,
-                up_ms: slot.up_ms,
-            },
-            report,
-        ));
-    }
+    let answers = master_report
+        .workers
+        .iter()
+        .map(|slot| {
+            slot.pid.and_then(|_| {
+                let name = ask.answer_name(slot.slot);
+                take(&dir.join(format!("{name}.{token}")), deadline)
+            })
+        })
+        .collect();
     drop(request);
     Ok(Gathered {
         master: master_report,
-        workers,
+        answers,
     })
 }
 
@@ -366,7 +392,7 @@ pub(crate) fn status_table(g: &Gathered<WorkerReport>) -> String {
         "relinks",
     ])];
     let mut total = WorkerReport::default();
-    for (slot, report) in &g.workers {
+    for (slot, report) in g.workers() {
         let pid = slot.pid.map_or("-".into(), |p| p.to_string());
         let Some(r) = report else {
             let what = if slot.pid.is_some() {
@@ -399,7 +425,7 @@ pub(crate) fn connections_table(g: &Gathered<ConnsReport>) -> String {
         "worker", "pid", "id", "protocol", "state", "local", "peer", "queued", "idle", "uid",
     ])];
     let mut n = 0;
-    for (slot, report) in &g.workers {
+    for (slot, report) in g.workers() {
         let Some(r) = report else { continue };
         for c in &r.conns {
             n += 1;

@@ -65,14 +65,14 @@ fn alive(pid: Pid) -> bool {
 
 pub(super) fn status(cfg: &Config) -> Result<()> {
     let pid = master_pid(cfg)?;
-    let g = report::gather::<report::WorkerReport>(cfg, pid, Signal::SIGUSR2, "worker")?;
+    let g = report::gather::<report::WorkerReport>(cfg, pid, report::Ask::Status)?;
     print!("{}", report::status_table(&g));
     g.complete()
 }
 
 pub(super) fn connections(cfg: &Config) -> Result<()> {
     let pid = master_pid(cfg)?;
-    let g = report::gather::<report::ConnsReport>(cfg, pid, Signal::SIGIO, "conns")?;
+    let g = report::gather::<report::ConnsReport>(cfg, pid, report::Ask::Connections)?;
     print!("{}", report::connections_table(&g));
     g.complete()
 }

@@ -167,8 +167,8 @@ impl Server {
     /// the same config. [`Server::from_config_file`] and
     /// [`Server::with_args`] set it to read their file again.
     ///
-    /// An error, or a config that fails [`Config::validate`], refuses the
-    /// reload: it is logged and the running workers stay. Settings that need
+    /// An error, a config that fails [`Config::validate`], or TLS files that
+    /// do not load refuse the reload: it is logged and the running workers stay. Settings that need
     /// the listener or the process layout to change (listen address and
     /// protocol, `count`, `reuse_port`, `pid_file`, `log_file`) keep their
     /// running values, with a warning; those take a `restart`. An application
@@ -518,9 +518,8 @@ impl<F> Master<F> {
                     Ok(sig @ (Signal::SIGUSR2 | Signal::SIGIO)) if report::is_request(&info) => {
                         self.answer(sig)
                     }
-                    Ok(Signal::SIGUSR2) => self.log_status(),
+                    Ok(Signal::SIGHUP | Signal::SIGUSR2) => self.log_status(),
                     Ok(Signal::SIGIO) => {}
-                    Ok(Signal::SIGHUP) => self.log_status(),
                     Ok(sig) => {
                         log::info!("{sig}: stopping");
                         self.begin_stop();

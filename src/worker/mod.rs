@@ -605,8 +605,8 @@ impl<H: Handler> Worker<H> {
     /// Answers the waiting `status` requests (see [`crate::report`]).
     fn answer_status(&self) {
         let ctx = &self.ctx;
-        let name = format!("worker.{}", ctx.slot);
-        let tokens = report::waiting(&ctx.cfg, Some("status"), &name);
+        let name = report::Ask::Status.answer_name(ctx.slot as usize);
+        let tokens = report::waiting(&ctx.cfg, Some(report::Ask::Status), &name);
         if tokens.is_empty() {
             return;
         }
@@ -619,8 +619,8 @@ impl<H: Handler> Worker<H> {
     /// Answers the waiting `connections` requests (see [`crate::report`]).
     fn answer_connections(&self) {
         let ctx = &self.ctx;
-        let name = format!("conns.{}", ctx.slot);
-        let tokens = report::waiting(&ctx.cfg, Some("connections"), &name);
+        let name = report::Ask::Connections.answer_name(ctx.slot as usize);
+        let tokens = report::waiting(&ctx.cfg, Some(report::Ask::Connections), &name);
         if tokens.is_empty() {
             return;
         }
