@@ -799,6 +799,12 @@ fn reload_stops_when_a_replacement_dies_at_start() {
         None,
     );
     let old = server.wait_workers(2, REPLY_TIMEOUT);
+    // Forked is not started: both must be past their handler factory (which
+    // checks the file) before the release breaks. A worker answers `status`
+    // from its loop.
+    wait_until(REPLY_TIMEOUT, "both workers answer status", || {
+        files.echo("status", &[]).status.success()
+    });
 
     // A "release" whose workers die at start: the first replacement dies, and
     // the reload stops there instead of taking down the other worker too.
