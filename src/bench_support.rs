@@ -2,9 +2,9 @@
 //! into crate-private hot paths. Not part of the API: hidden from the docs and
 //! free to change.
 
-use crate::bus_wire::{self, Record, Target};
-use crate::registry::Registry;
-use crate::ConnId;
+use crate::cluster::registry::Registry;
+use crate::cluster::wire::{self as bus_wire, Record, Target};
+use crate::id::ConnId;
 use bytes::{Bytes, BytesMut};
 
 /// Encodes `n` broadcast deliveries of `payload` onto one bus link's buffer

@@ -6,40 +6,11 @@
 //! stops start-up with a message naming the key and the problem.
 
 use crate::error::{Error, Result};
+use crate::proto::Protocol;
 use serde::Deserialize;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
-
-/// The wire protocol of a listener, chosen by the scheme of the listen URL as
-/// in Workerman.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    /// `websocket://` (also `ws://` and `http://`): HTTP/1.1 with WebSocket
-    /// upgrades on the configured path; other requests go to
-    /// [`crate::Handler::on_http_request`].
-    WebSocket,
-    /// `text://`: newline-delimited messages. A trailing `\r` is stripped on
-    /// input; sends append `\n`.
-    Text,
-    /// `frame://`: a 4-byte big-endian length followed by the payload. As in
-    /// Workerman, the length counts the 4 header bytes too (`len = 4 + payload`).
-    Frame,
-    /// `tcp://`: raw bytes; each read is one message, sends are written as is.
-    Tcp,
-}
-
-impl Protocol {
-    /// The URL scheme that selects this protocol.
-    pub fn scheme(self) -> &'static str {
-        match self {
-            Protocol::WebSocket => "websocket",
-            Protocol::Text => "text",
-            Protocol::Frame => "frame",
-            Protocol::Tcp => "tcp",
-        }
-    }
-}
 
 /// What happens to a send to a connection whose queued output is already at
 /// `max_output_bytes` (a consumer that does not read fast enough).
@@ -103,6 +74,10 @@ pub struct ServerSection {
     pub tls_cert: Option<String>,
     /// PEM file with the private key for `tls_cert`.
     pub tls_key: Option<String>,
+    /// Threads of each worker's blocking-work pool.
+    pub blocking_threads: Option<usize>,
+    /// Jobs that may wait for a blocking-pool thread before more are refused.
+    pub blocking_queue: Option<usize>,
 }
 
 /// A validated server configuration. Build it with [`Config::default`] and the
@@ -164,6 +139,12 @@ pub struct Config {
     pub tls_cert: Option<String>,
     /// PEM private key for [`Config::tls_cert`].
     pub tls_key: Option<String>,
+    /// Threads of each worker's pool for [`crate::Ctx::spawn_blocking`],
+    /// started at the first job (1 to 256). Default 4.
+    pub blocking_threads: usize,
+    /// Jobs that may wait for a thread of that pool; past it
+    /// `spawn_blocking` is refused at once. Default 1024.
+    pub blocking_queue: usize,
 }
 
 impl Default for Config {
@@ -190,6 +171,8 @@ impl Default for Config {
             bus_peer_buffer_bytes: 64 << 20,
             tls_cert: None,
             tls_key: None,
+            blocking_threads: 4,
+            blocking_queue: 1024,
         }
     }
 }
@@ -278,6 +261,8 @@ impl Config {
             (&mut c.max_output_bytes, s.max_output_bytes),
             (&mut c.max_http_body_bytes, s.max_http_body_bytes),
             (&mut c.bus_peer_buffer_bytes, s.bus_peer_buffer_bytes),
+            (&mut c.blocking_threads, s.blocking_threads),
+            (&mut c.blocking_queue, s.blocking_queue),
         ];
         for (field, value) in sizes {
             if let Some(v) = value {
@@ -345,7 +330,27 @@ impl Config {
     /// commit to a config the master would then refuse (see
     /// [`crate::Server::reload_config`]).
     pub fn check_files(&self) -> Result<()> {
-        crate::tls::server_config(self).map(drop)
+        self.server_tls().map(drop)
+    }
+
+    /// The TLS server configuration of `tls_cert` and `tls_key`, read from
+    /// their files; `None` without them.
+    pub(crate) fn server_tls(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+        use crate::net::tls::{self, TlsError};
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        tls::server_config(Path::new(cert), Path::new(key))
+            .map(Some)
+            .map_err(|e| {
+                Error::Config(match e {
+                    TlsError::Cert { reason, .. } => {
+                        format!("server.tls_cert = {cert:?}: {reason}")
+                    }
+                    TlsError::Key { reason, .. } => format!("server.tls_key = {key:?}: {reason}"),
+                    TlsError::Refused(r) => format!("server.tls_cert / tls_key: {r}"),
+                })
+            })
     }
 
     /// Checks ranges and relations between keys.
@@ -384,6 +389,15 @@ impl Config {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("server.tls_cert and tls_key go together: set both or neither".into());
+        }
+        if !(1..=256).contains(&self.blocking_threads) {
+            return bad(format!(
+                "server.blocking_threads = {}: must be 1 to 256",
+                self.blocking_threads
+            ));
+        }
+        if self.blocking_queue == 0 {
+            return bad("server.blocking_queue must be at least 1".into());
         }
         if self.handshake_timeout.is_zero() {
             return bad("server.handshake_timeout_ms must be above 0".into());

@@ -1,5 +1,5 @@
 //! Errors: [`Error`] for starting and running a server, [`ConnError`] for one
-//! connection.
+//! connection, [`ConnectError`] for opening one.
 
 use std::io;
 use std::path::PathBuf;
@@ -108,4 +108,32 @@ pub enum ConnError {
     /// A read or write on the socket failed (reset by peer, broken pipe, ...).
     #[error("socket: {0}")]
     Io(#[from] io::Error),
+    /// An outbound connect failed (refused, unreachable). With
+    /// [`crate::Reconnect`] the worker tries again after a wait.
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    /// The server refused an outbound WebSocket upgrade or answered it
+    /// wrongly (status, accept key, subprotocol); the text says what.
+    #[error("handshake refused: {0}")]
+    Handshake(String),
+}
+
+/// Why [`crate::Ctx::connect`] could not start a connection. Nothing was
+/// opened; fix the call (or retry later for [`ConnectError::Io`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The URL is not one `connect` understands; the text says why.
+    #[error("connect URL {0}")]
+    Url(String),
+    /// The TLS settings could not be used (an unreadable CA file, a bad
+    /// server name).
+    #[error("connect TLS: {0}")]
+    Tls(String),
+    /// The socket could not be made (out of file descriptors, ...).
+    #[error("connect: {0}")]
+    Io(#[from] io::Error),
+    /// The worker is stopping and opens nothing new.
+    #[error("the worker is stopping")]
+    Stopping,
 }

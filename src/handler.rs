@@ -1,15 +1,21 @@
 //! The [`Handler`] trait: what a worker calls when something happens.
 
-use crate::http::{Request, Response};
-use crate::{ConnError, ConnId, Ctx, Message, TimerId};
+use crate::core::pool::{JobId, JobResult};
+use crate::ctx::Ctx;
+use crate::error::ConnError;
+use crate::id::ConnId;
+use crate::id::TimerId;
+use crate::message::Message;
+use crate::proto::http::{Request, Response};
 
 /// The application's callbacks, one instance per worker process.
 ///
 /// Every method has a default that does nothing (or answers 404 for HTTP), so a
 /// handler implements only what it needs. All methods run on the worker's event
 /// loop thread: they must not block. Hand blocking work (disk, database, CPU
-/// heavy) to a thread of your own and come back with [`Ctx::waker`] and
-/// [`Handler::on_wake`].
+/// heavy) to [`Ctx::spawn_blocking`]; its result comes back to
+/// [`Handler::on_job_done`]. (A thread of your own can come back with
+/// [`Ctx::waker`] and [`Handler::on_wake`].)
 ///
 /// # Panics
 ///
@@ -25,6 +31,13 @@ use crate::{ConnError, ConnId, Ctx, Message, TimerId};
 /// `on_close`. `on_error` may come before `on_close` when the connection ends
 /// because of an error. `on_close` is called exactly once for every connection
 /// that got `on_connect`, whatever ends it.
+///
+/// # Outbound connections
+///
+/// A connection opened with [`Ctx::connect`] gets the same callbacks but
+/// `on_websocket_connect`: `on_connect` -> `on_message`* -> `on_close`, with
+/// `on_error` alone for an attempt that failed before `on_connect`. With
+/// reconnecting on, that sequence repeats with the same [`ConnId`].
 #[allow(unused_variables)]
 pub trait Handler: 'static {
     /// The worker's loop is ready, before the first connection is accepted.
@@ -75,6 +88,11 @@ pub trait Handler: 'static {
 
     /// A plain HTTP request (anything that is not a WebSocket upgrade on the
     /// configured path). The default answers 404.
+    ///
+    /// To answer later (after a blocking job, a backend call), keep
+    /// [`Request::conn`] and return [`Response::later`]; then answer with
+    /// [`Ctx::respond`] from any later callback of this worker. A request
+    /// not answered within `handshake_timeout_ms` gets 504.
     fn on_http_request(&mut self, ctx: &mut Ctx, request: &Request) -> Response {
         Response::not_found()
     }
@@ -91,10 +109,16 @@ pub trait Handler: 'static {
     /// sent and in order with that worker's registry changes and deliveries.
     fn on_worker_message(&mut self, ctx: &mut Ctx, from_worker: usize, data: bytes::Bytes) {}
 
+    /// A job of [`Ctx::spawn_blocking`] finished: `result` holds what it
+    /// returned ([`JobResult::downcast`]) or its panic. Results arrive in the
+    /// order the jobs finished.
+    fn on_job_done(&mut self, ctx: &mut Ctx, job: JobId, result: JobResult) {}
+
     /// Asked while the worker is stopping and has no connections left: return
     /// true while background work (a writer thread, say) still has results to
     /// hand back. The loop keeps running timers and wakes until this returns
-    /// false or `stop_timeout` is near. The default is false.
+    /// false (and no job of [`Ctx::spawn_blocking`] is still running) or
+    /// `stop_timeout` is near. The default is false.
     fn busy(&mut self, ctx: &mut Ctx) -> bool {
         false
     }

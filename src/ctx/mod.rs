@@ -1,86 +1,54 @@
-//! [`Ctx`]: what a handler can do, on this worker and across the server.
+//! [`Ctx`]: what a handler can do, on this worker and across the server. It
+//! is a view: the worker's loop owns the core and lends it to the handler as
+//! a `Ctx` for the length of one callback.
 //!
-//! This file has the struct, this worker's facts, timers and sending;
-//! `registry.rs` the online-user registry calls; `internals.rs` what the
-//! worker loop uses (queueing, closing, applying what other workers say).
+//! This file has this worker's facts, timers, sending, outbound connections
+//! and blocking work; `registry.rs` the online-user registry calls.
 
-mod internals;
 mod registry;
 
-use internals::Excluded;
-
-use crate::bus::{Bus, Inbox};
-use crate::bus_wire::{Record, Target};
-use crate::codec::{self, Prepared};
-use crate::config::{Config, OverflowPolicy, Protocol};
-use crate::conn::{Conn, State, WsIo};
-use crate::registry::Registry;
-use crate::timer::Timers;
-use crate::{ConnError, ConnId, Message, TimerId};
+use crate::cluster::wire::{Record, Target};
+use crate::config::Config;
+use crate::core::dial::{self, ConnectOptions, Dial};
+use crate::core::pool::{JobId, PoolBusy};
+use crate::core::{Core, Waker};
+use crate::error::ConnectError;
+use crate::id::ConnId;
+use crate::id::TimerId;
+use crate::message::Message;
+use crate::proto::codec::{self, Prepared};
+use crate::proto::http::Response;
+use crate::proto::Protocol;
 use bytes::Bytes;
-use slab::Slab;
-use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::CloseFrame;
-
-/// Largest session value accepted by [`Ctx::set_session`].
-pub const MAX_SESSION_BYTES: usize = 4096;
-/// How long a closing connection may take to flush and finish its close
-/// handshake before the socket is dropped.
-pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(5);
-
-/// Wakes a worker's loop from any thread; the worker then calls
-/// [`crate::Handler::on_wake`]. Cheap to clone; wakes are coalesced.
-#[derive(Clone)]
-pub struct Waker(pub(crate) Arc<mio::Waker>);
-
-impl Waker {
-    /// Makes the worker call `on_wake` soon. Never blocks.
-    pub fn wake(&self) {
-        if let Err(e) = self.0.wake() {
-            log::error!("waker: {e}");
-        }
-    }
-}
-
-impl std::fmt::Debug for Waker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Waker")
-    }
-}
 
 /// Local facts about a connection of this worker.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConnInfo {
-    /// The client's address.
+    /// The peer's address: the client of an accepted connection, the server
+    /// of an outbound one.
     pub peer: SocketAddr,
-    /// The listener's protocol.
+    /// Its protocol: the listener's, or the scheme an outbound connection
+    /// was opened with.
     pub protocol: Protocol,
     /// Bytes queued for it, not yet written to the socket.
     pub queued_bytes: usize,
-}
-
-/// A callback owed to the handler, run after the current one returns.
-pub(crate) enum Deferred {
-    Closed(ConnId, Option<ConnError>),
-    WorkerMessage(usize, Bytes),
-    BufferFull(ConnId),
-    BufferDrain(ConnId),
-}
-
-/// Counters a worker keeps.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Stats {
-    pub(crate) dropped_sends: u64,
-    /// Messages handed to `on_message`.
-    pub(crate) messages_in: u64,
+    /// The worker opened it with [`Ctx::connect`].
+    pub outbound: bool,
+    /// Under TLS.
+    pub tls: bool,
+    /// Open for messages (`on_connect` ran, `on_close` not yet). An
+    /// outbound connection that is connecting or waiting to reconnect is
+    /// not.
+    pub open: bool,
+    /// The WebSocket subprotocol the server chose (outbound connections).
+    pub subprotocol: Option<String>,
 }
 
 /// The worker's state as handlers see it: sending, closing, the registry,
-/// timers. One per worker; every callback gets it.
+/// timers, outbound connections, blocking work. Every callback gets one.
 ///
 /// # Where a connection lives
 ///
@@ -99,80 +67,65 @@ pub(crate) struct Stats {
 /// # Writes happen after the callback
 ///
 /// Sends are queued; all queued output is written once per loop turn, one
-/// `writev` per connection. A send to a connection whose output reached
-/// `max_output_bytes` follows [`OverflowPolicy`].
-pub struct Ctx {
-    pub(crate) cfg: Arc<Config>,
-    pub(crate) slot: u16,
-    pub(crate) count: u16,
-    pub(crate) conns: Slab<Conn>,
-    pub(crate) serial: u64,
-    /// Keys of connections with output to write this turn.
-    pub(crate) dirty: Vec<usize>,
-    pub(crate) deferred: VecDeque<Deferred>,
-    /// Scratch list of local recipients, reused by every delivery.
-    pub(crate) keys: Vec<usize>,
-    /// Connections whose reading was resumed: the loop reads them, since no
-    /// new readiness edge may come for data that arrived while paused.
-    pub(crate) resumed: Vec<usize>,
-    pub(crate) registry: Registry,
-    pub(crate) bus: Bus,
-    pub(crate) timers: Timers,
-    pub(crate) waker: Waker,
-    pub(crate) now: Instant,
-    pub(crate) stats: Stats,
-    pub(crate) mio: mio::Registry,
+/// `sendmsg` per connection. A send to a connection whose output reached
+/// `max_output_bytes` follows [`crate::OverflowPolicy`].
+pub struct Ctx<'a> {
+    core: &'a mut Core,
 }
 
-fn close_frame(code: u16, reason: &str) -> CloseFrame {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
+impl<'a> Ctx<'a> {
+    /// Lends `core` to a callback.
+    pub(crate) fn new(core: &'a mut Core) -> Self {
+        Ctx { core }
     }
-    CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason[..end].to_string().into(),
-    }
-}
 
-impl Ctx {
     // ----- this worker -----
 
     /// This worker's slot, 0 to `worker_count() - 1`.
     pub fn worker_id(&self) -> usize {
-        self.slot as usize
+        self.core.slot as usize
     }
 
     /// How many workers the server runs.
     pub fn worker_count(&self) -> usize {
-        self.count as usize
+        self.core.count as usize
     }
 
     /// The configuration the server runs with.
     pub fn config(&self) -> &Config {
-        &self.cfg
+        &self.core.cfg
     }
 
-    /// Local facts about a connection of this worker; `None` for connections of
-    /// other workers and closed ones.
+    /// Local facts about a connection of this worker: an open accepted one,
+    /// or an outbound one in any phase. `None` for connections of other
+    /// workers and closed ones.
     pub fn conn_info(&self, conn: ConnId) -> Option<ConnInfo> {
-        let key = self.local_key(conn)?;
-        let c = &self.conns[key];
+        let key = self.core.key_of(conn)?;
+        let c = &self.core.conns[key];
+        if !c.life.is_open() && !c.outbound() {
+            return None;
+        }
         Some(ConnInfo {
             peer: c.peer,
-            protocol: self.cfg.protocol,
-            queued_bytes: c.out.len(),
+            protocol: c.wire.protocol,
+            queued_bytes: c.out.len() + c.dial.as_ref().map_or(0, |d| d.held.len()),
+            outbound: c.outbound(),
+            tls: matches!(c.io, Some(crate::net::Transport::Tls(_)))
+                || c.dial.as_ref().is_some_and(|d| d.tls.is_some()),
+            open: c.life.is_open(),
+            subprotocol: c.dial.as_ref().and_then(|d| d.protocol.clone()),
         })
     }
 
-    /// Sends this worker dropped under [`OverflowPolicy::Drop`].
+    /// Sends this worker dropped under [`crate::OverflowPolicy::Drop`] or
+    /// past the bound of [`crate::WhileDown::Hold`].
     pub fn dropped_sends(&self) -> u64 {
-        self.stats.dropped_sends
+        self.core.stats.dropped_sends
     }
 
     /// A handle that wakes this worker from another thread.
     pub fn waker(&self) -> Waker {
-        self.waker.clone()
+        self.core.waker.clone()
     }
 
     /// Calls [`crate::Handler::on_timer`] with the returned id after `interval`,
@@ -180,55 +133,46 @@ impl Ctx {
     /// is at least 1 ms. A timer that fell behind (a long callback) fires once,
     /// not in a burst.
     pub fn add_timer(&mut self, interval: Duration, repeat: bool) -> TimerId {
-        self.timers.add(Instant::now(), interval, repeat)
+        self.core.timers.add(Instant::now(), interval, repeat)
     }
 
     /// Cancels a timer; false if it had already fired (one-shot) or was cancelled.
     pub fn del_timer(&mut self, timer: TimerId) -> bool {
-        self.timers.cancel(timer)
+        self.core.timers.cancel(timer)
     }
 
     // ----- sending and closing -----
 
     /// Sends a message to one connection on any worker. Returns false when the
     /// connection is not online (as far as this worker knows), in which case
-    /// nothing is sent.
+    /// nothing is sent. For an outbound connection that is down, see
+    /// [`crate::WhileDown`].
     pub fn send(&mut self, conn: ConnId, msg: impl Into<Message>) -> bool {
-        let frame = codec::encode(self.cfg.protocol, &msg.into());
-        self.send_frame(conn, frame)
+        let msg = msg.into();
+        let wire = self.wire_of(conn);
+        let frame = codec::encode(wire, &msg);
+        self.core.send_frame(conn, frame, wire)
+    }
+
+    /// The wire a send to `conn` is best encoded for: its own when it is
+    /// this worker's, the listener's otherwise.
+    fn wire_of(&self, conn: ConnId) -> codec::Wire {
+        self.core
+            .key_of(conn)
+            .map_or(self.core.wire, |k| self.core.conns[k].wire)
     }
 
     /// Encodes a message once for this server's protocol, for
     /// [`Ctx::send_prepared`] to many connections.
     pub fn prepare(&self, msg: impl Into<Message>) -> Prepared {
-        Prepared::new(self.cfg.protocol, &msg.into())
+        Prepared::new(self.core.cfg.protocol, &msg.into())
     }
 
     /// Sends a prepared message to one connection on any worker; the bytes are
-    /// shared, not copied, among the local recipients. Returns false when the
-    /// connection is not online.
+    /// shared, not copied, among the local recipients of the same wire.
+    /// Returns false when the connection is not online.
     pub fn send_prepared(&mut self, conn: ConnId, msg: &Prepared) -> bool {
-        self.send_frame(conn, msg.0.clone())
-    }
-
-    pub(crate) fn send_frame(&mut self, conn: ConnId, frame: Bytes) -> bool {
-        if conn.worker == self.slot {
-            match self.local_key(conn) {
-                Some(key) => self.queue(key, frame),
-                None => false,
-            }
-        } else if self.registry.contains(conn) {
-            self.bus.send(
-                conn.worker,
-                &Record::Deliver {
-                    target: Target::Conn(conn),
-                    payload: frame,
-                },
-            );
-            true
-        } else {
-            false
-        }
+        self.core.send_frame(conn, msg.bytes.clone(), msg.wire)
     }
 
     /// Closes a connection on any worker (WebSocket code 1000).
@@ -239,51 +183,27 @@ impl Ctx {
     /// Closes a connection on any worker with a WebSocket close code and reason
     /// (the reason is cut to 123 bytes). Plain protocols just close the socket
     /// after writing what is queued. `on_close` follows on the owning worker.
+    /// An outbound connection is not reconnected after this.
     pub fn close_with(&mut self, conn: ConnId, code: u16, reason: &str) {
-        if conn.worker == self.slot {
-            if let Some(key) = self.local_key(conn) {
-                self.begin_close(key, code, reason, None);
-            }
-        } else if self.registry.contains(conn) {
-            self.bus.send(
-                conn.worker,
-                &Record::CloseConn {
-                    id: conn,
-                    code,
-                    reason: reason.to_string(),
-                },
-            );
-        }
+        self.core.close_conn(conn, code, reason);
     }
 
     /// Sends to every connection on the server except those in `exclude`. The
     /// message is encoded once and crosses the bus once per worker.
+    /// Outbound connections are included only once bound to a uid or group.
     pub fn send_to_all(&mut self, msg: impl Into<Message>, exclude: &[ConnId]) {
-        let frame = codec::encode(self.cfg.protocol, &msg.into());
-        self.bus.broadcast(&Record::Deliver {
-            target: Target::All {
-                exclude: exclude.to_vec(),
-            },
-            payload: frame.clone(),
-        });
-        self.deliver_local(
-            &Target::All {
-                exclude: exclude.to_vec(),
-            },
-            frame,
-        );
+        let frame = codec::encode(self.core.wire, &msg.into());
+        self.core.send_all(frame, exclude);
     }
 
     /// Sends to every open connection of this worker only, encoding the
     /// message once: the building block of per-worker periodic broadcasts.
     pub fn send_to_local(&mut self, msg: impl Into<Message>) {
-        let frame = codec::encode(self.cfg.protocol, &msg.into());
-        self.deliver_local(
-            &Target::All {
-                exclude: Vec::new(),
-            },
-            frame,
-        );
+        let frame = codec::encode(self.core.wire, &msg.into());
+        let everyone = Target::All {
+            exclude: Vec::new(),
+        };
+        self.core.deliver_local(&everyone, frame);
     }
 
     /// Sends to every connection of a uid, wherever they are.
@@ -293,81 +213,19 @@ impl Ctx {
 
     /// Sends to every connection of each of these uids, once per connection.
     pub fn send_to_uids(&mut self, uids: &[&str], msg: impl Into<Message>) {
-        let frame = codec::encode(self.cfg.protocol, &msg.into());
+        let frame = codec::encode(self.core.wire, &msg.into());
         let target = Target::Uids(uids.iter().map(|u| u.to_string()).collect());
-        self.route(target, frame);
+        self.core.route(target, frame);
     }
 
     /// Sends to every member of a group except those in `exclude`.
     pub fn send_to_group(&mut self, group: &str, msg: impl Into<Message>, exclude: &[ConnId]) {
-        let frame = codec::encode(self.cfg.protocol, &msg.into());
+        let frame = codec::encode(self.core.wire, &msg.into());
         let target = Target::Group {
             group: group.to_string(),
             exclude: exclude.to_vec(),
         };
-        self.route(target, frame);
-    }
-
-    /// Delivers `frame` to `target` on every worker: each resolves the target
-    /// against its own connections, which it knows exactly. Asking every
-    /// worker (one record each, however many recipients) rather than only
-    /// those this replica thinks are concerned means a registry change this
-    /// worker asked for just before (say a `bind_uid` on another worker's
-    /// connection) is always seen by the send that follows it.
-    fn route(&mut self, target: Target, frame: Bytes) {
-        let rec = Record::Deliver {
-            target,
-            payload: frame,
-        };
-        self.bus.broadcast(&rec);
-        if let Record::Deliver { target, payload } = rec {
-            self.deliver_local(&target, payload);
-        }
-    }
-
-    /// Queues `frame` for the local connections `target` names.
-    pub(crate) fn deliver_local(&mut self, target: &Target, frame: Bytes) {
-        // Reuse one key buffer: a broadcast to thousands of local connections
-        // allocates nothing per message.
-        let mut keys = std::mem::take(&mut self.keys);
-        keys.clear();
-        match target {
-            Target::Conn(id) => keys.extend(self.local_key(*id)),
-            Target::All { exclude } if exclude.is_empty() => {
-                keys.extend(self.conns.iter().filter(|(_, c)| c.open).map(|(k, _)| k))
-            }
-            Target::All { exclude } => {
-                let skip = Excluded::new(exclude);
-                keys.extend(
-                    self.conns
-                        .iter()
-                        .filter(|(k, c)| c.open && !skip.has(self.id_of(*k, c)))
-                        .map(|(k, _)| k),
-                )
-            }
-            Target::Uids(uids) => {
-                let mut seen = HashSet::new();
-                keys.extend(
-                    uids.iter()
-                        .flat_map(|u| self.registry.conns_of_uid(u))
-                        .filter(|c| c.worker == self.slot && seen.insert(**c))
-                        .filter_map(|c| self.local_key(*c)),
-                )
-            }
-            Target::Group { group, exclude } => {
-                let skip = Excluded::new(exclude);
-                keys.extend(
-                    self.registry
-                        .group_members(group)
-                        .filter(|c| c.worker == self.slot && !skip.has(*c))
-                        .filter_map(|c| self.local_key(c)),
-                )
-            }
-        }
-        for &key in &keys {
-            self.queue(key, frame.clone());
-        }
-        self.keys = keys;
+        self.core.route(target, frame);
     }
 
     /// Sends `data` to the handler of another worker
@@ -375,27 +233,28 @@ impl Ctx {
     /// worker or this one. While that worker is being replaced, the data waits
     /// for its successor (up to `bus_peer_buffer_bytes`).
     pub fn send_to_worker(&mut self, worker: usize, data: impl Into<Bytes>) -> bool {
-        if worker >= self.count as usize || worker == self.slot as usize {
+        if worker >= self.core.count as usize || worker == self.core.slot as usize {
             return false;
         }
-        self.bus
+        self.core
+            .bus
             .send(worker as u16, &Record::WorkerMsg(data.into()));
         true
     }
 
     /// Sends `data` to the handlers of every other worker.
     pub fn send_to_workers(&mut self, data: impl Into<Bytes>) {
-        self.bus.broadcast(&Record::WorkerMsg(data.into()));
+        self.core.bus.broadcast(&Record::WorkerMsg(data.into()));
     }
 
     /// Stops reading from a connection of this worker (Workerman's
-    /// `pauseRecv`): what the client sends waits in the kernel, and TCP flow
-    /// control slows the client down. Messages already read are still
+    /// `pauseRecv`): what the peer sends waits in the kernel, and TCP flow
+    /// control slows the peer down. Messages already read are still
     /// delivered. Returns false if the connection is not this worker's.
     pub fn pause_reading(&mut self, conn: ConnId) -> bool {
-        match self.local_key(conn) {
+        match self.core.local_key(conn) {
             Some(key) => {
-                self.conns[key].paused = true;
+                self.core.conns[key].marks.paused = true;
                 true
             }
             None => false,
@@ -404,15 +263,118 @@ impl Ctx {
 
     /// Resumes reading from a connection paused with [`Ctx::pause_reading`].
     pub fn resume_reading(&mut self, conn: ConnId) -> bool {
-        match self.local_key(conn) {
+        match self.core.local_key(conn) {
             Some(key) => {
-                if self.conns[key].paused {
-                    self.conns[key].paused = false;
-                    self.resumed.push(key);
+                let c = &mut self.core.conns[key];
+                if c.marks.paused {
+                    c.marks.paused = false;
+                    self.core.resumed.push(key);
                 }
                 true
             }
             None => false,
         }
+    }
+
+    // ----- outbound connections -----
+
+    /// Opens a connection from this worker to `url` (Workerman's
+    /// `AsyncTcpConnection`): `ws://` and `wss://` (a WebSocket client),
+    /// `text://`, `frame://` and `tcp://` (TLS with
+    /// [`ConnectOptions::tls`]). Returns at once with the connection's id;
+    /// the connect, the TLS handshake and the upgrade run on the loop.
+    ///
+    /// # What the handler sees
+    ///
+    /// The same callbacks as for accepted connections: `on_connect` once the
+    /// handshakes are done, then `on_message`, `on_buffer_full` /
+    /// `on_buffer_drain`, and `on_close` (after `on_error` if it failed).
+    /// An attempt that fails before `on_connect` (refused, timed out, the
+    /// upgrade refused) is reported by `on_error` alone
+    /// ([`crate::ConnError::Connect`], [`crate::ConnError::Timeout`],
+    /// [`crate::ConnError::Handshake`]). [`Ctx::conn_info`] says it is
+    /// outbound.
+    ///
+    /// # Reconnecting
+    ///
+    /// With [`ConnectOptions::reconnect`], every end (a failed attempt, a
+    /// lost connection, the peer's close) is followed by a wait and a new
+    /// attempt with the same [`ConnId`], so the handler's state keyed by it
+    /// carries over; `on_connect` runs again on each success, after an
+    /// `on_close` for the connection that was lost. Only [`Ctx::close`]
+    /// (or the worker stopping) ends it for good.
+    ///
+    /// # Not an online user
+    ///
+    /// An outbound connection is not in the registry's counts and lists,
+    /// nor reached by `send_to_all`, unless the handler binds it to a uid or
+    /// a group (from `on_connect`; the binding ends with each connection).
+    /// Sends to it use the same queue and output cap as every connection.
+    ///
+    /// # Names
+    ///
+    /// The host must be an IP address or `localhost`: a name lookup blocks,
+    /// and the loop must not. Resolve names with [`Ctx::spawn_blocking`] and
+    /// connect to the address, with [`ConnectOptions::server_name`] for TLS.
+    pub fn connect(&mut self, url: &str, opts: ConnectOptions) -> Result<ConnId, ConnectError> {
+        if self.core.stopping {
+            return Err(ConnectError::Stopping);
+        }
+        let target = dial::parse_url(url)?;
+        let tls = if target.tls || (opts.tls && target.wire.protocol != Protocol::WebSocket) {
+            let config = crate::net::tls::client_config(opts.ca_file.as_deref())
+                .map_err(|e| ConnectError::Tls(e.to_string()))?;
+            let name = opts.server_name.clone().unwrap_or(target.host.clone());
+            let name = rustls::pki_types::ServerName::try_from(name)
+                .map_err(|e| ConnectError::Tls(format!("server name: {e}")))?;
+            Some((config, name))
+        } else {
+            None
+        };
+        let dial = Dial {
+            addr: target.addr,
+            authority: target.authority,
+            path: target.path,
+            tls,
+            opts,
+            backoff: Duration::ZERO,
+            held: Default::default(),
+            protocol: None,
+        };
+        Ok(self.core.start_dial(dial, target.wire))
+    }
+
+    // ----- blocking work -----
+
+    /// Runs `job` on this worker's pool of `blocking_threads` threads (made
+    /// at the first call), never on the loop. Its return value comes back
+    /// to [`crate::Handler::on_job_done`] with the returned id, on the loop.
+    ///
+    /// At most `blocking_queue` jobs wait for a thread: past that the job is
+    /// refused at once with [`PoolBusy`] (answer "busy"; do not retry in a
+    /// loop). A job that panics is reported with its panic text. A stopping
+    /// worker waits for running jobs up to `stop_timeout_ms`.
+    pub fn spawn_blocking<T: Send + 'static>(
+        &mut self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<JobId, PoolBusy> {
+        self.core.pool.submit(job)
+    }
+
+    /// Jobs of [`Ctx::spawn_blocking`] whose results have not reached
+    /// `on_job_done` yet.
+    pub fn pending_jobs(&self) -> usize {
+        self.core.pool.pending()
+    }
+
+    // ----- HTTP answered later -----
+
+    /// Answers an HTTP request for which [`crate::Handler::on_http_request`]
+    /// returned [`Response::later`]; `conn` is the request's
+    /// [`crate::Request::conn`]. Returns false if that connection is gone
+    /// (the client left, or `handshake_timeout_ms` passed and it was
+    /// answered 504) or was answered already.
+    pub fn respond(&mut self, conn: ConnId, response: Response) -> bool {
+        self.core.respond_later(conn, response)
     }
 }

@@ -4,13 +4,14 @@
 //! Signals are blocked and read from a signalfd in the master's own loop, so
 //! they only ever mark work for the loop to do (nginx's rule).
 
-use crate::bus;
 use crate::cli::{Args, Command};
+use crate::cluster::bus;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::handler::Handler;
 use crate::report;
-use crate::worker::{self, Setup, Worker};
-use crate::Handler;
+use crate::signals::master_signals;
+use crate::worker::{Setup, Worker};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -54,14 +55,6 @@ struct Slot {
     backoff: Duration,
     listener: TcpListener,
     bus_listener: UnixListener,
-}
-
-fn master_signals() -> SigSet {
-    let mut s = worker::worker_signals();
-    for sig in [Signal::SIGCHLD, Signal::SIGHUP] {
-        s.add(sig);
-    }
-    s
 }
 
 /// How many threads this process has (Linux: /proc/self/status).
@@ -300,7 +293,7 @@ impl<F> Master<F> {
         }
         init_logging();
         raise_nofile();
-        let tls = crate::tls::server_config(&cfg)?;
+        let tls = cfg.server_tls()?;
         let mut addr = cfg.socket_addr()?;
         let listen_err = |source| Error::Listen {
             addr: cfg.addr.clone(),
@@ -657,7 +650,7 @@ impl<F> Master<F> {
         if let Some(reconfigure) = self.reconfigure.as_mut() {
             let new = reconfigure().and_then(|c| {
                 c.validate()?;
-                let tls = crate::tls::server_config(&c)?;
+                let tls = c.server_tls()?;
                 Ok((c, tls))
             });
             match new {

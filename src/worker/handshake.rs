@@ -1,27 +1,39 @@
-//! Request heads on a `websocket://` listener: plain HTTP answers and
-//! WebSocket upgrades (we write the 101 ourselves, then tungstenite takes the
-//! stream).
+//! Handshakes in the protocol: request heads on a `websocket://` listener
+//! (plain HTTP answers and WebSocket upgrades: we write the 101 ourselves,
+//! then tungstenite takes the stream), and the server's answer to an
+//! outbound WebSocket's upgrade request.
 
-use super::*;
+use super::{panic_text, Worker};
+use crate::core::conn::Proto;
+use crate::ctx::Ctx;
+use crate::error::ConnError;
+use crate::handler::Handler;
+use crate::proto::http::{self, Head, Request, Response};
+use crate::proto::ws::Answer;
+use bytes::BytesMut;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use tungstenite::protocol::{Role, WebSocketContext};
 
 impl<H: Handler> Worker<H> {
     pub(super) fn try_head(&mut self, key: usize) {
-        let max_body = self.ctx.cfg.max_http_body_bytes;
-        let c = &mut self.ctx.conns[key];
-        let State::Head(buf) = &mut c.state else {
+        let max_body = self.core.cfg.max_http_body_bytes;
+        let c = &mut self.core.conns[key];
+        let id = crate::id::ConnId::new(self.core.slot, key as u32, c.serial);
+        let Proto::Head(buf) = &mut c.proto else {
             return;
         };
-        let (mut request, head_len, body_len) = match crate::http::parse_head(buf, c.peer, max_body)
-        {
+        let (mut request, head_len, body_len) = match http::parse_head(buf, c.peer, id, max_body) {
             Head::Partial => return,
-            Head::Reject(status) => return self.respond(key, Response::status(status), false),
+            Head::Reject(status) => {
+                return self.core.respond(key, &Response::status(status), false)
+            }
             Head::Complete {
                 request,
                 head_len,
                 body_len,
             } => (request, head_len, body_len),
         };
-        if is_upgrade(&request, self.ctx.cfg.websocket_path.as_deref()) {
+        if is_upgrade(&request, self.core.cfg.websocket_path.as_deref()) {
             let rest = buf.split_off(head_len);
             return self.upgrade(key, request, rest);
         }
@@ -31,12 +43,18 @@ impl<H: Handler> Worker<H> {
         request.body = buf.split_off(head_len).split_to(body_len).freeze();
         let head_only = request.method == "HEAD";
         let response = self.http_response(&request);
-        self.respond(key, response, head_only);
+        if response.is_later() {
+            self.core.await_response(key, head_only);
+        } else {
+            self.core.respond(key, &response, head_only);
+        }
     }
 
-    pub(super) fn http_response(&mut self, request: &Request) -> Response {
+    fn http_response(&mut self, request: &Request) -> Response {
+        let handler = &mut self.handler;
+        let core = &mut self.core;
         let r = catch_unwind(AssertUnwindSafe(|| {
-            self.handler.on_http_request(&mut self.ctx, request)
+            handler.on_http_request(&mut Ctx::new(core), request)
         }));
         r.unwrap_or_else(|p| {
             log::error!("on_http_request panicked: {}", panic_text(&p));
@@ -44,65 +62,78 @@ impl<H: Handler> Worker<H> {
         })
     }
 
-    /// Writes an HTTP response and closes the connection after it.
-    pub(super) fn respond(&mut self, key: usize, response: Response, head_only: bool) {
-        let bytes = response.encode(head_only);
-        let c = &mut self.ctx.conns[key];
-        c.state = State::Done;
-        c.out.push(bytes.into());
-        c.closing = true;
-        c.deadline = Some(self.ctx.now + CLOSE_GRACE);
-        self.ctx.mark_dirty(key);
-    }
-
-    pub(super) fn upgrade(&mut self, key: usize, request: Request, rest: BytesMut) {
+    fn upgrade(&mut self, key: usize, request: Request, rest: BytesMut) {
         if request.method != "GET" || !request.header_has_token("Connection", "upgrade") {
-            return self.respond(key, Response::status(400), false);
+            return self.core.respond(key, &Response::status(400), false);
         }
         if request.header("Sec-WebSocket-Version").map(str::trim) != Some("13") {
             let r = Response::status(426).header("Sec-WebSocket-Version", "13");
-            return self.respond(key, r, false);
+            return self.core.respond(key, &r, false);
         }
         let Some(ws_key) = request.header("Sec-WebSocket-Key") else {
-            return self.respond(key, Response::status(400), false);
+            return self.core.respond(key, &Response::status(400), false);
         };
         let accept = tungstenite::handshake::derive_accept_key(ws_key.trim().as_bytes());
-        let id = self.ctx.id_of(key, &self.ctx.conns[key]);
+        let id = request.conn;
+        let handler = &mut self.handler;
+        let core = &mut self.core;
         let verdict = catch_unwind(AssertUnwindSafe(|| {
-            self.handler
-                .on_websocket_connect(&mut self.ctx, id, &request)
+            handler.on_websocket_connect(&mut Ctx::new(core), id, &request)
         }));
         match verdict {
             Ok(Ok(())) => {}
-            Ok(Err(refusal)) => return self.respond(key, refusal, false),
+            Ok(Err(refusal)) => return self.core.respond(key, &refusal, false),
             Err(p) => {
                 log::error!("on_websocket_connect panicked: {}", panic_text(&p));
-                return self.respond(key, Response::status(500), false);
+                return self.core.respond(key, &Response::status(500), false);
             }
         }
         let head = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
         );
-        let c = &mut self.ctx.conns[key];
+        let c = &mut self.core.conns[key];
         c.out.push(head.into_bytes().into());
-        c.deadline = None;
+        self.start_ws(key, Role::Server, rest);
+    }
+
+    /// The upgrade is done: tungstenite takes the stream (with the bytes
+    /// that came after the handshake), the connection opens.
+    fn start_ws(&mut self, key: usize, role: Role, rest: BytesMut) {
+        let c = &mut self.core.conns[key];
         let leftover = !rest.is_empty();
-        c.state = State::Ws(Box::new(WebSocketContext::from_partially_read(
+        c.proto = Proto::Ws(Box::new(WebSocketContext::from_partially_read(
             rest.to_vec(),
-            Role::Server,
+            role,
             Some(self.ws_config),
         )));
-        self.ctx.mark_dirty(key);
-        let id = self.ctx.announce(key);
-        self.guard(Some(id), |h, ctx| h.on_connect(ctx, id));
-        if self.stop_deadline.is_some() {
-            return self
-                .ctx
-                .begin_close(key, 1001, "server shutting down", None);
-        }
+        self.core.mark_dirty(key);
+        self.open_now(key);
         if leftover {
             self.feed_ws(key, 0);
+        }
+    }
+
+    /// Checks the server's answer to an outbound upgrade request.
+    pub(super) fn try_answer(&mut self, key: usize) {
+        let c = &mut self.core.conns[key];
+        let Proto::Upgrading(hs) = &mut c.proto else {
+            return;
+        };
+        let (handshake, buf) = &mut **hs;
+        match handshake.check(buf) {
+            Answer::Partial => {}
+            Answer::Refused(why) => {
+                log::debug!("upgrade to {} refused: {why}", c.peer);
+                self.core.drop_socket(key, Some(ConnError::Handshake(why)));
+            }
+            Answer::Accepted { head_len, protocol } => {
+                let rest = buf.split_off(head_len);
+                if let Some(dial) = c.dial.as_mut() {
+                    dial.protocol = protocol;
+                }
+                self.start_ws(key, Role::Client, rest);
+            }
         }
     }
 }

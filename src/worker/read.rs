@@ -1,7 +1,18 @@
-//! Reading connections: drain the socket into the worker's shared buffer and
-//! hand the bytes to the connection's protocol.
+//! Reading connections: drain the transport into the worker's shared buffer
+//! and hand the bytes to the connection's protocol.
 
-use super::*;
+use super::Worker;
+use crate::core::conn::Proto;
+use crate::error::ConnError;
+use crate::handler::Handler;
+use crate::message::Message;
+use crate::net::Input;
+use crate::proto::plain::{self, FramingError};
+use crate::proto::ws::WsIo;
+use std::io;
+
+/// Bytes read from one connection per event before others get a turn.
+const READ_BUDGET: usize = 256 * 1024;
 
 impl<H: Handler> Worker<H> {
     /// Reads connection `key` until the socket is drained, its budget is
@@ -15,31 +26,45 @@ impl<H: Handler> Worker<H> {
     /// (resumed, out of budget) and events with a FIN read until EAGAIN or
     /// end of stream, since nothing else would bring the rest.
     pub(super) fn read_conn(&mut self, key: usize, until_eagain: bool) {
-        if self.tls.is_some() {
-            return self.read_tls_conn(key);
-        }
         let mut budget = READ_BUDGET;
         loop {
-            let Some(c) = self.ctx.conns.get_mut(key) else {
+            let Some(c) = self.core.conns.get_mut(key) else {
                 return;
             };
-            if c.paused {
+            if c.marks.paused || c.life.is_connecting() {
                 return;
             }
-            let n = match c.sock.read(&mut self.scratch) {
-                Ok(0) => return self.peer_gone(key, None),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.peer_gone(key, Some(ConnError::Io(e))),
+            let Some(io) = c.io.as_mut() else {
+                return;
             };
-            c.last_read = self.ctx.now;
-            c.pinged = false;
-            self.feed(key, n);
-            if n < SCRATCH && !until_eagain {
-                return;
+            let was_handshaking = io.handshaking();
+            let got = io.read(&mut self.scratch);
+            let ready = was_handshaking && !io.handshaking();
+            if io.wants_write() {
+                self.core.mark_dirty(key);
             }
-            budget = budget.saturating_sub(n);
+            match got {
+                Ok(Input::Data { n, drained }) => {
+                    self.touch(key);
+                    self.feed(key, n);
+                    if drained && !until_eagain {
+                        return;
+                    }
+                    budget = budget.saturating_sub(n);
+                }
+                Ok(Input::Progress(n)) => {
+                    self.touch(key);
+                    // Ciphertext counts too: handshake and alert records
+                    // bring no plaintext.
+                    budget = budget.saturating_sub(n);
+                    if ready {
+                        self.transport_ready(key);
+                    }
+                }
+                Ok(Input::Blocked) => return,
+                Ok(Input::Eof) => return self.core.drop_socket(key, None),
+                Err(e) => return self.core.drop_socket(key, Some(e)),
+            }
             if budget == 0 {
                 self.defer_read(key);
                 return;
@@ -47,193 +72,107 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    /// [`Self::read_conn`] through TLS: decrypted bytes go to the protocol,
-    /// then more ciphertext is read, until the socket is drained, the budget
-    /// is spent or the connection is paused. Handshake answers and alerts the
-    /// session wants to send make the connection dirty.
-    fn read_tls_conn(&mut self, key: usize) {
-        let mut budget = READ_BUDGET;
-        let mut eof = false;
-        loop {
-            // What the session decrypted already.
-            loop {
-                let Some(c) = self.ctx.conns.get_mut(key) else {
-                    return;
-                };
-                let Some(tls) = c.tls.as_deref_mut() else {
-                    return;
-                };
-                if c.paused {
-                    return;
-                }
-                match tls.reader().read(&mut self.scratch) {
-                    // close_notify, or the TCP stream ended without one.
-                    Ok(0) => return self.peer_gone(key, None),
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        return self.peer_gone(key, None)
-                    }
-                    Ok(n) => {
-                        budget = budget.saturating_sub(n);
-                        self.feed(key, n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return self.peer_gone(key, Some(ConnError::Io(e))),
-                }
+    fn touch(&mut self, key: usize) {
+        let c = &mut self.core.conns[key];
+        c.last_read = self.core.now;
+        c.marks.pinged = false;
+    }
+
+    /// A TLS handshake just finished: an accepted plain-protocol connection
+    /// opens; an outbound one starts its protocol (and may open).
+    fn transport_ready(&mut self, key: usize) {
+        let c = &self.core.conns[key];
+        if c.outbound() {
+            if let Some(id) = self.core.start_protocol(key) {
+                self.opened(key, id);
             }
-            if eof {
-                return self.peer_gone(key, None);
-            }
-            if budget == 0 {
-                self.defer_read(key);
-                return;
-            }
-            let Some(c) = self.ctx.conns.get_mut(key) else {
-                return;
-            };
-            let Some(tls) = c.tls.as_deref_mut() else {
-                return;
-            };
-            match tls.read_tls(&mut c.sock) {
-                Ok(0) => eof = true,
-                // Ciphertext counts too: handshake and alert records bring
-                // no plaintext.
-                Ok(n) => budget = budget.saturating_sub(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.peer_gone(key, Some(ConnError::Io(e))),
-            }
-            c.last_read = self.ctx.now;
-            c.pinged = false;
-            if let Err(e) = tls.process_new_packets() {
-                // The session queued an alert saying why; send it if we can.
-                let _ = crate::tls::TlsSend {
-                    tls,
-                    sock: &mut c.sock,
-                }
-                .drain();
-                return self.peer_gone(key, Some(ConnError::Protocol(format!("TLS: {e}"))));
-            }
-            let wants_write = tls.wants_write();
-            // A plain protocol's connection opens when its handshake is done.
-            let open_now = !tls.is_handshaking()
-                && !c.open
-                && !c.closing
-                && matches!(c.state, State::Plain(_));
-            if open_now {
-                c.deadline = None;
-            }
-            if wants_write {
-                self.ctx.mark_dirty(key);
-            }
-            if open_now {
-                self.open_plain(key);
-            }
+        } else if matches!(c.proto, Proto::Plain(_)) {
+            self.open_now(key);
         }
     }
 
     /// Reads `key` again next turn (its budget ran out, or it was resumed),
     /// once however often that happens within a turn.
     pub(super) fn defer_read(&mut self, key: usize) {
-        if let Some(c) = self.ctx.conns.get_mut(key) {
-            if !c.read_pending {
-                c.read_pending = true;
+        if let Some(c) = self.core.conns.get_mut(key) {
+            if !c.marks.read_pending {
+                c.marks.read_pending = true;
                 self.pending_reads.push_back(key);
             }
         }
     }
 
-    /// The peer closed its end or the socket failed: nothing more can be
-    /// exchanged, so the connection goes now.
-    pub(super) fn peer_gone(&mut self, key: usize, error: Option<ConnError>) {
-        if self.ctx.conns.contains(key) {
-            self.ctx.forget(key, error);
-            self.remove(key);
-        }
-    }
-
-    /// Drops connection `key`. Closing the socket is enough: the kernel takes
-    /// a descriptor out of every epoll set when its last reference closes,
-    /// and nothing else holds a client socket (workers never fork or dup),
-    /// so an explicit `EPOLL_CTL_DEL` would be one more syscall per
-    /// connection for nothing.
-    pub(super) fn remove(&mut self, key: usize) {
-        if let Some(mut c) = self.ctx.conns.try_remove(key) {
-            if let Some(tls) = c.tls.as_deref_mut() {
-                // Best effort: tell the peer the stream ends here, not cut.
-                tls.send_close_notify();
-                let _ = crate::tls::TlsSend {
-                    tls,
-                    sock: &mut c.sock,
-                }
-                .drain();
-            }
-        }
-    }
-
     /// Hands `scratch[..n]`, just read from connection `key`, to its protocol.
-    pub(super) fn feed(&mut self, key: usize, n: usize) {
-        let c = &mut self.ctx.conns[key];
-        match &mut c.state {
-            State::Head(buf) => {
+    fn feed(&mut self, key: usize, n: usize) {
+        let c = &mut self.core.conns[key];
+        match &mut c.proto {
+            Proto::Head(buf) => {
                 buf.extend_from_slice(&self.scratch[..n]);
                 self.try_head(key);
             }
-            State::Ws(_) => self.feed_ws(key, n),
-            State::Plain(buf) => {
+            Proto::Upgrading(hs) => {
+                hs.1.extend_from_slice(&self.scratch[..n]);
+                self.try_answer(key);
+            }
+            Proto::Ws(_) => self.feed_ws(key, n),
+            Proto::Plain(buf) => {
                 buf.extend_from_slice(&self.scratch[..n]);
                 self.feed_plain(key);
             }
-            State::Done => {}
+            Proto::Responding { .. } | Proto::Done => {}
         }
     }
 
-    pub(super) fn feed_plain(&mut self, key: usize) {
-        let protocol = self.ctx.cfg.protocol;
-        let max = self.ctx.cfg.max_frame_bytes;
+    fn feed_plain(&mut self, key: usize) {
+        let max = self.core.cfg.max_frame_bytes;
         loop {
-            let Some(c) = self.ctx.conns.get_mut(key) else {
+            let Some(c) = self.core.conns.get_mut(key) else {
                 return;
             };
-            if !c.open {
+            if !c.life.is_open() {
                 return;
             }
-            let State::Plain(buf) = &mut c.state else {
+            let protocol = c.wire.protocol;
+            let Proto::Plain(buf) = &mut c.proto else {
                 return;
             };
-            match codec::decode_plain(protocol, buf, max) {
+            match plain::decode(protocol, buf, max) {
                 Ok(Some(msg)) => self.deliver(key, msg),
                 Ok(None) => return,
                 Err(e) => {
                     let err = match e {
-                        codec::FramingError::TooBig(size) => ConnError::TooBig { size, limit: max },
-                        codec::FramingError::BadLength(l) => {
+                        FramingError::TooBig(size) => ConnError::TooBig { size, limit: max },
+                        FramingError::BadLength(l) => {
                             ConnError::Protocol(format!("frame length {l} is below 4"))
                         }
                     };
-                    return self.ctx.begin_close(key, 1002, "", Some(err));
+                    return self.core.begin_close(key, 1002, "", Some(err));
                 }
             }
         }
     }
 
     /// Calls `on_message` for an open connection.
-    pub(super) fn deliver(&mut self, key: usize, msg: Message) {
-        let c = &self.ctx.conns[key];
-        if !c.open || c.closing {
+    fn deliver(&mut self, key: usize, msg: Message) {
+        let c = &self.core.conns[key];
+        if !c.life.is_open() {
             return;
         }
-        let id = self.ctx.id_of(key, c);
-        self.ctx.stats.messages_in += 1;
+        let id = self.core.id_of(key, c);
+        self.core.stats.messages_in += 1;
         self.guard(Some(id), |h, ctx| h.on_message(ctx, id, msg));
     }
 
+    /// Hands `scratch[..n]` to a WebSocket, either side, until it needs
+    /// more. With `n` = 0 it parses what it holds already (bytes that came
+    /// with the handshake).
     pub(super) fn feed_ws(&mut self, key: usize, n: usize) {
         let mut pos = 0;
         loop {
-            let Some(c) = self.ctx.conns.get_mut(key) else {
+            let Some(c) = self.core.conns.get_mut(key) else {
                 return;
             };
-            let State::Ws(ws) = &mut c.state else {
+            let Proto::Ws(ws) = &mut c.proto else {
                 return;
             };
             let mut io = WsIo {
@@ -242,38 +181,20 @@ impl<H: Handler> Worker<H> {
             };
             let r = ws.read(&mut io);
             pos = n - io.input.len();
-            let queued = !c.out.is_empty();
-            if queued {
-                self.ctx.mark_dirty(key);
+            if !c.out.is_empty() {
+                self.core.mark_dirty(key);
             }
             use tungstenite::Error as E;
             match r {
                 Ok(tungstenite::Message::Text(t)) => self.deliver(key, Message::Text(t)),
                 Ok(tungstenite::Message::Binary(b)) => self.deliver(key, Message::Binary(b)),
-                Ok(tungstenite::Message::Close(_)) => {
-                    // The peer closed (or answered our close); tungstenite
-                    // queued the reply. Flush it into our queue.
-                    let c = &mut self.ctx.conns[key];
-                    if let State::Ws(ws) = &mut c.state {
-                        let _ = ws.flush(&mut WsIo {
-                            input: &[],
-                            out: &mut c.out,
-                        });
-                    }
-                    c.closing = true;
-                    c.deadline.get_or_insert(self.ctx.now + CLOSE_GRACE);
-                    self.ctx.forget(key, None);
-                    self.ctx.mark_dirty(key);
-                }
+                // The peer closed, or answered our close; tungstenite
+                // queued the reply, which closing writes out.
+                Ok(tungstenite::Message::Close(_)) => self.core.begin_close(key, 1000, "", None),
                 Ok(_) => {}
                 Err(E::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(E::ConnectionClosed | E::AlreadyClosed) => {
-                    let c = &mut self.ctx.conns[key];
-                    c.state = State::Done;
-                    c.closing = true;
-                    self.ctx.forget(key, None);
-                    self.ctx.mark_dirty(key);
-                    return;
+                    return self.core.abort(key, 1000, None)
                 }
                 Err(e) => return self.ws_failed(key, e),
             }
@@ -282,10 +203,10 @@ impl<H: Handler> Worker<H> {
 
     /// A WebSocket protocol failure: close with the code RFC 6455 asks for and
     /// read nothing more from this peer.
-    pub(super) fn ws_failed(&mut self, key: usize, e: tungstenite::Error) {
+    fn ws_failed(&mut self, key: usize, e: tungstenite::Error) {
         use tungstenite::error::CapacityError;
         use tungstenite::Error as E;
-        let limit = self.ctx.cfg.max_message_bytes;
+        let limit = self.core.cfg.max_message_bytes;
         let (code, err) = match e {
             E::Capacity(CapacityError::MessageTooLong { size, max_size }) => (
                 1009,
@@ -302,11 +223,9 @@ impl<H: Handler> Worker<H> {
             E::Protocol(p) => (1002, ConnError::Protocol(p.to_string())),
             other => (1002, ConnError::Protocol(other.to_string())),
         };
-        log::debug!("websocket {}: {err}", self.ctx.conns[key].peer);
-        self.ctx.begin_close(key, code, "", Some(err));
+        log::debug!("websocket {}: {err}", self.core.conns[key].peer);
         // Whatever else the peer sends is not parsed any more; the socket goes
         // when the close frame is written.
-        let c = &mut self.ctx.conns[key];
-        c.state = State::Done;
+        self.core.abort(key, code, Some(err));
     }
 }

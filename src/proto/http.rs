@@ -7,6 +7,7 @@
 //! (`413` past it); chunked request bodies get `411`. Every response closes the
 //! connection (`Connection: close`).
 
+use crate::id::ConnId;
 use bytes::Bytes;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -29,6 +30,9 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The connection it came on: keep it to answer later with
+    /// [`crate::Ctx::respond`] (see [`Response::later`]).
+    pub conn: ConnId,
     /// The request body (empty without `Content-Length`).
     pub body: Bytes,
 }
@@ -72,15 +76,35 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Bytes,
+    /// Made by [`Response::later`]: the answer comes from `Ctx::respond`.
+    later: bool,
 }
 
 impl Response {
+    /// Returned by [`crate::Handler::on_http_request`]: the handler answers
+    /// later with [`crate::Ctx::respond`] and the request's
+    /// [`Request::conn`], from any later callback of the same worker (after a
+    /// blocking job, say). The connection waits, reading nothing more, for
+    /// at most `handshake_timeout_ms`; then it is answered 504.
+    pub fn later() -> Self {
+        Response {
+            later: true,
+            ..Response::status(504)
+        }
+    }
+
+    /// Whether this is [`Response::later`].
+    pub fn is_later(&self) -> bool {
+        self.later
+    }
+
     /// A response with this status and body and no extra headers.
     pub fn new(status: u16, body: impl Into<Bytes>) -> Self {
         Response {
             status,
             headers: Vec::new(),
             body: body.into(),
+            later: false,
         }
     }
 
@@ -179,7 +203,7 @@ pub(crate) enum Head {
 }
 
 /// Parses a request head from the start of `buf`.
-pub(crate) fn parse_head(buf: &[u8], peer: SocketAddr, max_body: usize) -> Head {
+pub(crate) fn parse_head(buf: &[u8], peer: SocketAddr, conn: ConnId, max_body: usize) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -200,6 +224,7 @@ pub(crate) fn parse_head(buf: &[u8], peer: SocketAddr, max_body: usize) -> Head 
         query: query.to_string(),
         headers: Vec::with_capacity(req.headers.len()),
         peer,
+        conn,
         body: Bytes::new(),
     };
     for h in req.headers.iter() {
@@ -239,7 +264,7 @@ mod tests {
     #[test]
     fn parses_a_complete_head_with_query() {
         let buf = b"GET /ws?room=a&x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n";
-        match parse_head(buf, peer(), 0) {
+        match parse_head(buf, peer(), ConnId::new(0, 0, 0), 0) {
             Head::Complete {
                 request, head_len, ..
             } => {
@@ -255,25 +280,35 @@ mod tests {
     #[test]
     fn partial_until_the_cap_then_431() {
         let mut buf = b"GET / HTTP/1.1\r\nX: ".to_vec();
-        assert!(matches!(parse_head(&buf, peer(), 0), Head::Partial));
+        assert!(matches!(
+            parse_head(&buf, peer(), ConnId::new(0, 0, 0), 0),
+            Head::Partial
+        ));
         buf.resize(MAX_HEAD_BYTES, b'a');
-        assert!(matches!(parse_head(&buf, peer(), 0), Head::Reject(431)));
+        assert!(matches!(
+            parse_head(&buf, peer(), ConnId::new(0, 0, 0), 0),
+            Head::Reject(431)
+        ));
     }
 
     #[test]
     fn garbage_is_400_and_big_bodies_413() {
         assert!(matches!(
-            parse_head(b"\x01\x02 nope\r\n\r\n", peer(), 0),
+            parse_head(b"\x01\x02 nope\r\n\r\n", peer(), ConnId::new(0, 0, 0), 0),
             Head::Reject(400)
         ));
         let big = b"POST / HTTP/1.1\r\nContent-Length: 99\r\n\r\n";
-        assert!(matches!(parse_head(big, peer(), 10), Head::Reject(413)));
+        assert!(matches!(
+            parse_head(big, peer(), ConnId::new(0, 0, 0), 10),
+            Head::Reject(413)
+        ));
     }
 
     #[test]
     fn connection_header_tokens_match_case_insensitively() {
         let buf = b"GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\n\r\n";
-        let Head::Complete { request, .. } = parse_head(buf, peer(), 0) else {
+        let Head::Complete { request, .. } = parse_head(buf, peer(), ConnId::new(0, 0, 0), 0)
+        else {
             panic!()
         };
         assert!(request.header_has_token("connection", "upgrade"));

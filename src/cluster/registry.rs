@@ -9,7 +9,7 @@
 //! the target worker's own connections: a delivery names a uid or group, and the
 //! owning worker resolves it against its own, authoritative entries.
 
-use crate::ConnId;
+use crate::id::ConnId;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 

@@ -6,7 +6,7 @@
 //! already encoded for the listener's protocol (a whole WebSocket frame, say),
 //! so the receiving worker queues them as they are, shared among recipients.
 
-use crate::ConnId;
+use crate::id::ConnId;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Largest record accepted from a peer; a larger length means a corrupt link.

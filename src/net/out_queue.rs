@@ -1,18 +1,16 @@
-//! One client connection: its socket, protocol state and queued output.
+//! Output waiting for a socket: whole encoded frames, shared with the other
+//! recipients of a broadcast, written with one `sendmsg(2)` per loop turn.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use mio::net::TcpStream;
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
-use std::net::SocketAddr;
-use std::time::Instant;
-use tungstenite::protocol::WebSocketContext;
+use std::io::{self, IoSlice};
 
 /// Most buffers handed to one `writev`.
 const MAX_IOV: usize = 64;
 
 /// Output waiting for the socket: whole encoded frames, shared with other
-/// recipients of the same broadcast. Written with one `writev` per loop turn.
+/// recipients of the same broadcast. Written with one `sendmsg` per loop turn.
 #[derive(Default)]
 pub(crate) struct OutQueue {
     bufs: VecDeque<Bytes>,
@@ -25,6 +23,12 @@ impl OutQueue {
             self.bytes += b.len();
             self.bufs.push_back(b);
         }
+    }
+
+    /// Moves everything queued in `other` behind this queue's frames.
+    pub(crate) fn append(&mut self, other: &mut OutQueue) {
+        self.bytes += std::mem::take(&mut other.bytes);
+        self.bufs.append(&mut other.bufs);
     }
 
     /// Bytes queued.
@@ -115,127 +119,10 @@ impl SendVectored for TcpStream {
     }
 }
 
-/// The stream tungstenite sees: reads come from the bytes the worker already
-/// read from the socket, writes (pongs, close frames) go to the queue, in order
-/// with the frames the worker queued itself.
-pub(crate) struct WsIo<'a> {
-    pub(crate) input: &'a [u8],
-    pub(crate) out: &'a mut OutQueue,
-}
-
-impl Read for WsIo<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.input.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = buf.len().min(self.input.len());
-        buf[..n].copy_from_slice(&self.input[..n]);
-        self.input = &self.input[n..];
-        Ok(n)
-    }
-}
-
-impl Write for WsIo<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.push(Bytes::copy_from_slice(buf));
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Where a connection is in its life.
-pub(crate) enum State {
-    /// Reading an HTTP request head (and body) on a `websocket://` listener.
-    Head(BytesMut),
-    /// An open WebSocket.
-    Ws(Box<WebSocketContext>),
-    /// An open `text://`, `frame://` or `tcp://` connection, with its partial input.
-    Plain(BytesMut),
-    /// Nothing more is read: an HTTP response or a close is being written.
-    Done,
-}
-
-/// One connection in the worker's slab.
-pub(crate) struct Conn {
-    pub(crate) sock: TcpStream,
-    /// With the slot and key, the [`crate::ConnId`].
-    pub(crate) serial: u64,
-    pub(crate) peer: SocketAddr,
-    pub(crate) state: State,
-    pub(crate) out: OutQueue,
-    /// Visible to the handler: `on_connect` was called and `on_close` not yet.
-    pub(crate) open: bool,
-    /// We are closing: drop the socket once the output is written (and, for a
-    /// WebSocket, the peer answered our close) or `deadline` passes.
-    pub(crate) closing: bool,
-    /// In the worker's list of connections to flush this turn.
-    pub(crate) dirty: bool,
-    /// `on_buffer_full` fired; `on_buffer_drain` is due when the queue empties.
-    pub(crate) full: bool,
-    /// Handshake or close deadline.
-    pub(crate) deadline: Option<Instant>,
-    /// Last time the peer sent anything (idle timeout, pings).
-    pub(crate) last_read: Instant,
-    /// A ping went out since the peer last sent anything.
-    pub(crate) pinged: bool,
-    /// The handler paused reading ([`crate::Ctx::pause_reading`]).
-    pub(crate) paused: bool,
-    /// In the worker's list of connections to read again next turn.
-    pub(crate) read_pending: bool,
-    /// The TLS session, on a TLS listener.
-    pub(crate) tls: Option<Box<rustls::ServerConnection>>,
-}
-
-impl Conn {
-    pub(crate) fn new(
-        sock: TcpStream,
-        peer: SocketAddr,
-        serial: u64,
-        state: State,
-        now: Instant,
-    ) -> Self {
-        Conn {
-            sock,
-            serial,
-            peer,
-            state,
-            out: OutQueue::default(),
-            open: false,
-            closing: false,
-            dirty: false,
-            full: false,
-            deadline: None,
-            last_read: now,
-            pinged: false,
-            paused: false,
-            read_pending: false,
-            tls: None,
-        }
-    }
-
-    /// Writes queued output (through TLS when on). `Ok(true)`: all of it
-    /// reached the socket.
-    pub(crate) fn flush(&mut self) -> io::Result<bool> {
-        let Some(tls) = self.tls.as_deref_mut() else {
-            return self.out.write_to(&mut self.sock);
-        };
-        let handshaking = tls.is_handshaking();
-        let mut w = crate::tls::TlsSend {
-            tls,
-            sock: &mut self.sock,
-        };
-        // Output queued during the handshake waits in the session until it
-        // is done: not written yet, so a connection closing meanwhile stays.
-        Ok(self.out.write_to(&mut w)? && w.drain()? && !handshaking)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     /// A socket that takes `room` bytes, then blocks, like a full send buffer.
     struct Tight {
@@ -279,23 +166,5 @@ mod tests {
         assert!(q.write_to(&mut sock).unwrap());
         assert_eq!(sock.got, b"hello world");
         assert!(q.is_empty());
-    }
-
-    #[test]
-    fn ws_io_reads_what_it_was_given_then_would_block() {
-        let mut out = OutQueue::default();
-        let mut io = WsIo {
-            input: b"abc",
-            out: &mut out,
-        };
-        let mut buf = [0u8; 2];
-        assert_eq!(io.read(&mut buf).unwrap(), 2);
-        assert_eq!(io.read(&mut buf).unwrap(), 1);
-        assert_eq!(
-            io.read(&mut buf).unwrap_err().kind(),
-            io::ErrorKind::WouldBlock
-        );
-        io.write_all(b"pong").unwrap();
-        assert_eq!(out.len(), 4);
     }
 }

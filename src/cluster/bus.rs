@@ -22,7 +22,7 @@
 //! again with a fresh Hello and snapshot. Deliveries in the dropped queue are
 //! lost for that peer's clients; the registry stays exact.
 
-use crate::bus_wire::{self, Corrupt, Record};
+use super::wire::{self as bus_wire, Corrupt, Record};
 use bytes::BytesMut;
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};

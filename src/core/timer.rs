@@ -1,7 +1,7 @@
 //! Timers of one worker: a binary heap of deadlines; the nearest one is the
 //! event loop's poll timeout. Cancelled timers are forgotten lazily.
 
-use crate::TimerId;
+use crate::id::TimerId;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant};

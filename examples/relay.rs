@@ -1,0 +1,114 @@
+//! Relay: for each client, one outbound connection to `--upstream URL`
+//! (`ws://` or `wss://`); messages go both ways, and closing either side
+//! closes the other. Sends to the upstream before it is up are held.
+//!
+//! ```text
+//! cargo run --release --example echo -- --listen websocket://127.0.0.1:9000 --count 2
+//! cargo run --release --example relay -- --listen websocket://127.0.0.1:8000 --count 2 --upstream ws://127.0.0.1:9000/
+//! ```
+
+use foreman::cli::Args;
+use foreman::{ConnId, ConnectOptions, Ctx, Handler, Message};
+use std::collections::{HashMap, HashSet};
+
+/// One per worker: each client's upstream and back.
+struct Relay {
+    upstream: String,
+    ca_file: Option<String>,
+    /// client -> upstream and upstream -> client.
+    peer: HashMap<ConnId, ConnId>,
+    /// The upstream ends of `peer`.
+    upstreams: HashSet<ConnId>,
+}
+
+impl Handler for Relay {
+    fn on_connect(&mut self, ctx: &mut Ctx, conn: ConnId) {
+        if self.upstreams.contains(&conn) {
+            return; // an upstream came up: what was held goes out now
+        }
+        // Hold what the client says until the upstream is up; one attempt:
+        // a relay without its upstream closes.
+        let mut opts = ConnectOptions::new().hold(1 << 20);
+        if let Some(ca) = &self.ca_file {
+            opts = opts.ca_file(ca);
+        }
+        match ctx.connect(&self.upstream, opts) {
+            Ok(up) => {
+                self.peer.insert(conn, up);
+                self.peer.insert(up, conn);
+                self.upstreams.insert(up);
+            }
+            Err(e) => {
+                log::error!("relay: {e}");
+                ctx.close_with(conn, 1011, "no upstream");
+            }
+        }
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx, conn: ConnId, msg: Message) {
+        if let Some(&other) = self.peer.get(&conn) {
+            ctx.send(other, msg);
+        }
+    }
+
+    fn on_error(&mut self, ctx: &mut Ctx, conn: ConnId, error: &foreman::ConnError) {
+        // An upstream that could not be reached (no `on_close` follows a
+        // failed attempt) ends its client.
+        if self.upstreams.contains(&conn) && !ctx.conn_info(conn).is_some_and(|i| i.open) {
+            log::warn!("relay: upstream {conn}: {error}");
+            self.unpair(ctx, conn);
+        }
+    }
+
+    fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId) {
+        self.unpair(ctx, conn);
+    }
+}
+
+impl Relay {
+    /// Forgets a pair and closes its other end.
+    fn unpair(&mut self, ctx: &mut Ctx, conn: ConnId) {
+        if let Some(other) = self.peer.remove(&conn) {
+            self.peer.remove(&other);
+            self.upstreams.remove(&conn);
+            self.upstreams.remove(&other);
+            ctx.close_with(other, 1001, "the other side closed");
+        }
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("relay: {e}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> foreman::Result<()> {
+    let args = Args::from_env()?;
+    let (mut upstream, mut ca_file) = (None, None);
+    let mut rest = args.rest.iter();
+    while let Some(a) = rest.next() {
+        let slot = match a.as_str() {
+            "--upstream" => &mut upstream,
+            "--ca-file" => &mut ca_file,
+            other => return Err(usage(&format!("unknown argument {other:?}"))),
+        };
+        *slot = Some(
+            rest.next()
+                .ok_or_else(|| usage("a value is missing"))?
+                .clone(),
+        );
+    }
+    let upstream = upstream.ok_or_else(|| usage("--upstream ws://HOST:PORT/ is required"))?;
+    foreman::Server::with_args(&args)?.run(move |_| Relay {
+        upstream: upstream.clone(),
+        ca_file: ca_file.clone(),
+        peer: HashMap::new(),
+        upstreams: HashSet::new(),
+    })
+}
+
+fn usage(m: &str) -> foreman::Error {
+    foreman::Error::Usage(m.to_string())
+}

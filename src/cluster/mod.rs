@@ -1,0 +1,7 @@
+//! Between workers: the bus (a mesh of Unix sockets, one link per ordered
+//! pair of workers), its wire format, and the replicated online-user
+//! registry it keeps in step.
+
+pub(crate) mod bus;
+pub(crate) mod registry;
+pub(crate) mod wire;

@@ -1,0 +1,223 @@
+//! Sends: a message is encoded once, then queued under the output cap for
+//! each local recipient and carried across the bus once per other worker,
+//! which resolves the target against its own connections.
+
+use super::{Core, Deferred};
+use crate::cluster::wire::{Record, Target};
+use crate::config::OverflowPolicy;
+use crate::error::ConnError;
+use crate::id::ConnId;
+use crate::proto::codec::{self, Wire};
+use bytes::Bytes;
+use std::collections::HashSet;
+
+impl Core {
+    /// Sends `frame`, encoded for `wire`, to one connection on any worker.
+    /// False when it is not online (as far as this worker knows), or is an
+    /// outbound connection that is down and does not hold sends.
+    pub(crate) fn send_frame(&mut self, conn: ConnId, frame: Bytes, wire: Wire) -> bool {
+        if conn.worker != self.slot {
+            if !self.registry.contains(conn) {
+                return false;
+            }
+            let Some(payload) = codec::reframe(wire, frame, self.wire) else {
+                return false;
+            };
+            self.bus.send(
+                conn.worker,
+                &Record::Deliver {
+                    target: Target::Conn(conn),
+                    payload,
+                },
+            );
+            return true;
+        }
+        let Some(key) = self.key_of(conn) else {
+            return false;
+        };
+        let c = &mut self.conns[key];
+        if c.life.is_open() {
+            return self.queue_from(key, frame, wire);
+        }
+        let to = c.wire;
+        match c.dial.as_mut() {
+            Some(dial) if !c.life.is_closing() => {
+                let Some(frame) = codec::reframe(wire, frame, to) else {
+                    return false;
+                };
+                let kept = dial.hold(frame);
+                if !kept && dial.holds() {
+                    self.stats.dropped_sends += 1;
+                }
+                kept
+            }
+            _ => false,
+        }
+    }
+
+    /// Queues `frame`, encoded for `wire`, re-encoded if the connection's
+    /// own wire differs (an outbound connection of another protocol).
+    fn queue_from(&mut self, key: usize, frame: Bytes, wire: Wire) -> bool {
+        match codec::reframe(wire, frame, self.conns[key].wire) {
+            Some(frame) => self.queue(key, frame),
+            None => false,
+        }
+    }
+
+    /// Queues an encoded frame for a local connection, under the output cap.
+    pub(crate) fn queue(&mut self, key: usize, frame: Bytes) -> bool {
+        let cap = self.cfg.max_output_bytes;
+        let c = &mut self.conns[key];
+        if c.out.len() >= cap {
+            let queued = c.out.len();
+            match self.cfg.output_overflow {
+                OverflowPolicy::Drop => self.stats.dropped_sends += 1,
+                OverflowPolicy::Close => self.begin_close(
+                    key,
+                    1008,
+                    "output buffer overflow",
+                    Some(ConnError::Overflow { queued, limit: cap }),
+                ),
+            }
+            return false;
+        }
+        c.out.push(frame);
+        if !c.marks.full && c.out.len() >= cap {
+            c.marks.full = true;
+            let id = self.id_of(key, &self.conns[key]);
+            self.deferred.push_back(Deferred::BufferFull(id));
+        }
+        self.mark_dirty(key);
+        true
+    }
+
+    /// Closes a connection on any worker.
+    pub(crate) fn close_conn(&mut self, conn: ConnId, code: u16, reason: &str) {
+        if conn.worker != self.slot {
+            if self.registry.contains(conn) {
+                self.bus.send(
+                    conn.worker,
+                    &Record::CloseConn {
+                        id: conn,
+                        code,
+                        reason: reason.to_string(),
+                    },
+                );
+            }
+            return;
+        }
+        let Some(key) = self.key_of(conn) else {
+            return;
+        };
+        // An accepted connection is the handler's from `on_connect` on; an
+        // outbound one from `connect`, whatever its phase.
+        if self.conns[key].outbound() {
+            self.give_up(key);
+            self.begin_close(key, code, reason, None);
+        } else if self.conns[key].life.is_open() {
+            self.begin_close(key, code, reason, None);
+        }
+    }
+
+    /// Delivers `frame` (encoded for the listener) to every listed
+    /// connection of the server but `exclude`.
+    pub(crate) fn send_all(&mut self, frame: Bytes, exclude: &[ConnId]) {
+        self.route(
+            Target::All {
+                exclude: exclude.to_vec(),
+            },
+            frame,
+        );
+    }
+
+    /// Delivers `frame` to `target` on every worker: each resolves the target
+    /// against its own connections, which it knows exactly. Asking every
+    /// worker (one record each, however many recipients) rather than only
+    /// those this replica thinks are concerned means a registry change this
+    /// worker asked for just before (say a `bind_uid` on another worker's
+    /// connection) is always seen by the send that follows it.
+    pub(crate) fn route(&mut self, target: Target, frame: Bytes) {
+        let rec = Record::Deliver {
+            target,
+            payload: frame,
+        };
+        self.bus.broadcast(&rec);
+        if let Record::Deliver { target, payload } = rec {
+            self.deliver_local(&target, payload);
+        }
+    }
+
+    /// Queues `frame` (encoded for the listener) for the local connections
+    /// `target` names.
+    pub(crate) fn deliver_local(&mut self, target: &Target, frame: Bytes) {
+        // Reuse one key buffer: a broadcast to thousands of local connections
+        // allocates nothing per message.
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.clear();
+        match target {
+            Target::Conn(id) => keys.extend(self.local_key(*id)),
+            Target::All { exclude } if exclude.is_empty() => keys.extend(
+                self.conns
+                    .iter()
+                    .filter(|(_, c)| c.marks.listed)
+                    .map(|(k, _)| k),
+            ),
+            Target::All { exclude } => {
+                let skip = Excluded::new(exclude);
+                keys.extend(
+                    self.conns
+                        .iter()
+                        .filter(|(k, c)| c.marks.listed && !skip.has(self.id_of(*k, c)))
+                        .map(|(k, _)| k),
+                )
+            }
+            Target::Uids(uids) => {
+                let mut seen = HashSet::new();
+                keys.extend(
+                    uids.iter()
+                        .flat_map(|u| self.registry.conns_of_uid(u))
+                        .filter(|c| c.worker == self.slot && seen.insert(**c))
+                        .filter_map(|c| self.local_key(*c)),
+                )
+            }
+            Target::Group { group, exclude } => {
+                let skip = Excluded::new(exclude);
+                keys.extend(
+                    self.registry
+                        .group_members(group)
+                        .filter(|c| c.worker == self.slot && !skip.has(*c))
+                        .filter_map(|c| self.local_key(c)),
+                )
+            }
+        }
+        let wire = self.wire;
+        for &key in &keys {
+            if self.conns[key].wire == wire {
+                self.queue(key, frame.clone());
+            } else {
+                self.queue_from(key, frame.clone(), wire);
+            }
+        }
+        self.keys = keys;
+    }
+}
+
+/// An exclude list, as a set when it is long enough for that to pay.
+struct Excluded<'a> {
+    list: &'a [ConnId],
+    set: Option<HashSet<ConnId>>,
+}
+
+impl<'a> Excluded<'a> {
+    fn new(list: &'a [ConnId]) -> Self {
+        let set = (list.len() > 8).then(|| list.iter().copied().collect());
+        Excluded { list, set }
+    }
+
+    fn has(&self, id: ConnId) -> bool {
+        match &self.set {
+            Some(s) => s.contains(&id),
+            None => self.list.contains(&id),
+        }
+    }
+}

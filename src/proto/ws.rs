@@ -1,0 +1,245 @@
+//! WebSocket pieces around tungstenite: the stream it reads from and writes
+//! to ([`WsIo`]), its per-connection settings, and the client side of the
+//! opening handshake (we write the request and check the 101 ourselves, then
+//! tungstenite takes the stream, as on the server side).
+
+use crate::net::OutQueue;
+use bytes::Bytes;
+use std::io::{self, Read, Write};
+use tungstenite::protocol::WebSocketConfig;
+
+/// tungstenite's per-connection read chunk. It is allocated for every
+/// connection, so it is small: idle connections cost little, and the socket
+/// reads themselves go through the worker's one shared buffer. Frames longer
+/// than this are copied into tungstenite in chunks of this size.
+const READ_CHUNK: usize = 128;
+
+/// tungstenite's settings for every WebSocket of a worker.
+pub(crate) fn config(max_frame: usize, max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_CHUNK)
+        .write_buffer_size(0)
+        .max_frame_size(Some(max_frame))
+        .max_message_size(Some(max_message))
+}
+
+/// The stream tungstenite sees: reads come from the bytes the worker already
+/// read from the socket, writes (pongs, close frames) go to the queue, in order
+/// with the frames the worker queued itself.
+pub(crate) struct WsIo<'a> {
+    pub(crate) input: &'a [u8],
+    pub(crate) out: &'a mut OutQueue,
+}
+
+impl Read for WsIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.input.len());
+        buf[..n].copy_from_slice(&self.input[..n]);
+        self.input = &self.input[n..];
+        Ok(n)
+    }
+}
+
+impl Write for WsIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.push(Bytes::copy_from_slice(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Most bytes of a server's handshake answer we read before giving up.
+pub(crate) const MAX_ANSWER_BYTES: usize = 16 * 1024;
+
+/// The client's opening handshake: what it asked, to check the answer.
+#[derive(Debug)]
+pub(crate) struct ClientHandshake {
+    /// `Sec-WebSocket-Key` as sent.
+    key: String,
+    /// Subprotocols offered, in order of preference.
+    protocols: Vec<String>,
+}
+
+/// What the server answered.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// The head is not complete yet.
+    Partial,
+    /// 101 with the right accept key; the WebSocket starts after `head_len`
+    /// bytes. `protocol`: the subprotocol the server chose.
+    Accepted {
+        head_len: usize,
+        protocol: Option<String>,
+    },
+    /// Anything else; the text says what.
+    Refused(String),
+}
+
+impl ClientHandshake {
+    /// A fresh key, and the request head to send for `path` on `host`.
+    pub(crate) fn start(
+        host: &str,
+        path: &str,
+        protocols: &[String],
+        headers: &[(String, String)],
+    ) -> (ClientHandshake, Bytes) {
+        let key = tungstenite::handshake::client::generate_key();
+        let mut head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        );
+        if !protocols.is_empty() {
+            head.push_str(&format!(
+                "Sec-WebSocket-Protocol: {}\r\n",
+                protocols.join(", ")
+            ));
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let hs = ClientHandshake {
+            key,
+            protocols: protocols.to_vec(),
+        };
+        (hs, Bytes::from(head))
+    }
+
+    /// Checks the server's answer in `buf` (RFC 6455 4.1): status 101,
+    /// `Upgrade: websocket`, `Connection: Upgrade`, the accept key derived
+    /// from ours, and a subprotocol among those offered (one must be chosen
+    /// when any was offered, as browsers require).
+    pub(crate) fn check(&self, buf: &[u8]) -> Answer {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut res = httparse::Response::new(&mut headers);
+        let head_len = match res.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_ANSWER_BYTES => {
+                return Answer::Refused("answer head too long".into())
+            }
+            Ok(httparse::Status::Partial) => return Answer::Partial,
+            Err(e) => return Answer::Refused(format!("malformed answer: {e}")),
+        };
+        if res.code != Some(101) {
+            return Answer::Refused(format!(
+                "status {} {}",
+                res.code.unwrap_or(0),
+                res.reason.unwrap_or("")
+            ));
+        }
+        let header = |name: &str| {
+            res.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .and_then(|h| std::str::from_utf8(h.value).ok())
+                .map(str::trim)
+        };
+        let has_token = |name: &str, token: &str| {
+            header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        };
+        if !has_token("Upgrade", "websocket") || !has_token("Connection", "upgrade") {
+            return Answer::Refused("101 without Upgrade: websocket / Connection: Upgrade".into());
+        }
+        let expected = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        if header("Sec-WebSocket-Accept") != Some(expected.as_str()) {
+            return Answer::Refused("wrong Sec-WebSocket-Accept".into());
+        }
+        let protocol = header("Sec-WebSocket-Protocol").map(str::to_string);
+        match &protocol {
+            Some(p) if !self.protocols.iter().any(|o| o == p) => {
+                return Answer::Refused(format!("subprotocol {p:?} was not offered"))
+            }
+            None if !self.protocols.is_empty() => {
+                return Answer::Refused("no subprotocol chosen of those offered".into())
+            }
+            _ => {}
+        }
+        Answer::Accepted { head_len, protocol }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_io_reads_what_it_was_given_then_would_block() {
+        let mut out = OutQueue::default();
+        let mut io = WsIo {
+            input: b"abc",
+            out: &mut out,
+        };
+        let mut buf = [0u8; 2];
+        assert_eq!(io.read(&mut buf).unwrap(), 2);
+        assert_eq!(io.read(&mut buf).unwrap(), 1);
+        assert_eq!(
+            io.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        io.write_all(b"pong").unwrap();
+        assert_eq!(out.len(), 4);
+    }
+
+    fn answer(hs: &ClientHandshake, extra: &str) -> String {
+        let accept = tungstenite::handshake::derive_accept_key(hs.key.as_bytes());
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extra}\r\n"
+        )
+    }
+
+    #[test]
+    fn the_client_checks_the_servers_answer() {
+        let (hs, head) = ClientHandshake::start("h:1", "/ws", &[], &[]);
+        let head = std::str::from_utf8(&head).unwrap();
+        assert!(
+            head.starts_with("GET /ws HTTP/1.1\r\nHost: h:1\r\n"),
+            "{head}"
+        );
+        assert!(head.contains(&format!("Sec-WebSocket-Key: {}\r\n", hs.key)));
+        let ok = answer(&hs, "");
+        assert_eq!(hs.check(&ok.as_bytes()[..20]), Answer::Partial);
+        let mut with_frame = ok.clone().into_bytes();
+        with_frame.extend_from_slice(b"\x81\x00");
+        assert_eq!(
+            hs.check(&with_frame),
+            Answer::Accepted {
+                head_len: ok.len(),
+                protocol: None
+            }
+        );
+        let wrong = ok.replace("Accept: ", "Accept: x");
+        assert!(matches!(hs.check(wrong.as_bytes()), Answer::Refused(_)));
+        let refused = "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            hs.check(refused.as_bytes()),
+            Answer::Refused("status 403 Forbidden".into())
+        );
+    }
+
+    #[test]
+    fn subprotocols_must_be_among_those_offered() {
+        let offered = vec!["chat.v2".to_string(), "chat.v1".to_string()];
+        let (hs, head) = ClientHandshake::start("h", "/", &offered, &[]);
+        assert!(std::str::from_utf8(&head)
+            .unwrap()
+            .contains("Sec-WebSocket-Protocol: chat.v2, chat.v1\r\n"));
+        let ok = answer(&hs, "Sec-WebSocket-Protocol: chat.v1\r\n");
+        assert!(matches!(
+            hs.check(ok.as_bytes()),
+            Answer::Accepted { protocol: Some(p), .. } if p == "chat.v1"
+        ));
+        let other = answer(&hs, "Sec-WebSocket-Protocol: mqtt\r\n");
+        assert!(matches!(hs.check(other.as_bytes()), Answer::Refused(_)));
+        assert!(matches!(
+            hs.check(answer(&hs, "").as_bytes()),
+            Answer::Refused(_)
+        ));
+    }
+}

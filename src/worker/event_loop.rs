@@ -1,0 +1,244 @@
+//! The loop: poll, dispatch each event, then one turn of everything else
+//! (reads owed, timers, blocking results, callbacks owed, deadlines, the
+//! write pass). Every callback runs through [`Worker::guard`], which lends
+//! the core to the handler as a [`Ctx`] and catches panics.
+
+use super::{panic_text, Worker, LISTENER, SIGNALS, SWEEP, WAKER};
+use crate::cluster::bus::{self, BusToken};
+use crate::core::Deferred;
+use crate::ctx::Ctx;
+use crate::error::ConnError;
+use crate::handler::Handler;
+use crate::id::ConnId;
+use mio::Events;
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+impl<H: Handler> Worker<H> {
+    /// Runs until stopped; returns when every connection is closed (and
+    /// the blocking jobs are done) or the stop deadline passed.
+    pub(crate) fn run(mut self) -> io::Result<()> {
+        self.core.link_peers();
+        self.guard(None, |h, ctx| h.on_worker_start(ctx));
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            self.core.now = Instant::now();
+            for event in events.iter() {
+                self.dispatch(event);
+            }
+            self.turn();
+            if let Some(deadline) = self.stop_deadline {
+                let idle = self.core.conns.is_empty()
+                    && self.core.pool.pending() == 0
+                    && !self.handler_busy();
+                if idle || self.core.now >= deadline {
+                    self.core.pool.shutdown(deadline.max(self.core.now));
+                    self.core.bus.flush(&self.core.mio);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        if !self.pending_reads.is_empty()
+            || !self.core.dirty.is_empty()
+            || !self.core.deferred.is_empty()
+            || !self.core.resumed.is_empty()
+        {
+            return Some(Duration::ZERO);
+        }
+        let mut next = self.next_sweep;
+        for t in [
+            self.core.timers.next_due(),
+            self.core.bus.next_retry(),
+            self.accept_resume,
+            self.stop_deadline,
+            self.core.next_redial(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            next = next.min(t);
+        }
+        let now = Instant::now();
+        // Round up to whole milliseconds so a timer is never woken early.
+        Some(next.saturating_duration_since(now) + Duration::from_micros(999))
+    }
+
+    pub(super) fn dispatch(&mut self, event: &mio::event::Event) {
+        match event.token() {
+            LISTENER => self.accept(),
+            WAKER => {
+                self.core.collect_jobs();
+                self.guard(None, |h, ctx| h.on_wake(ctx));
+            }
+            SIGNALS => self.read_signals(),
+            token => match bus::classify(token) {
+                Some(BusToken::Listen) => self.core.bus.accept(&self.core.mio),
+                Some(BusToken::Out(slot)) => {
+                    if event.is_writable() {
+                        self.flush_bus();
+                    }
+                    if (event.is_readable() || event.is_error())
+                        && self.core.bus.outbound_event(slot, &self.core.mio)
+                    {
+                        self.core.link_peers();
+                    }
+                }
+                Some(BusToken::In(key)) => {
+                    let mut items = Vec::new();
+                    self.core
+                        .bus
+                        .read(key, &self.core.mio, |item| items.push(item));
+                    for item in items {
+                        self.core.apply(item);
+                        // A worker message reaches the handler with the
+                        // registry as it was when it was sent, before the
+                        // records after it are applied.
+                        if !self.core.deferred.is_empty() {
+                            self.run_deferred();
+                        }
+                    }
+                }
+                None => self.conn_event(token.0, event),
+            },
+        }
+    }
+
+    fn conn_event(&mut self, key: usize, event: &mio::event::Event) {
+        let Some(c) = self.core.conns.get(key) else {
+            return;
+        };
+        if c.life.is_connecting() {
+            if let Some(id) = self.core.connect_done(key) {
+                self.opened(key, id);
+            }
+            match self.core.conns.get(key) {
+                Some(c) if !c.life.is_connecting() && c.io.is_some() => {}
+                _ => return,
+            }
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.read_conn(key, event.is_read_closed() || event.is_error());
+        }
+        if event.is_writable() {
+            self.core.mark_dirty(key);
+        }
+    }
+
+    /// Everything after the events of one poll: more reads, timers, deferred
+    /// callbacks, deadlines, then one write per dirty connection and bus link
+    /// (a write pass that handles events arriving meanwhile).
+    fn turn(&mut self) {
+        for key in std::mem::take(&mut self.core.resumed) {
+            self.defer_read(key);
+        }
+        for _ in 0..self.pending_reads.len() {
+            if let Some(key) = self.pending_reads.pop_front() {
+                if let Some(c) = self.core.conns.get_mut(key) {
+                    c.marks.read_pending = false;
+                }
+                self.read_conn(key, true);
+            }
+        }
+        while let Some(id) = self.core.timers.pop_due(Instant::now()) {
+            self.guard(None, |h, ctx| h.on_timer(ctx, id));
+        }
+        if self.core.now >= self.next_sweep {
+            self.sweep();
+            self.next_sweep = self.core.now + SWEEP;
+        }
+        if self.accept_resume.is_some_and(|t| t <= self.core.now) {
+            self.accept_resume = None;
+            self.accept();
+        }
+        self.run_deferred();
+        self.core.run_redials();
+        // The bus first: the other workers start their share of a broadcast
+        // while this one writes its own.
+        self.flush_bus();
+        self.flush_conns();
+        self.run_deferred();
+        self.flush_bus();
+        if self.accept_full && self.core.conns.len() < self.max_conns {
+            self.accept_full = false;
+            self.accept();
+        }
+    }
+
+    /// Runs a callback with the core lent as a [`Ctx`], catching a panic.
+    /// With `conn`, a panic closes that connection (1011) and reports it
+    /// through `on_error`.
+    pub(super) fn guard(&mut self, conn: Option<ConnId>, f: impl FnOnce(&mut H, &mut Ctx)) {
+        let handler = &mut self.handler;
+        let core = &mut self.core;
+        let r = catch_unwind(AssertUnwindSafe(|| f(handler, &mut Ctx::new(core))));
+        if let Err(p) = r {
+            let text = panic_text(&p);
+            match conn.and_then(|id| self.core.key_of(id).map(|k| (id, k))) {
+                Some((id, key)) => {
+                    log::error!("handler panicked on {id}: {text}; closing it");
+                    self.core.begin_close(
+                        key,
+                        1011,
+                        "internal error",
+                        Some(ConnError::HandlerPanic(text)),
+                    );
+                }
+                None => log::error!("handler panicked: {text}"),
+            }
+        }
+    }
+
+    /// A connection opened: `on_connect`, then what was held for it while
+    /// it was down; a worker that is stopping closes it at once.
+    pub(super) fn opened(&mut self, key: usize, id: ConnId) {
+        self.guard(Some(id), |h, ctx| h.on_connect(ctx, id));
+        self.core.release_held(key);
+        if self.stop_deadline.is_some() {
+            self.core
+                .begin_close(key, 1001, "server shutting down", None);
+        }
+    }
+
+    fn handler_busy(&mut self) -> bool {
+        let mut busy = false;
+        self.guard(None, |h, ctx| busy = h.busy(ctx));
+        busy
+    }
+
+    pub(super) fn run_deferred(&mut self) {
+        while let Some(d) = self.core.deferred.pop_front() {
+            match d {
+                Deferred::WorkerMessage(from, data) => {
+                    self.guard(None, |h, ctx| h.on_worker_message(ctx, from, data))
+                }
+                Deferred::Closed(id, error) => {
+                    if let Some(e) = error {
+                        self.guard(None, |h, ctx| h.on_error(ctx, id, &e));
+                    }
+                    self.guard(None, |h, ctx| h.on_close(ctx, id));
+                }
+                Deferred::Failed(id, e) => self.guard(None, |h, ctx| h.on_error(ctx, id, &e)),
+                Deferred::BufferFull(id) if self.core.local_key(id).is_some() => {
+                    self.guard(Some(id), |h, ctx| h.on_buffer_full(ctx, id))
+                }
+                Deferred::BufferDrain(id) if self.core.local_key(id).is_some() => {
+                    self.guard(Some(id), |h, ctx| h.on_buffer_drain(ctx, id))
+                }
+                Deferred::JobDone(job, result) => {
+                    self.guard(None, |h, ctx| h.on_job_done(ctx, job, result))
+                }
+                _ => {}
+            }
+        }
+    }
+}
