@@ -13,7 +13,7 @@
 //! | `send` | `conn`, `n`, `prefix`, optional `size` (pad to bytes) | `accepted`: how many of `n` sends of `PREFIX0`, `PREFIX1`, ... returned true |
 //! | `binary` | `conn`, `n` | `accepted`: `n` binary sends of 4-byte big-endian counters |
 //! | `state` | `conn` | `events` (`connect`, `close`, `error: ...` in order), `received`, `in_order` (every message was the next counter of its kind), `last`, `info` (from `Ctx::conn_info`, null when gone) |
-//! | `close` | `conn` | |
+//! | `close` | `conn`, optional `code`, `reason` | |
 //! | `jobs` | `n`, `ms` | `ids`: `n` jobs that each sleep `ms` ms and return their index times two; `busy` = how many were refused |
 //! | `results` | | `done`: results so far as `[index, value]`, `panics` |
 //! | `panic_job` | | a job that panics |
@@ -21,10 +21,15 @@
 //! | `cpu` | | `cpu_ms`: this worker's CPU time so far (user + system) |
 //!
 //! Binary messages from the control client are echoed.
+//!
+//! Plain HTTP: `GET /later?ms=N` is answered after a blocking job of `N` ms
+//! (`Response::later`, then `Ctx::respond` from `on_job_done`) with
+//! `slept N ms`; every other request gets the default 404.
 
 use foreman::cli::Args;
 use foreman::{
-    ConnError, ConnId, ConnectOptions, Ctx, Handler, JobId, JobResult, Message, Reconnect,
+    ConnError, ConnId, ConnectOptions, Ctx, Handler, JobId, JobResult, Message, Reconnect, Request,
+    Response,
 };
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -47,6 +52,8 @@ struct Seen {
 struct Dialer {
     seen: HashMap<ConnId, Seen>,
     jobs: HashMap<JobId, u64>,
+    /// HTTP requests waiting for their job.
+    answers: HashMap<JobId, ConnId>,
     done: Vec<(u64, u64)>,
     panics: Vec<String>,
 }
@@ -101,7 +108,32 @@ impl Handler for Dialer {
         }
     }
 
-    fn on_job_done(&mut self, _ctx: &mut Ctx, job: JobId, result: JobResult) {
+    fn on_http_request(&mut self, ctx: &mut Ctx, request: &Request) -> Response {
+        if request.path != "/later" {
+            return Response::not_found();
+        }
+        let ms: u64 = request
+            .query_param("ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        match ctx.spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            ms
+        }) {
+            Ok(job) => {
+                self.answers.insert(job, request.conn);
+                Response::later()
+            }
+            Err(busy) => Response::new(503, busy.to_string()),
+        }
+    }
+
+    fn on_job_done(&mut self, ctx: &mut Ctx, job: JobId, result: JobResult) {
+        if let Some(conn) = self.answers.remove(&job) {
+            let ms = result.downcast::<u64>().unwrap_or(0);
+            ctx.respond(conn, Response::text(format!("slept {ms} ms")));
+            return;
+        }
         let index = self.jobs.remove(&job).unwrap_or(u64::MAX);
         match result.downcast::<u64>() {
             Ok(v) => self.done.push((index, v)),
@@ -202,7 +234,8 @@ impl Dialer {
             },
             "close" => match conn() {
                 Ok(id) => {
-                    ctx.close(id);
+                    let code = cmd["code"].as_u64().unwrap_or(1000) as u16;
+                    ctx.close_with(id, code, cmd["reason"].as_str().unwrap_or(""));
                     json!({})
                 }
                 Err(e) => json!({"error": e}),

@@ -19,7 +19,10 @@ impl Dialer {
     fn start(count: usize) -> Dialer {
         let server = Server::start_ws("dialer", count, &[], None);
         let ws = Ws::connect(server.addr, "/");
-        Dialer { _server: server, ws }
+        Dialer {
+            _server: server,
+            ws,
+        }
     }
 
     #[track_caller]
