@@ -1,7 +1,12 @@
 //! `stop`, `restart`, `reload`, `status` and `connections`: talking to a running master
 //! through its pid file and signals.
 
-use super::*;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::report;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::time::{Duration, Instant};
 
 fn master_pid(cfg: &Config) -> Result<Pid> {
     let path = cfg.pid_file.as_ref().ok_or_else(|| {
