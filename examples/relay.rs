@@ -24,10 +24,9 @@ struct Relay {
 impl Handler for Relay {
     fn on_connect(&mut self, ctx: &mut Ctx, conn: ConnId) {
         if self.upstreams.contains(&conn) {
-            return; // an upstream came up: what was held goes out now
+            return; // an upstream is up: what was held goes out now
         }
-        // Hold what the client says until the upstream is up; one attempt:
-        // a relay without its upstream closes.
+        // Hold what the client says until the upstream is up (one attempt).
         let mut opts = ConnectOptions::new().hold(1 << 20);
         if let Some(ca) = &self.ca_file {
             opts = opts.ca_file(ca);
@@ -56,35 +55,25 @@ impl Handler for Relay {
         // failed attempt) ends its client.
         if self.upstreams.contains(&conn) && !ctx.conn_info(conn).is_some_and(|i| i.open) {
             log::warn!("relay: upstream {conn}: {error}");
-            self.unpair(ctx, conn);
+            self.on_close(ctx, conn);
         }
     }
 
+    /// Either side gone: forget the pair and close the other end (a client
+    /// whose upstream went gets 1011).
     fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId) {
-        self.unpair(ctx, conn);
-    }
-}
-
-impl Relay {
-    /// Forgets a pair and closes its other end.
-    fn unpair(&mut self, ctx: &mut Ctx, conn: ConnId) {
         if let Some(other) = self.peer.remove(&conn) {
             self.peer.remove(&other);
-            self.upstreams.remove(&conn);
+            let upstream_gone = self.upstreams.remove(&conn);
             self.upstreams.remove(&other);
-            ctx.close_with(other, 1001, "the other side closed");
+            let code = if upstream_gone { 1011 } else { 1000 };
+            ctx.close_with(other, code, "the other side closed");
         }
     }
 }
 
-fn main() {
-    if let Err(e) = run() {
-        eprintln!("relay: {e}");
-        std::process::exit(2);
-    }
-}
-
-fn run() -> foreman::Result<()> {
+fn main() -> foreman::Result<()> {
+    let usage = |m: &str| foreman::Error::Usage(m.to_string());
     let args = Args::from_env()?;
     let (mut upstream, mut ca_file) = (None, None);
     let mut rest = args.rest.iter();
@@ -107,8 +96,4 @@ fn run() -> foreman::Result<()> {
         peer: HashMap::new(),
         upstreams: HashSet::new(),
     })
-}
-
-fn usage(m: &str) -> foreman::Error {
-    foreman::Error::Usage(m.to_string())
 }
