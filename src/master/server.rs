@@ -96,9 +96,9 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// [`Error::Threaded`] if the process already has other threads (fork would
-    /// copy only this one), [`Error::Listen`] if the address cannot be bound,
-    /// [`Error::Config`] for an invalid config.
+    /// [`crate::Error::Threaded`] if the process already has other threads (fork would
+    /// copy only this one), [`crate::Error::Listen`] if the address cannot be bound,
+    /// [`crate::Error::Config`] for an invalid config.
     pub fn run<H, F>(self, factory: F) -> Result<()>
     where
         H: Handler,
