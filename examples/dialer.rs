@@ -9,10 +9,10 @@
 //!
 //! | op | fields | reply |
 //! |---|---|---|
-//! | `connect` | `url`; optional `timeout_ms`, `tls`, `ca_file`, `protocols`, `reconnect` (`[initial_ms, max_ms]`), `hold` (bytes) | `conn` |
-//! | `send` | `conn`, `n`, `prefix`, optional `size` (pad to bytes) | `accepted`: how many of `n` sends of `PREFIX0`, `PREFIX1`, ... returned true |
+//! | `connect` | `url`; optional `timeout_ms`, `tls`, `ca_file`, `protocols`, `reconnect` (`[initial_ms, max_ms]`), `hold` (bytes), `prefix` (of the text messages `state` checks, default `m`) | `conn` |
+//! | `send` | `conn`, `n`, `prefix`, optional `from` (first counter, default 0), `size` (pad to bytes) | `accepted`: how many of `n` sends of `PREFIXfrom`, `PREFIXfrom+1`, ... returned true; `dropped_sends`: `Ctx::dropped_sends` after them |
 //! | `binary` | `conn`, `n` | `accepted`: `n` binary sends of 4-byte big-endian counters |
-//! | `state` | `conn` | `events` (`connect`, `close`, `error: ...` in order), `received`, `in_order` (every message was the next counter of its kind), `last`, `info` (from `Ctx::conn_info`, null when gone) |
+//! | `state` | `conn` | `events` (`connect`, `close`, `error: ...` in order), `event_ms` (when each came: milliseconds since the `connect` op), `received`, `in_order` (every message was the next counter of its kind), `last`, `info` (from `Ctx::conn_info`, null when gone), `server_connections`, `dropped_sends` |
 //! | `close` | `conn`, optional `code`, `reason` | |
 //! | `jobs` | `n`, `ms` | `ids`: `n` jobs that each sleep `ms` ms and return their index times two; `busy` = how many were refused |
 //! | `results` | | `done`: results so far as `[index, value]`, `panics` |
@@ -33,18 +33,44 @@ use foreman::{
 };
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What one outbound connection has seen.
-#[derive(Default)]
 struct Seen {
+    /// When the `connect` op made it: the origin of `event_ms`.
+    started: Instant,
     events: Vec<String>,
+    /// Milliseconds from `started` to each of `events`.
+    event_ms: Vec<u64>,
     received: u64,
     in_order: bool,
     next_text: u64,
     next_binary: u32,
     prefix: String,
     last: Option<String>,
+}
+
+impl Seen {
+    fn new(prefix: &str) -> Seen {
+        Seen {
+            started: Instant::now(),
+            events: Vec::new(),
+            event_ms: Vec::new(),
+            received: 0,
+            in_order: true,
+            next_text: 0,
+            next_binary: 0,
+            prefix: prefix.to_string(),
+            last: None,
+        }
+    }
+
+    /// Records a callback, with when it came.
+    fn event(&mut self, what: String) {
+        self.events.push(what);
+        self.event_ms
+            .push(self.started.elapsed().as_millis() as u64);
+    }
 }
 
 /// One per worker.
@@ -61,7 +87,7 @@ struct Dialer {
 impl Handler for Dialer {
     fn on_connect(&mut self, _ctx: &mut Ctx, conn: ConnId) {
         if let Some(s) = self.seen.get_mut(&conn) {
-            s.events.push("connect".into());
+            s.event("connect".into());
         }
     }
 
@@ -98,13 +124,13 @@ impl Handler for Dialer {
 
     fn on_error(&mut self, _ctx: &mut Ctx, conn: ConnId, error: &ConnError) {
         if let Some(s) = self.seen.get_mut(&conn) {
-            s.events.push(format!("error: {error}"));
+            s.event(format!("error: {error}"));
         }
     }
 
     fn on_close(&mut self, _ctx: &mut Ctx, conn: ConnId) {
         if let Some(s) = self.seen.get_mut(&conn) {
-            s.events.push("close".into());
+            s.event("close".into());
         }
     }
 
@@ -129,6 +155,7 @@ impl Handler for Dialer {
     }
 
     fn on_job_done(&mut self, ctx: &mut Ctx, job: JobId, result: JobResult) {
+        eprintln!("dialer: job {} done", job.get());
         if let Some(conn) = self.answers.remove(&job) {
             let ms = result.downcast::<u64>().unwrap_or(0);
             ctx.respond(conn, Response::text(format!("slept {ms} ms")));
@@ -177,12 +204,8 @@ impl Dialer {
                 }
                 match ctx.connect(url, opts) {
                     Ok(id) => {
-                        let seen = Seen {
-                            in_order: true,
-                            prefix: cmd["prefix"].as_str().unwrap_or("m").to_string(),
-                            ..Seen::default()
-                        };
-                        self.seen.insert(id, seen);
+                        let prefix = cmd["prefix"].as_str().unwrap_or("m");
+                        self.seen.insert(id, Seen::new(prefix));
                         json!({"conn": id.to_string()})
                     }
                     Err(e) => json!({"error": e.to_string()}),
@@ -192,7 +215,8 @@ impl Dialer {
                 Ok(id) => {
                     let prefix = cmd["prefix"].as_str().unwrap_or("m");
                     let size = cmd["size"].as_u64().unwrap_or(0) as usize;
-                    let accepted = (0..n)
+                    let from = cmd["from"].as_u64().unwrap_or(0);
+                    let accepted = (from..from + n)
                         .filter(|i| {
                             let mut text = format!("{prefix}{i}");
                             if text.len() < size {
@@ -202,7 +226,7 @@ impl Dialer {
                             ctx.send(id, text)
                         })
                         .count();
-                    json!({"accepted": accepted})
+                    json!({"accepted": accepted, "dropped_sends": ctx.dropped_sends()})
                 }
                 Err(e) => json!({"error": e}),
             },
@@ -224,9 +248,11 @@ impl Dialer {
                     });
                     let online = ctx.connection_count();
                     match self.seen.get(&id) {
-                        Some(s) => json!({"events": s.events, "received": s.received,
-                                          "in_order": s.in_order, "last": s.last,
-                                          "info": info, "server_connections": online}),
+                        Some(s) => json!({"events": s.events, "event_ms": s.event_ms,
+                                          "received": s.received, "in_order": s.in_order,
+                                          "last": s.last, "info": info,
+                                          "server_connections": online,
+                                          "dropped_sends": ctx.dropped_sends()}),
                         None => json!({"error": "not an outbound connection of this worker"}),
                     }
                 }
