@@ -16,17 +16,12 @@
 
 mod common;
 
+use common::dialer::Dialer;
 use common::*;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::time::{Duration, Instant};
-
-/// A `dialer` server with one worker and a control client connected to it.
-struct Dialer {
-    server: Server,
-    ws: Ws,
-}
 
 /// A `results` reply: `[index, value]` of the jobs done so far, the panic
 /// texts, and the jobs whose results have not reached `on_job_done` yet.
@@ -38,23 +33,6 @@ struct Results {
 }
 
 impl Dialer {
-    /// One worker, so every request and connection meets the same pool.
-    #[track_caller]
-    fn start(toml: &str) -> Dialer {
-        let server = Server::start_ws("dialer", 1, &[], Some(toml));
-        let ws = Ws::connect(server.addr, "/");
-        Dialer { server, ws }
-    }
-
-    #[track_caller]
-    fn call(&mut self, cmd: Value) -> Value {
-        self.ws.send_text(&cmd.to_string());
-        let reply: Value =
-            serde_json::from_str(&self.ws.recv_text(REPLY_TIMEOUT)).expect("JSON reply");
-        assert!(reply.get("error").is_none(), "{cmd} -> {reply}");
-        reply
-    }
-
     #[track_caller]
     fn results(&mut self) -> Results {
         parse_results(&self.call(json!({"op": "results"})))
@@ -114,7 +92,7 @@ fn ids(reply: &Value) -> Vec<u64> {
 
 #[test]
 fn thousand_short_jobs_all_come_back_with_their_own_result() {
-    let mut d = Dialer::start("[server]\nblocking_queue = 1000\n");
+    let mut d = Dialer::start(1, Some("[server]\nblocking_queue = 1000\n"));
     let reply = d.call(json!({"op": "jobs", "n": 1000, "ms": 1}));
     assert_eq!(reply["busy"], json!(0), "the queue holds all 1000: {reply}");
     assert_eq!(ids(&reply), (0..1000).collect::<Vec<_>>());
@@ -135,7 +113,7 @@ fn thousand_short_jobs_all_come_back_with_their_own_result() {
 
 #[test]
 fn worker_keeps_answering_while_a_long_job_runs() {
-    let mut d = Dialer::start("[server]\nblocking_threads = 1\n");
+    let mut d = Dialer::start(1, Some("[server]\nblocking_threads = 1\n"));
     let job = Duration::from_millis(2000);
     let started = Instant::now();
     let reply = d.call(json!({"op": "jobs", "n": 1, "ms": 2000}));
@@ -176,7 +154,10 @@ fn worker_keeps_answering_while_a_long_job_runs() {
 
 #[test]
 fn full_queue_is_refused_at_once() {
-    let mut d = Dialer::start("[server]\nblocking_threads = 1\nblocking_queue = 2\n");
+    let mut d = Dialer::start(
+        1,
+        Some("[server]\nblocking_threads = 1\nblocking_queue = 2\n"),
+    );
     let job = Duration::from_millis(500);
     // `results` is sent right behind `jobs`, so it runs before any result
     // can have been handed to the handler.
@@ -219,7 +200,7 @@ fn full_queue_is_refused_at_once() {
 #[test]
 fn panicking_job_is_reported_and_the_pool_keeps_working() {
     // One thread: if the panic took it down, no later job would run.
-    let mut d = Dialer::start("[server]\nblocking_threads = 1\n");
+    let mut d = Dialer::start(1, Some("[server]\nblocking_threads = 1\n"));
     let reply = d.call(json!({"op": "panic_job"}));
     assert_eq!(reply["id"], json!(0), "{reply}");
     let r = poll_until(REPLY_TIMEOUT, "the panic to be reported", || {
@@ -242,7 +223,7 @@ fn panicking_job_is_reported_and_the_pool_keeps_working() {
 
 #[test]
 fn request_answered_later_while_the_worker_serves_others() {
-    let mut d = Dialer::start("");
+    let mut d = Dialer::start(1, Some(""));
     let mut later = tcp_connect(d.server.addr, REPLY_TIMEOUT);
     let request = format!(
         "GET /later?ms=300 HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
@@ -291,10 +272,7 @@ fn request_not_answered_within_handshake_timeout_gets_504() {
 
     // The job still comes back; answering a request already answered is a
     // no-op and the worker goes on.
-    let mut d = Dialer {
-        ws: Ws::connect(server.addr, "/"),
-        server,
-    };
+    let mut d = Dialer::attach(server);
     poll_until(REPLY_TIMEOUT, "the 3 s job to come back", || {
         (d.results().pending == 0).then_some(())
     });
@@ -308,7 +286,7 @@ fn request_not_answered_within_handshake_timeout_gets_504() {
 
 #[test]
 fn stopping_worker_waits_for_its_running_job() {
-    let mut d = Dialer::start("[server]\nstop_timeout_ms = 5000\n");
+    let mut d = Dialer::start(1, Some("[server]\nstop_timeout_ms = 5000\n"));
     let job = Duration::from_millis(1500);
     let sent = Instant::now();
     let reply = d.call(json!({"op": "jobs", "n": 1, "ms": 1500}));

@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::dialer::Dialer;
 use common::*;
 use serde_json::{json, Value};
 use socket2::{Domain, Socket, Type};
@@ -24,31 +25,7 @@ use tungstenite::http::HeaderValue;
 /// (never early: the loop rounds its timeouts up).
 const LATE: Duration = Duration::from_millis(300);
 
-/// A control client of the `dialer` example.
-struct Dialer {
-    _server: Server,
-    ws: Ws,
-}
-
 impl Dialer {
-    fn start(count: usize) -> Dialer {
-        let server = Server::start_ws("dialer", count, &[], None);
-        let ws = Ws::connect(server.addr, "/");
-        Dialer {
-            _server: server,
-            ws,
-        }
-    }
-
-    #[track_caller]
-    fn call(&mut self, cmd: Value) -> Value {
-        self.ws.send_text(&cmd.to_string());
-        let reply: Value =
-            serde_json::from_str(&self.ws.recv_text(REPLY_TIMEOUT)).expect("JSON reply");
-        assert!(reply.get("error").is_none(), "{cmd} -> {reply}");
-        reply
-    }
-
     #[track_caller]
     fn connect(&mut self, mut cmd: Value) -> String {
         cmd["op"] = json!("connect");
@@ -209,7 +186,7 @@ impl Cert {
 /// connection was up.
 #[track_caller]
 fn exchange_with(cmd: Value) -> Value {
-    let mut d = Dialer::start(1);
+    let mut d = Dialer::start(1, None);
     let conn = d.connect(cmd);
     let up = d.wait_events(&conn, "connect", 1, REPLY_TIMEOUT);
     assert_eq!(up["info"]["outbound"], json!(true), "{up}");
@@ -262,7 +239,7 @@ fn wss_client_exchanges_ten_thousand_messages_in_order() {
 fn wss_client_refuses_a_certificate_it_was_not_told_to_trust() {
     let cert = Cert::new();
     let upstream = cert.echo("websocket");
-    let mut d = Dialer::start(1);
+    let mut d = Dialer::start(1, None);
     // The Mozilla roots compiled in do not include the test's certificate.
     let url = format!("wss://localhost:{}/", upstream.port());
     let conn = d.connect(json!({"url": url}));
@@ -340,7 +317,7 @@ fn reconnect_backs_off_then_comes_back_with_the_same_id() {
         + 1;
     let upstream = echo("websocket", &[]);
     let port = upstream.port();
-    let mut d = Dialer::start(1);
+    let mut d = Dialer::start(1, None);
     let conn = d.connect(json!({"url": url("ws", upstream.addr), "reconnect": RECONNECT}));
     d.wait_events(&conn, "connect", 1, REPLY_TIMEOUT);
     assert_eq!(d.send(&conn, 0, 10, 0)["accepted"], json!(10));
@@ -379,7 +356,7 @@ fn retrying_a_closed_port_costs_little_cpu() {
     const WINDOW: Duration = Duration::from_secs(5);
     const CPU_BUDGET_MS: u64 = 250;
     let port = closed_port();
-    let mut d = Dialer::start(1);
+    let mut d = Dialer::start(1, None);
     let conn = d.connect(json!({"url": format!("ws://127.0.0.1:{port}/"),
                                 "reconnect": RECONNECT}));
     let failures = |s: &Value| {
@@ -451,7 +428,7 @@ fn connect_times_out_when_the_listener_never_answers() {
         queued.len()
     );
 
-    let mut d = Dialer::start(1);
+    let mut d = Dialer::start(1, None);
     let conn = d.connect(json!({"url": url("ws", addr), "timeout_ms": TIMEOUT_MS}));
     let s = d.wait_events(&conn, "error", 1, REPLY_TIMEOUT);
     let seen = events(&s);
@@ -484,7 +461,7 @@ fn sends_while_down_are_held_up_to_the_bound_then_delivered_in_order() {
     const FRAME: usize = 2 + 4 + SIZE;
     const HOLD: usize = 20_000;
     let port = closed_port();
-    let mut d = Dialer::start(1);
+    let mut d = Dialer::start(1, None);
     let conn = d.connect(json!({"url": format!("ws://127.0.0.1:{port}/"),
                                 "reconnect": [50, 200], "hold": HOLD}));
     let dropped_before = d.state(&conn)["dropped_sends"]
@@ -517,7 +494,7 @@ fn sends_while_down_are_held_up_to_the_bound_then_delivered_in_order() {
 #[test]
 fn sends_while_down_are_refused_without_hold() {
     let port = closed_port();
-    let mut d = Dialer::start(1);
+    let mut d = Dialer::start(1, None);
     let conn = d.connect(json!({"url": format!("ws://127.0.0.1:{port}/"),
                                 "reconnect": [50, 200]}));
     let dropped_before = d.state(&conn)["dropped_sends"]
@@ -545,7 +522,7 @@ fn sends_while_down_are_refused_without_hold() {
 #[test]
 fn a_subprotocol_the_server_does_not_choose_fails_the_handshake() {
     let upstream = echo("websocket", &[]);
-    let mut d = Dialer::start(1);
+    let mut d = Dialer::start(1, None);
     let conn = d.connect(json!({"url": url("ws", upstream.addr), "protocols": ["chat.v2"]}));
     let s = d.wait_events(&conn, "error", 1, REPLY_TIMEOUT);
     let seen = events(&s);
@@ -610,7 +587,7 @@ fn the_subprotocol_the_server_chose_is_reported() {
             .find(|p| *p == "chat.v2")
             .map(str::to_string)
     });
-    let mut d = Dialer::start(1);
+    let mut d = Dialer::start(1, None);
     let conn = d.connect(json!({"url": url("ws", addr), "protocols": ["chat.v3", "chat.v2"]}));
     let s = d.wait_events(&conn, "connect", 1, REPLY_TIMEOUT);
     assert_eq!(
@@ -633,7 +610,7 @@ fn the_subprotocol_the_server_chose_is_reported() {
 #[test]
 fn a_subprotocol_that_was_not_offered_fails_the_handshake() {
     let (addr, _offered) = subprotocol_server(|_| Some("chat.v9".to_string()));
-    let mut d = Dialer::start(1);
+    let mut d = Dialer::start(1, None);
     let conn = d.connect(json!({"url": url("ws", addr), "protocols": ["chat.v2"]}));
     let s = d.wait_events(&conn, "error", 1, REPLY_TIMEOUT);
     let seen = events(&s);

@@ -10,6 +10,7 @@
 mod common;
 
 use base64::Engine as _;
+use common::dialer::Dialer;
 use common::*;
 use serde_json::{json, Value};
 use std::io::{ErrorKind, Read, Write};
@@ -26,30 +27,7 @@ const OP_PONG: u8 = 0xA;
 // ---------------------------------------------------------------------------
 // The dialer, driven over its control connection.
 
-struct Dialer {
-    _server: Server,
-    ws: Ws,
-}
-
 impl Dialer {
-    fn start() -> Dialer {
-        let server = Server::start_ws("dialer", 1, &[], None);
-        let ws = Ws::connect(server.addr, "/");
-        Dialer {
-            _server: server,
-            ws,
-        }
-    }
-
-    #[track_caller]
-    fn call(&mut self, cmd: Value) -> Value {
-        self.ws.send_text(&cmd.to_string());
-        let reply: Value =
-            serde_json::from_str(&self.ws.recv_text(REPLY_TIMEOUT)).expect("JSON reply");
-        assert!(reply.get("error").is_none(), "{cmd} -> {reply}");
-        reply
-    }
-
     /// Starts an outbound WebSocket to `addr`, offering `protocols`.
     #[track_caller]
     fn connect(&mut self, addr: SocketAddr, path: &str, protocols: &[&str]) -> String {
@@ -425,7 +403,7 @@ fn assert_masked(f: &Frame, what: &str) -> [u8; 4] {
 /// sent, and each frame has its own key.
 #[test]
 fn client_frames_are_masked_each_with_its_own_key() {
-    let mut d = Dialer::start();
+    let mut d = Dialer::start(1, None);
     let (_up, mut raw, conn) = open(&mut d);
     let sent = d.call(json!({"op": "send", "conn": conn, "n": 3, "prefix": "masked-"}));
     assert_eq!(sent["accepted"], json!(3));
@@ -467,7 +445,7 @@ fn client_frames_are_masked_each_with_its_own_key() {
 /// offered; the one the server picks is what `conn_info` reports.
 #[test]
 fn upgrade_request_has_a_fresh_key_version_13_and_the_offered_protocols() {
-    let mut d = Dialer::start();
+    let mut d = Dialer::start(1, None);
     let up = Upstream::bind();
 
     let mut keys = Vec::new();
@@ -533,7 +511,7 @@ fn upgrade_request_has_a_fresh_key_version_13_and_the_offered_protocols() {
 /// is closed, and a frame the server sent along is never delivered.
 #[test]
 fn a_wrong_accept_key_fails_the_attempt_before_on_connect() {
-    let mut d = Dialer::start();
+    let mut d = Dialer::start(1, None);
     let up = Upstream::bind();
     let conn = d.connect(up.addr, "/", &[]);
     let mut raw = up.accept();
@@ -577,7 +555,7 @@ fn a_wrong_accept_key_fails_the_attempt_before_on_connect() {
 /// write as the 101, so it is also parsed from the handshake's leftovers.
 #[test]
 fn a_fragmented_text_message_arrives_as_one_message() {
-    let mut d = Dialer::start();
+    let mut d = Dialer::start(1, None);
     let up = Upstream::bind();
     let conn = d.connect(up.addr, "/", &[]);
     let mut raw = up.accept();
@@ -626,7 +604,7 @@ fn a_fragmented_text_message_arrives_as_one_message() {
 /// masked like every client frame.
 #[test]
 fn a_ping_from_the_server_gets_a_masked_pong_with_its_payload() {
-    let mut d = Dialer::start();
+    let mut d = Dialer::start(1, None);
     let (_up, mut raw, conn) = open(&mut d);
     raw.send_frame(true, OP_PING, b"are you there?", None);
     let f = raw.frame();
@@ -656,7 +634,7 @@ fn a_ping_from_the_server_gets_a_masked_pong_with_its_payload() {
 /// lets go of the socket.
 #[test]
 fn the_servers_close_is_answered_with_a_masked_close() {
-    let mut d = Dialer::start();
+    let mut d = Dialer::start(1, None);
     let (_up, mut raw, conn) = open(&mut d);
     raw.send_frame(true, OP_CLOSE, &close_payload(4001, "going away now"), None);
     let f = raw.frame();
@@ -675,7 +653,7 @@ fn the_servers_close_is_answered_with_a_masked_close() {
 /// once it has.
 #[test]
 fn a_client_close_sends_a_masked_close_and_waits_for_the_answer() {
-    let mut d = Dialer::start();
+    let mut d = Dialer::start(1, None);
     let (_up, mut raw, conn) = open(&mut d);
     d.call(json!({"op": "close", "conn": conn, "code": 4002, "reason": "done here"}));
     let f = raw.frame();
@@ -705,7 +683,7 @@ fn a_client_close_sends_a_masked_close_and_waits_for_the_answer() {
 /// deliver the message.
 #[test]
 fn a_masked_frame_from_the_server_is_a_protocol_error() {
-    let mut d = Dialer::start();
+    let mut d = Dialer::start(1, None);
     let (_up, mut raw, conn) = open(&mut d);
     raw.send_frame(true, OP_TEXT, b"m0 masked", Some([1, 2, 3, 4]));
     let f = raw.frame();

@@ -7,6 +7,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod cluster;
+pub mod dialer;
 pub mod http;
 pub mod procfs;
 pub mod sockdiag;
