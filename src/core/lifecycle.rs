@@ -177,9 +177,13 @@ impl Core {
                 c.io = None;
                 c.proto = Proto::Done;
                 c.out = Default::default();
-                let listed = c.marks.listed;
+                // Keep the marks that say which of the worker's lists hold
+                // the key; the rest start over with the next connection.
+                let kept = c.marks;
                 c.marks = Default::default();
-                c.marks.listed = listed;
+                c.marks.listed = kept.listed;
+                c.marks.dirty = kept.dirty;
+                c.marks.read_pending = kept.read_pending;
                 c.life.wait(at);
                 self.schedule_redial(key);
             }

@@ -139,6 +139,10 @@ impl Core {
     /// protocol opens. Returns the id for `on_connect` when it opened.
     pub(crate) fn start_protocol(&mut self, key: usize) -> Option<ConnId> {
         let c = &mut self.conns[key];
+        if c.life.is_closing() {
+            // Closed by the handler during the TLS handshake.
+            return None;
+        }
         let dial = c.dial.as_ref()?;
         if c.wire.protocol == Protocol::WebSocket {
             let (hs, head) = ClientHandshake::start(

@@ -109,7 +109,9 @@ impl<H: Handler> Worker<H> {
         )));
         self.core.mark_dirty(key);
         self.open_now(key);
-        if leftover {
+        // A worker that is stopping closed it in `opened`: nothing more is
+        // parsed.
+        if leftover && self.core.conns.get(key).is_some_and(|c| c.life.is_open()) {
             self.feed_ws(key, 0);
         }
     }
