@@ -170,19 +170,25 @@ fn check_groups(cases: &[CaseOutcome]) {
     assert_eq!(groups, want, "case groups in the report");
 }
 
+/// Empties a run's report folder and opens its kosoku log files beside it
+/// (`.stdout`, `.stderr`): each path and the `Stdio` that writes it.
+fn fresh_report_dir(outdir: &Path) -> ((PathBuf, Stdio), (PathBuf, Stdio)) {
+    let _ = std::fs::remove_dir_all(outdir);
+    let log = |ext: &str| {
+        let path = outdir.with_extension(ext);
+        let file = std::fs::File::create(&path).expect("kosoku log file");
+        (path, Stdio::from(file))
+    };
+    (log("stdout"), log("stderr"))
+}
+
 fn run_conformance(name: &str, extra_args: &[&str]) {
     let kosoku = kosoku();
     let server = Server::start_ws("echo", 2, extra_args, Some(BIG_LIMITS));
     server.wait_workers(2, REPLY_TIMEOUT);
 
     let outdir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("autobahn-{name}"));
-    let _ = std::fs::remove_dir_all(&outdir);
-    let log = |ext: &str| {
-        let path = outdir.with_extension(ext);
-        let file = std::fs::File::create(&path).expect("kosoku log file");
-        (path, Stdio::from(file))
-    };
-    let ((out_path, out), (err_path, err)) = (log("stdout"), log("stderr"));
+    let ((out_path, out), (err_path, err)) = fresh_report_dir(&outdir);
     let started = Instant::now();
     let mut child = Command::new(&kosoku)
         .arg(format!("ws://{}", server.addr))
@@ -274,13 +280,7 @@ fn outbound_client_passes_autobahn() {
     const AGENT: &str = "foreman";
     let kosoku = kosoku();
     let outdir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("autobahn-client");
-    let _ = std::fs::remove_dir_all(&outdir);
-    let log = |ext: &str| {
-        let path = outdir.with_extension(ext);
-        let file = std::fs::File::create(&path).expect("kosoku log file");
-        (path, Stdio::from(file))
-    };
-    let ((out_path, out), (err_path, err)) = (log("stdout"), log("stderr"));
+    let ((out_path, out), (err_path, err)) = fresh_report_dir(&outdir);
     let started = Instant::now();
     let mut child = Command::new(&kosoku)
         .args(["-m", "fuzzingserver", "127.0.0.1:0"])

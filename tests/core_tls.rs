@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::cert::TestCert as Cert;
 use common::*;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -18,32 +19,7 @@ use tungstenite::{Message, WebSocket};
 
 type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
-/// A self-signed certificate for `localhost`, written as PEM files.
-struct Cert {
-    der: rustls::pki_types::CertificateDer<'static>,
-    cert_file: TempFile,
-    key_file: TempFile,
-}
-
 impl Cert {
-    fn new() -> Cert {
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
-            .expect("make a certificate");
-        Cert {
-            der: made.cert.der().clone(),
-            cert_file: TempFile::new("pem", &made.cert.pem()),
-            key_file: TempFile::new("pem", &made.key_pair.serialize_pem()),
-        }
-    }
-
-    fn toml(&self) -> String {
-        format!(
-            "[server]\ntls_cert = {:?}\ntls_key = {:?}\n",
-            path_str(&self.cert_file.path),
-            path_str(&self.key_file.path)
-        )
-    }
-
     /// A TLS client session to `addr` that trusts only this certificate.
     fn connect(&self, addr: SocketAddr) -> TlsStream {
         let mut roots = RootCertStore::empty();

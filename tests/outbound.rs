@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::cert::TestCert as Cert;
 use common::dialer::Dialer;
 use common::*;
 use serde_json::{json, Value};
@@ -140,45 +141,17 @@ fn closed_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
-fn url(scheme: &str, addr: SocketAddr) -> String {
-    format!("{scheme}://{addr}/")
-}
-
-/// A self-signed certificate for `localhost`, as PEM files.
-struct Cert {
-    cert_file: TempFile,
-    key_file: TempFile,
-}
-
 impl Cert {
-    fn new() -> Cert {
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
-            .expect("make a certificate");
-        Cert {
-            cert_file: TempFile::new("pem", &made.cert.pem()),
-            key_file: TempFile::new("pem", &made.key_pair.serialize_pem()),
-        }
-    }
-
-    fn path(&self) -> &str {
-        self.cert_file.path.to_str().expect("utf-8 temp path")
-    }
-
-    /// A server config that serves this certificate.
-    fn toml(&self) -> String {
-        let key = self.key_file.path.to_str().expect("utf-8 temp path");
-        format!(
-            "[server]\ntls_cert = {:?}\ntls_key = {key:?}\n",
-            self.path()
-        )
-    }
-
-    /// An echo with two workers on a `scheme` listener, serving this
-    /// certificate.
+    /// An echo server with two workers, serving this certificate on a
+    /// `scheme` listener.
     fn echo(&self, scheme: &str) -> Server {
         let listen = format!("{scheme}://127.0.0.1:0");
         Server::start_with_toml("echo", &["--listen", &listen, "--count", "2"], &self.toml())
     }
+}
+
+fn url(scheme: &str, addr: SocketAddr) -> String {
+    format!("{scheme}://{addr}/")
 }
 
 /// Connects with `cmd` (the URL and options), then sends 10,000 messages
