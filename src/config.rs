@@ -78,6 +78,16 @@ pub struct ServerSection {
     pub blocking_threads: Option<usize>,
     /// Jobs that may wait for a blocking-pool thread before more are refused.
     pub blocking_queue: Option<usize>,
+    /// Most connections from one address (IPv6: one /64), server-wide (0 = off).
+    pub max_connections_per_ip: Option<usize>,
+    /// `Origin` values a WebSocket upgrade may carry (empty or absent = any).
+    pub allowed_origins: Option<Vec<String>>,
+    /// A worker that has not come back to its loop for this long is replaced (0 = never).
+    pub handler_timeout_ms: Option<u64>,
+    /// How long a kept-alive HTTP connection may wait for its next request (0 = no keep-alive).
+    pub keepalive_timeout_ms: Option<u64>,
+    /// Most HTTP requests answered on one connection before it is closed.
+    pub max_requests_per_connection: Option<usize>,
 }
 
 /// A validated server configuration. Build it with [`Config::default`] and the
@@ -145,6 +155,28 @@ pub struct Config {
     /// Jobs that may wait for a thread of that pool; past it
     /// `spawn_blocking` is refused at once. Default 1024.
     pub blocking_queue: usize,
+    /// Most connections from one client address at a time, counted across
+    /// all workers and including connections still in their handshake; IPv6
+    /// addresses count by their /64. The connection past it gets `503` with
+    /// `Retry-After` (HTTP, WebSocket) or is closed at once (`text://`,
+    /// `frame://`, `tcp://`). 0 (default): no limit.
+    pub max_connections_per_ip: usize,
+    /// `Origin` header values a WebSocket upgrade may carry, compared without
+    /// regard to ASCII case (`https://chat.example.com`). An upgrade with
+    /// another `Origin` gets `403`; one without `Origin` (not a browser) is
+    /// allowed. Empty (default): any origin.
+    pub allowed_origins: Vec<String>,
+    /// A worker that has not come back to its event loop for this long (a
+    /// handler that blocks, a process stopped by a signal) is killed and
+    /// replaced by the master. `None`: never. Default 10 s.
+    pub handler_timeout: Option<Duration>,
+    /// How long a kept-alive HTTP connection may sit between requests before
+    /// it is closed. `None`: no keep-alive (every answer says
+    /// `Connection: close`). Default 5 s.
+    pub keepalive_timeout: Option<Duration>,
+    /// Most HTTP requests answered on one kept-alive connection; the last one
+    /// says `Connection: close`. Default 1000.
+    pub max_requests_per_connection: usize,
 }
 
 impl Default for Config {
@@ -173,6 +205,11 @@ impl Default for Config {
             tls_key: None,
             blocking_threads: 4,
             blocking_queue: 1024,
+            max_connections_per_ip: 0,
+            allowed_origins: Vec::new(),
+            handler_timeout: Some(Duration::from_secs(10)),
+            keepalive_timeout: Some(Duration::from_secs(5)),
+            max_requests_per_connection: 1000,
         }
     }
 }
@@ -263,6 +300,11 @@ impl Config {
             (&mut c.bus_peer_buffer_bytes, s.bus_peer_buffer_bytes),
             (&mut c.blocking_threads, s.blocking_threads),
             (&mut c.blocking_queue, s.blocking_queue),
+            (&mut c.max_connections_per_ip, s.max_connections_per_ip),
+            (
+                &mut c.max_requests_per_connection,
+                s.max_requests_per_connection,
+            ),
         ];
         for (field, value) in sizes {
             if let Some(v) = value {
@@ -271,6 +313,15 @@ impl Config {
         }
         if let Some(v) = s.output_overflow {
             c.output_overflow = v;
+        }
+        if let Some(v) = s.handler_timeout_ms {
+            c.handler_timeout = optional_ms("handler_timeout_ms", v)?;
+        }
+        if let Some(v) = s.keepalive_timeout_ms {
+            c.keepalive_timeout = optional_ms("keepalive_timeout_ms", v)?;
+        }
+        if let Some(v) = &s.allowed_origins {
+            c.allowed_origins.clone_from(v);
         }
         c.validate()?;
         Ok(c)
@@ -401,6 +452,26 @@ impl Config {
         }
         if self.handshake_timeout.is_zero() {
             return bad("server.handshake_timeout_ms must be above 0".into());
+        }
+        if self.max_requests_per_connection == 0 {
+            return bad("server.max_requests_per_connection must be at least 1".into());
+        }
+        if self
+            .handler_timeout
+            .is_some_and(|t| t < Duration::from_millis(100))
+        {
+            return bad("server.handler_timeout_ms: at least 100 (or 0 for never)".into());
+        }
+        for o in &self.allowed_origins {
+            let ok = o.split_once("://").is_some_and(|(scheme, host)| {
+                !scheme.is_empty() && !host.is_empty() && !host.contains('/')
+            });
+            if !ok {
+                return bad(format!(
+                    "server.allowed_origins: {o:?} is not an origin \
+                     (scheme://host[:port], no path, as in \"https://chat.example.com\")"
+                ));
+            }
         }
         Ok(())
     }
