@@ -1,5 +1,5 @@
 //! Plain HTTP on the WebSocket port: the default 404, HEAD, a POST body that
-//! reaches `on_http_request`, the body cap (413), chunked bodies (411), a
+//! reaches `on_http_request`, the body cap (413), chunked bodies, a
 //! malformed request line (400), an upgrade with the wrong WebSocket version
 //! (426), and an upgrade on a path other than `websocket_path` (plain HTTP).
 
@@ -35,9 +35,10 @@ fn unknown_path_on_echo_is_404_and_head_has_no_body() {
     assert_eq!(get.status, 404, "{get:?}");
     assert_eq!(get.body_text(), "404 Not Found\n");
     assert_eq!(get.header("Content-Length"), Some("14"), "{get:?}");
-    assert_eq!(get.header("Connection"), Some("close"), "{get:?}");
+    assert_eq!(get.header("Connection"), Some("keep-alive"), "{get:?}");
 
-    let head_reply = http_exchange(server.addr, &[&head("HEAD", "/nothing-here", "")]);
+    let close = "Connection: close\r\n";
+    let head_reply = http_exchange(server.addr, &[&head("HEAD", "/nothing-here", close)]);
     assert_eq!(head_reply.status, 404, "{head_reply:?}");
     assert_eq!(
         head_reply.header("Content-Length"),
@@ -82,10 +83,14 @@ fn post_body_reaches_on_http_request_up_to_the_cap() {
     let reply = http_exchange(server.addr, &[&over]);
     assert_eq!(reply.status, 413, "{reply:?}");
 
-    // Chunked bodies are not supported: 411 Length Required.
+    // A chunked body is decoded.
     let chunked = head("POST", "/echo", "Transfer-Encoding: chunked\r\n");
     let reply = http_exchange(server.addr, &[&chunked, b"5\r\nhello\r\n0\r\n\r\n"]);
-    assert_eq!(reply.status, 411, "{reply:?}");
+    assert_eq!(
+        (reply.status, reply.body_text()),
+        (200, "hello".into()),
+        "{reply:?}"
+    );
 
     // Another path of the same server: the handler's fallback 404.
     let reply = http_exchange(

@@ -17,6 +17,7 @@
 use super::dial::Dial;
 use crate::net::{OutQueue, Transport};
 use crate::proto::codec::Wire;
+use crate::proto::http::HttpConn;
 use crate::proto::ws::ClientHandshake;
 use bytes::BytesMut;
 use std::net::SocketAddr;
@@ -29,14 +30,10 @@ pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// What the bytes a connection reads mean right now.
 pub(crate) enum Proto {
-    /// Reading an HTTP request head (and body) on a `websocket://` listener.
-    Head(BytesMut),
-    /// A request went to `on_http_request`, which answers later
-    /// ([`crate::Ctx::respond`]); input is ignored until then.
-    Responding {
-        /// The request was `HEAD`: send the head of the answer only.
-        head_only: bool,
-    },
+    /// Plain HTTP on a `websocket://` listener: reading request heads and
+    /// bodies, waiting for an answer given later, kept alive between
+    /// requests, until an upgrade or the close.
+    Http(Box<HttpConn>),
     /// Client side: our upgrade request is out; reading the server's answer.
     Upgrading(Box<(ClientHandshake, BytesMut)>),
     /// An open WebSocket, either side.
@@ -202,6 +199,8 @@ pub(crate) struct Marks {
     pub(crate) full: bool,
     /// A ping went out since the peer last sent anything.
     pub(crate) pinged: bool,
+    /// The peer has sent data (the first-byte deadline of plain protocols).
+    pub(crate) heard: bool,
     /// In the registry (every open inbound connection; an outbound one
     /// once the handler binds it to a uid or group).
     pub(crate) listed: bool,

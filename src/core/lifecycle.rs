@@ -8,7 +8,7 @@ use super::{Core, Deferred};
 use crate::cluster::wire::Record;
 use crate::error::ConnError;
 use crate::id::ConnId;
-use crate::proto::http::Response;
+use crate::proto::http::{Reply, Response, Stage};
 use crate::proto::ws::WsIo;
 use std::io;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -207,12 +207,49 @@ impl Core {
         }
     }
 
-    /// Writes an HTTP response and closes the connection after it.
+    /// Writes an HTTP response and closes the connection after it: a
+    /// refusal, a bad request, an answer that ends the connection.
     pub(crate) fn respond(&mut self, key: usize, response: &Response, head_only: bool) {
         let c = &mut self.conns[key];
-        c.out.push(response.encode(head_only).into());
+        c.out.push(response.encode(head_only, false).into());
         c.proto = Proto::Done;
         self.begin_close(key, 0, "", None);
+    }
+
+    /// Writes the answer to the request an HTTP connection is on. When the
+    /// client, the handler's headers, the config (`keepalive_timeout`,
+    /// `max_requests_per_connection`) and a worker that is not stopping all
+    /// allow, the connection lives on: it reads its next request, with
+    /// `keepalive_timeout` to start it in; input that came meanwhile is
+    /// parsed on the next turn. Otherwise the answer says `Connection:
+    /// close` and the connection closes after it.
+    pub(crate) fn answer(&mut self, key: usize, response: &Response, reply: Reply) {
+        let now = self.now;
+        let (keepalive, handshake) = (self.cfg.keepalive_timeout, self.cfg.handshake_timeout);
+        let max_requests = self.cfg.max_requests_per_connection;
+        let stopping = self.stopping;
+        let c = &mut self.conns[key];
+        let Proto::Http(h) = &mut c.proto else {
+            return self.respond(key, response, reply.head_only);
+        };
+        h.served += 1;
+        let Some(idle) = keepalive.filter(|_| {
+            reply.keep_alive && !stopping && !response.says_close() && h.served < max_requests
+        }) else {
+            return self.respond(key, response, reply.head_only);
+        };
+        c.out.push(response.encode(reply.head_only, true).into());
+        h.stage = Stage::Head;
+        // The next head must come within the keep-alive timeout, or be
+        // done within the handshake timeout once it has begun.
+        let wait = if h.input.is_empty() { idle } else { handshake };
+        c.life.extend(now + wait);
+        if !h.input.is_empty() || c.marks.paused {
+            h.held = true;
+            c.marks.paused = false;
+            self.resumed.push(key);
+        }
+        self.mark_dirty(key);
     }
 
     /// Answers a request that `on_http_request` left for later.
@@ -220,21 +257,26 @@ impl Core {
         let Some(key) = self.key_of(conn) else {
             return false;
         };
-        match self.conns[key].proto {
-            Proto::Responding { head_only } => {
-                self.respond(key, &response, head_only);
-                true
-            }
+        match &self.conns[key].proto {
+            Proto::Http(h) => match h.stage {
+                Stage::Responding(reply) => {
+                    self.answer(key, &response, reply);
+                    true
+                }
+                _ => false,
+            },
             _ => false,
         }
     }
 
     /// `on_http_request` will answer later: the request waits, with a new
     /// `handshake_timeout` to be answered in.
-    pub(crate) fn await_response(&mut self, key: usize, head_only: bool) {
+    pub(crate) fn await_response(&mut self, key: usize, reply: Reply) {
         let deadline = self.now + self.cfg.handshake_timeout;
         let c = &mut self.conns[key];
-        c.proto = Proto::Responding { head_only };
+        if let Proto::Http(h) = &mut c.proto {
+            h.stage = Stage::Responding(reply);
+        }
         c.life.extend(deadline);
     }
 }

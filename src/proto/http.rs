@@ -8,7 +8,7 @@
 //! connection (`Connection: close`).
 
 use crate::id::ConnId;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
@@ -140,21 +140,38 @@ impl Response {
         self
     }
 
+    /// Whether the handler's own headers say `Connection: close`.
+    pub(crate) fn says_close(&self) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("Connection"))
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("close"))
+    }
+
     /// The bytes on the wire: status line, headers, body. `head_only` leaves the
-    /// body out (for `HEAD` requests) but keeps its `Content-Length`.
-    pub(crate) fn encode(&self, head_only: bool) -> Vec<u8> {
+    /// body out (for `HEAD` requests) but keeps its `Content-Length`;
+    /// `keep_alive` says `Connection: keep-alive` instead of `close`. A
+    /// `1xx`, `204` or `304` answer has no body, and `1xx` and `204` no
+    /// `Content-Length` (RFC 9110 §8.6). The handler's own `Content-Length`
+    /// and `Connection` headers are replaced by ours.
+    pub(crate) fn encode(&self, head_only: bool, keep_alive: bool) -> Vec<u8> {
         let mut head = String::with_capacity(128);
         let _ = write!(head, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
         for (n, v) in &self.headers {
+            if n.eq_ignore_ascii_case("Content-Length") || n.eq_ignore_ascii_case("Connection") {
+                continue;
+            }
             let _ = write!(head, "{n}: {v}\r\n");
         }
-        let _ = write!(
-            head,
-            "Content-Length: {}\r\nConnection: close\r\n\r\n",
-            self.body.len()
-        );
+        let bodyless = matches!(self.status, 100..=199 | 204 | 304);
+        if !matches!(self.status, 100..=199 | 204) {
+            let _ = write!(head, "Content-Length: {}\r\n", self.body.len());
+        }
+        let connection = if keep_alive { "keep-alive" } else { "close" };
+        let _ = write!(head, "Connection: {connection}\r\n\r\n");
         let mut out = head.into_bytes();
-        if !head_only {
+        if !head_only && !bodyless {
             out.extend_from_slice(&self.body);
         }
         out
@@ -164,6 +181,7 @@ impl Response {
 /// The reason phrase for the status codes we use; "Unknown" otherwise.
 pub(crate) fn reason(status: u16) -> &'static str {
     match status {
+        100 => "Continue",
         101 => "Switching Protocols",
         200 => "OK",
         204 => "No Content",
@@ -180,11 +198,23 @@ pub(crate) fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
+        417 => "Expectation Failed",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Unknown",
     }
+}
+
+/// How a request's body is framed (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// `Content-Length` bytes (0 without either header).
+    Length(usize),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
 }
 
 /// What the head parser made of the bytes so far.
@@ -192,14 +222,69 @@ pub(crate) fn reason(status: u16) -> &'static str {
 pub(crate) enum Head {
     /// Need more bytes.
     Partial,
-    /// A whole head of this many bytes, and the body length it announces.
+    /// A whole head of this many bytes.
     Complete {
         request: Request,
         head_len: usize,
-        body_len: usize,
+        /// How its body is framed.
+        framing: Framing,
+        /// The client lets the connection live on after the answer
+        /// (HTTP/1.1 without `Connection: close`, HTTP/1.0 with
+        /// `Connection: keep-alive`).
+        keep_alive: bool,
+        /// `Expect: 100-continue` on an HTTP/1.1 request.
+        expect_continue: bool,
     },
     /// The request is bad; answer with this status and close.
     Reject(u16),
+}
+
+/// Where the blank line that ends a head is, searching `buf` from `from`:
+/// the length of the head, `\r\n\r\n` or a bare `\n\n` included.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(p) = buf[i..].iter().position(|b| *b == b'\n') {
+        let nl = i + p;
+        match buf.get(nl + 1..) {
+            Some([b'\n', ..]) => return Some(nl + 2),
+            Some([b'\r', b'\n', ..]) => return Some(nl + 3),
+            _ => i = nl + 1,
+        }
+    }
+    None
+}
+
+/// Parses a request head from the start of `buf`, scanning for its end from
+/// `*scanned` only: the bytes before it are known not to end a head, so a
+/// head that arrives a byte at a time costs linear time. httparse runs once
+/// the end is there. `*scanned` is left where the next search starts.
+pub(crate) fn parse_head_from(
+    buf: &[u8],
+    scanned: &mut usize,
+    peer: SocketAddr,
+    conn: ConnId,
+    max_body: usize,
+) -> Head {
+    loop {
+        let Some(end) = head_end(buf, *scanned) else {
+            // A `\n` or `\n\r` at the end may start the blank line.
+            *scanned = buf.len().saturating_sub(2);
+            return if buf.len() >= MAX_HEAD_BYTES {
+                Head::Reject(431)
+            } else {
+                Head::Partial
+            };
+        };
+        match parse_head(&buf[..end], peer, conn, max_body) {
+            // Empty lines before the request line (allowed by RFC 9112
+            // §2.2): the head ends at a later blank line.
+            Head::Partial => *scanned = end - 1,
+            done => {
+                *scanned = 0;
+                return done;
+            }
+        }
+    }
 }
 
 /// Parses a request head from the start of `buf`.
@@ -216,6 +301,7 @@ pub(crate) fn parse_head(buf: &[u8], peer: SocketAddr, conn: ConnId, max_body: u
     if head_len > MAX_HEAD_BYTES {
         return Head::Reject(431);
     }
+    let http11 = req.version == Some(1);
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut request = Request {
@@ -235,21 +321,290 @@ pub(crate) fn parse_head(buf: &[u8], peer: SocketAddr, conn: ConnId, max_body: u
             .headers
             .push((h.name.to_string(), value.to_string()));
     }
-    if request.header_has_token("Transfer-Encoding", "chunked") {
-        return Head::Reject(411);
-    }
-    let body_len = match request.header("Content-Length") {
-        None => 0,
-        Some(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n > max_body => return Head::Reject(413),
-            Ok(n) => n,
-            Err(_) => return Head::Reject(400),
-        },
+    let framing = match framing(&request, http11, max_body) {
+        Ok(f) => f,
+        Err(status) => return Head::Reject(status),
+    };
+    let keep_alive = if http11 {
+        !request.header_has_token("Connection", "close")
+    } else {
+        request.header_has_token("Connection", "keep-alive")
+    };
+    // HTTP/1.0 clients do not know 100 Continue: the expectation is ignored
+    // (RFC 9110 §10.1.1).
+    let expect_continue = match request.header("Expect").map(str::trim) {
+        None => false,
+        Some(_) if !http11 => false,
+        Some(e) if e.eq_ignore_ascii_case("100-continue") => true,
+        Some(_) => return Head::Reject(417),
     };
     Head::Complete {
         request,
         head_len,
-        body_len,
+        framing,
+        keep_alive,
+        expect_continue,
+    }
+}
+
+/// The body's framing by RFC 9112 §6.3, or the status that refuses it:
+/// `Transfer-Encoding` with `Content-Length`, in HTTP/1.0, or without
+/// `chunked` last: 400; another coding before `chunked`: 501;
+/// `Content-Length` values that differ or are not all digits: 400; a length
+/// over `max_body`: 413.
+fn framing(request: &Request, http11: bool, max_body: usize) -> Result<Framing, u16> {
+    let mut codings = request
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Transfer-Encoding"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .peekable();
+    let has_length = request
+        .headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("Content-Length"));
+    if codings.peek().is_some() {
+        let codings: Vec<&str> = codings.collect();
+        if has_length || !http11 {
+            return Err(400);
+        }
+        return match codings.split_last() {
+            Some((last, [])) if last.eq_ignore_ascii_case("chunked") => Ok(Framing::Chunked),
+            Some((last, _)) if last.eq_ignore_ascii_case("chunked") => Err(501),
+            _ => Err(400),
+        };
+    }
+    let mut length: Option<u64> = None;
+    let values = request
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Content-Length"))
+        .flat_map(|(_, v)| v.split(','));
+    for v in values {
+        let v = v.trim_matches([' ', '\t']);
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(400);
+        }
+        // All digits: only too many of them fails, and that is too large.
+        let n = v.parse::<u64>().unwrap_or(u64::MAX);
+        if length.is_some_and(|l| l != n) {
+            return Err(400);
+        }
+        length = Some(n);
+    }
+    match length {
+        None => Ok(Framing::Length(0)),
+        Some(n) if n > max_body as u64 => Err(413),
+        Some(n) => Ok(Framing::Length(n as usize)),
+    }
+}
+
+/// The longest chunk-size line accepted (size and extensions).
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// Where a chunked body decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Reading a chunk-size line.
+    Size,
+    /// Reading chunk data: this many bytes to go.
+    Data(usize),
+    /// The CRLF after chunk data.
+    DataEnd,
+    /// Trailer lines after the last chunk, until an empty one.
+    Trailers,
+}
+
+/// Decodes a `Transfer-Encoding: chunked` request body as it arrives.
+#[derive(Debug)]
+pub(crate) struct Chunked {
+    state: ChunkState,
+    body: BytesMut,
+    /// Bytes at the front of the input known to hold no line end.
+    scanned: usize,
+    /// Trailer bytes seen: capped like a head.
+    trailers: usize,
+}
+
+impl Chunked {
+    pub(crate) fn new() -> Self {
+        Chunked {
+            state: ChunkState::Size,
+            body: BytesMut::new(),
+            scanned: 0,
+            trailers: 0,
+        }
+    }
+
+    /// Takes what it can off the front of `input`. `Ok(Some(body))` once the
+    /// last chunk and the trailers (skipped) are in; `Ok(None)`: need more;
+    /// `Err(status)`: a body over `max` (413) or broken framing (400).
+    pub(crate) fn decode(
+        &mut self,
+        input: &mut BytesMut,
+        max: usize,
+    ) -> Result<Option<Bytes>, u16> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(line) = self.line(input, MAX_CHUNK_LINE)? else {
+                        return Ok(None);
+                    };
+                    let size = chunk_size(&line)?;
+                    if size > max.saturating_sub(self.body.len()) {
+                        return Err(413);
+                    }
+                    self.state = if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                ChunkState::Data(left) => {
+                    if input.is_empty() {
+                        return Ok(None);
+                    }
+                    let take = left.min(input.len());
+                    self.body.extend_from_slice(&input.split_to(take));
+                    self.state = match left - take {
+                        0 => ChunkState::DataEnd,
+                        more => ChunkState::Data(more),
+                    };
+                }
+                ChunkState::DataEnd => match &input[..] {
+                    [b'\r', b'\n', ..] => {
+                        let _ = input.split_to(2);
+                        self.state = ChunkState::Size;
+                    }
+                    [b'\n', ..] => {
+                        let _ = input.split_to(1);
+                        self.state = ChunkState::Size;
+                    }
+                    [] | [b'\r'] => return Ok(None),
+                    _ => return Err(400),
+                },
+                ChunkState::Trailers => {
+                    let room = MAX_HEAD_BYTES.saturating_sub(self.trailers);
+                    let Some(line) = self.line(input, room).map_err(|_| 431u16)? else {
+                        return Ok(None);
+                    };
+                    if line.is_empty() {
+                        return Ok(Some(std::mem::take(&mut self.body).freeze()));
+                    }
+                    self.trailers += line.len() + 2;
+                }
+            }
+        }
+    }
+
+    /// The next line off the front of `input`, without its line end;
+    /// `Ok(None)` until its `\n` is in (searched for in new bytes only);
+    /// 400 when it is longer than `max`.
+    fn line(&mut self, input: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, u16> {
+        let from = self.scanned.min(input.len());
+        match input[from..].iter().position(|b| *b == b'\n') {
+            None if input.len() > max => Err(400),
+            None => {
+                self.scanned = input.len();
+                Ok(None)
+            }
+            Some(p) => {
+                self.scanned = 0;
+                let mut line = input.split_to(from + p + 1);
+                line.truncate(from + p);
+                if line.last() == Some(&b'\r') {
+                    line.truncate(line.len() - 1);
+                }
+                Ok(Some(line))
+            }
+        }
+    }
+}
+
+/// The size of a chunk-size line (`1a;ext=1`): hex digits, then extensions
+/// (ignored) after optional whitespace.
+fn chunk_size(line: &[u8]) -> Result<usize, u16> {
+    let digits = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let rest = line[digits..].trim_ascii_start();
+    if digits == 0 || !(rest.is_empty() || rest[0] == b';') {
+        return Err(400);
+    }
+    let mut size: usize = 0;
+    for b in &line[..digits] {
+        let d = (*b as char).to_digit(16).unwrap_or(0) as usize;
+        // More than fits: larger than any limit.
+        size = size
+            .checked_mul(16)
+            .and_then(|s| s.checked_add(d))
+            .ok_or(413u16)?;
+    }
+    Ok(size)
+}
+
+/// What a request asks of the connection once it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reply {
+    /// The request was `HEAD`: the answer's head only.
+    pub(crate) head_only: bool,
+    /// The client keeps the connection for another request.
+    pub(crate) keep_alive: bool,
+}
+
+/// Where an HTTP connection is between two requests.
+#[derive(Debug)]
+pub(crate) enum Stage {
+    /// Reading a request head.
+    Head,
+    /// The head is in; its body is arriving.
+    Body {
+        request: Box<Request>,
+        reply: Reply,
+        /// `None`: a `Content-Length` body of this many bytes.
+        chunked: Option<Box<Chunked>>,
+        len: usize,
+    },
+    /// `on_http_request` answers later ([`crate::Ctx::respond`]); what
+    /// arrives meanwhile waits in the input.
+    Responding(Reply),
+}
+
+/// An HTTP connection on a `websocket://` listener until it is upgraded or
+/// closed: its unparsed input and where it is.
+#[derive(Debug)]
+pub(crate) struct HttpConn {
+    /// Bytes read and not yet parsed: the request under way and any
+    /// pipelined after it.
+    pub(crate) input: BytesMut,
+    /// The front of `input` known not to end a head.
+    pub(crate) scanned: usize,
+    /// Requests answered on this connection.
+    pub(crate) served: usize,
+    pub(crate) stage: Stage,
+    /// Input waits to be parsed outside a read: it came while an answer
+    /// was pending, or output was over its cap.
+    pub(crate) held: bool,
+}
+
+impl Default for HttpConn {
+    fn default() -> Self {
+        HttpConn {
+            input: BytesMut::new(),
+            scanned: 0,
+            served: 0,
+            stage: Stage::Head,
+            held: false,
+        }
+    }
+}
+
+impl HttpConn {
+    /// Whether `on_http_request` still owes an answer.
+    pub(crate) fn responding(&self) -> bool {
+        matches!(self.stage, Stage::Responding(_))
     }
 }
 
@@ -313,5 +668,113 @@ mod tests {
         };
         assert!(request.header_has_token("connection", "upgrade"));
         assert!(!request.header_has_token("connection", "close"));
+    }
+
+    fn framing_of(extra: &str) -> Result<Framing, u16> {
+        let head = format!("POST / HTTP/1.1\r\nHost: h\r\n{extra}\r\n");
+        match parse_head(head.as_bytes(), peer(), ConnId::new(0, 0, 0), 100) {
+            Head::Complete { framing, .. } => Ok(framing),
+            Head::Reject(status) => Err(status),
+            Head::Partial => panic!("partial"),
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112_section_6_3() {
+        assert_eq!(framing_of(""), Ok(Framing::Length(0)));
+        assert_eq!(framing_of("Content-Length: 7\r\n"), Ok(Framing::Length(7)));
+        let same = "Content-Length: 7\r\nContent-Length: 7\r\n";
+        assert_eq!(framing_of(same), Ok(Framing::Length(7)));
+        let differ = "Content-Length: 7\r\nContent-Length: 8\r\n";
+        assert_eq!(framing_of(differ), Err(400));
+        assert_eq!(framing_of("Content-Length: 7, 8\r\n"), Err(400));
+        for bad in ["+7", "-7", "0x7", "7 7", ""] {
+            assert_eq!(
+                framing_of(&format!("Content-Length: {bad}\r\n")),
+                Err(400),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(framing_of("Content-Length: 101\r\n"), Err(413));
+        assert_eq!(
+            framing_of("Content-Length: 99999999999999999999999\r\n"),
+            Err(413)
+        );
+        let te = "Transfer-Encoding: chunked\r\n";
+        assert_eq!(framing_of(te), Ok(Framing::Chunked));
+        assert_eq!(framing_of(&format!("{te}Content-Length: 5\r\n")), Err(400));
+        assert_eq!(framing_of("Transfer-Encoding: gzip, chunked\r\n"), Err(501));
+        assert_eq!(framing_of("Transfer-Encoding: gzip\r\n"), Err(400));
+        assert_eq!(framing_of("Transfer-Encoding: chunked, gzip\r\n"), Err(400));
+    }
+
+    #[test]
+    fn a_head_is_scanned_once_however_it_arrives() {
+        let whole = b"\r\nGET /x HTTP/1.1\r\nHost: h\r\n\r\nnext";
+        let mut scanned = 0;
+        for n in 1..whole.len() - 4 {
+            let head = parse_head_from(&whole[..n], &mut scanned, peer(), ConnId::new(0, 0, 0), 0);
+            assert!(matches!(head, Head::Partial), "{n}: {head:?}");
+            assert!(
+                scanned + 2 >= n,
+                "{n}: only new bytes are searched ({scanned})"
+            );
+        }
+        let head = parse_head_from(whole, &mut scanned, peer(), ConnId::new(0, 0, 0), 0);
+        let Head::Complete {
+            head_len,
+            request,
+            keep_alive,
+            ..
+        } = head
+        else {
+            panic!("{head:?}")
+        };
+        assert_eq!((head_len, request.path.as_str()), (whole.len() - 4, "/x"));
+        assert!(keep_alive, "HTTP/1.1 keeps the connection by default");
+    }
+
+    #[test]
+    fn chunked_bodies_decode_in_any_pieces_and_skip_trailers() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\nGET";
+        let mut input = BytesMut::new();
+        let mut decoder = Chunked::new();
+        let mut body = None;
+        let mut fed = 0;
+        while body.is_none() && fed < wire.len() {
+            input.extend_from_slice(&wire[fed..fed + 1]);
+            fed += 1;
+            body = decoder.decode(&mut input, 100).unwrap();
+        }
+        assert_eq!(body.as_deref(), Some(&b"hello world"[..]));
+        input.extend_from_slice(&wire[fed..]);
+        assert_eq!(&input[..], b"GET", "the next request is left alone");
+        let mut big = BytesMut::from(&b"b\r\nhello world\r\n0\r\n\r\n"[..]);
+        assert_eq!(Chunked::new().decode(&mut big, 10), Err(413));
+        let mut bad = BytesMut::from(&b"zz\r\n"[..]);
+        assert_eq!(Chunked::new().decode(&mut bad, 10), Err(400));
+    }
+
+    #[test]
+    fn answers_say_whether_the_connection_lives_on() {
+        let text =
+            |r: &Response, head_only, keep| String::from_utf8(r.encode(head_only, keep)).unwrap();
+        let r = Response::text("hi").header("Connection", "close");
+        assert!(r.says_close());
+        let kept = text(&Response::text("hi"), false, true);
+        assert!(
+            kept.ends_with("Content-Length: 2\r\nConnection: keep-alive\r\n\r\nhi"),
+            "{kept}"
+        );
+        let head = text(&Response::text("hi"), true, false);
+        assert!(
+            head.ends_with("Content-Length: 2\r\nConnection: close\r\n\r\n"),
+            "{head}"
+        );
+        let empty = text(&Response::new(204, "x"), false, true);
+        assert!(
+            !empty.contains("Content-Length") && empty.ends_with("\r\n\r\n"),
+            "{empty}"
+        );
     }
 }

@@ -15,14 +15,18 @@ pub(crate) enum FramingError {
 }
 
 /// Takes the next whole message of a plain protocol off the front of `buf`.
-/// `Ok(None)`: need more bytes.
+/// `Ok(None)`: need more bytes. The first `scanned` bytes are known to hold
+/// no line end (they were all there when the last call said `Ok(None)`), so
+/// a `text://` line is searched for in the bytes after them only: a line
+/// that arrives a byte at a time costs linear time.
 pub(crate) fn decode(
     protocol: Protocol,
     buf: &mut BytesMut,
     max: usize,
+    scanned: usize,
 ) -> Result<Option<Message>, FramingError> {
     match protocol {
-        Protocol::Text => match buf.iter().position(|b| *b == b'\n') {
+        Protocol::Text => match newline(buf, scanned) {
             None if buf.len() > max => Err(FramingError::TooBig(buf.len())),
             None => Ok(None),
             Some(i) if i > max => Err(FramingError::TooBig(i)),
@@ -70,6 +74,15 @@ pub(crate) fn decode(
     }
 }
 
+/// The first `\n` of `buf` at or after `from`.
+fn newline(buf: &[u8], from: usize) -> Option<usize> {
+    let from = from.min(buf.len());
+    buf[from..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map(|i| from + i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,16 +91,16 @@ mod tests {
     #[test]
     fn text_lines_split_and_coalesce() {
         let mut buf = BytesMut::from(&b"one\r\ntw"[..]);
-        let m = decode(Protocol::Text, &mut buf, 100).unwrap();
+        let m = decode(Protocol::Text, &mut buf, 100, 0).unwrap();
         assert_eq!(m, Some(Message::from("one")));
-        assert_eq!(decode(Protocol::Text, &mut buf, 100), Ok(None));
+        assert_eq!(decode(Protocol::Text, &mut buf, 100, 0), Ok(None));
         buf.extend_from_slice(b"o\nthree\n");
-        let m = decode(Protocol::Text, &mut buf, 100).unwrap();
+        let m = decode(Protocol::Text, &mut buf, 100, 0).unwrap();
         assert_eq!(m, Some(Message::from("two")));
-        let m = decode(Protocol::Text, &mut buf, 100).unwrap();
+        let m = decode(Protocol::Text, &mut buf, 100, 0).unwrap();
         assert_eq!(m, Some(Message::from("three")));
         let mut long = BytesMut::from(&[b'x'; 11][..]);
-        assert!(decode(Protocol::Text, &mut long, 10).is_err());
+        assert!(decode(Protocol::Text, &mut long, 10, 0).is_err());
     }
 
     #[test]
@@ -95,16 +108,16 @@ mod tests {
         let wire = encode(Wire::server(Protocol::Frame), &Message::from(&b"abc"[..]));
         assert_eq!(&wire[..], b"\x00\x00\x00\x07abc");
         let mut buf = BytesMut::from(&wire[..5]);
-        assert_eq!(decode(Protocol::Frame, &mut buf, 100), Ok(None));
+        assert_eq!(decode(Protocol::Frame, &mut buf, 100, 0), Ok(None));
         buf.extend_from_slice(&wire[5..]);
         buf.extend_from_slice(&wire);
         for _ in 0..2 {
-            let m = decode(Protocol::Frame, &mut buf, 100).unwrap().unwrap();
+            let m = decode(Protocol::Frame, &mut buf, 100, 0).unwrap().unwrap();
             assert_eq!(m.as_bytes(), b"abc");
         }
         let mut bad = BytesMut::from(&b"\x00\x00\x00\x02"[..]);
         assert_eq!(
-            decode(Protocol::Frame, &mut bad, 100),
+            decode(Protocol::Frame, &mut bad, 100, 0),
             Err(FramingError::BadLength(2))
         );
     }

@@ -72,7 +72,7 @@ impl<H: Handler> Worker<H> {
         self.core.serial += 1;
         let websocket = self.core.cfg.protocol == Protocol::WebSocket;
         let proto = if websocket {
-            Proto::Head(BytesMut::new())
+            Proto::Http(Box::default())
         } else {
             Proto::Plain(BytesMut::new())
         };

@@ -8,46 +8,142 @@ use crate::core::conn::Proto;
 use crate::ctx::Ctx;
 use crate::error::ConnError;
 use crate::handler::Handler;
-use crate::proto::http::{self, Head, Request, Response};
+use crate::proto::http::{self, Chunked, Framing, Head, Reply, Request, Response, Stage};
 use crate::proto::ws::Answer;
 use bytes::BytesMut;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use tungstenite::protocol::{Role, WebSocketContext};
 
+/// `100 Continue`, sent before reading a body the client holds back for it.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What [`Worker::next_request`] found in an HTTP connection's input.
+enum Next {
+    /// Nothing to do until more bytes come (or an answer is given).
+    Wait,
+    /// Refuse with this status and close.
+    Reject(u16, bool),
+    /// A WebSocket upgrade request, and the bytes after its head.
+    Upgrade(Request, BytesMut),
+    /// A whole request, body included.
+    Request(Request, Reply),
+}
+
 impl<H: Handler> Worker<H> {
+    /// Parses and answers the requests in an HTTP connection's input, one
+    /// at a time and in order, until it needs more bytes, an answer is
+    /// left for later, the connection is upgraded or closes, or its queued
+    /// output is over `max_output_bytes` (the sweep resumes it).
     pub(super) fn try_head(&mut self, key: usize) {
-        let max_body = self.core.cfg.max_http_body_bytes;
-        let c = &mut self.core.conns[key];
-        let id = crate::id::ConnId::new(self.core.slot, key as u32, c.serial);
-        let Proto::Head(buf) = &mut c.proto else {
-            return;
-        };
-        let (mut request, head_len, body_len) = match http::parse_head(buf, c.peer, id, max_body) {
-            Head::Partial => return,
-            Head::Reject(status) => {
-                return self.core.respond(key, &Response::status(status), false)
+        loop {
+            match self.next_request(key) {
+                Next::Wait => return,
+                Next::Reject(status, head_only) => {
+                    return self.core.respond(key, &Response::status(status), head_only)
+                }
+                Next::Upgrade(request, rest) => return self.upgrade(key, request, rest),
+                Next::Request(request, reply) => {
+                    let response = self.http_response(&request);
+                    if response.is_later() {
+                        return self.core.await_response(key, reply);
+                    }
+                    self.core.answer(key, &response, reply);
+                }
             }
-            Head::Complete {
-                request,
-                head_len,
-                body_len,
-            } => (request, head_len, body_len),
+        }
+    }
+
+    /// Takes the next whole request off an HTTP connection's input: its
+    /// head (scanned for its end in new bytes only), then its body
+    /// (`Content-Length` or chunked, with `100 Continue` first when the
+    /// client waits for it).
+    fn next_request(&mut self, key: usize) -> Next {
+        let max_body = self.core.cfg.max_http_body_bytes;
+        let max_out = self.core.cfg.max_output_bytes;
+        let path = self.core.cfg.websocket_path.as_deref();
+        let Some(c) = self.core.conns.get_mut(key) else {
+            return Next::Wait;
         };
-        if is_upgrade(&request, self.core.cfg.websocket_path.as_deref()) {
-            let rest = buf.split_off(head_len);
-            return self.upgrade(key, request, rest);
+        let id = crate::id::ConnId::new(self.core.slot, key as u32, c.serial);
+        let (peer, out_len) = (c.peer, c.out.len());
+        let Proto::Http(h) = &mut c.proto else {
+            return Next::Wait;
+        };
+        if let Stage::Head = h.stage {
+            if h.input.is_empty() {
+                return Next::Wait;
+            }
+            if out_len > max_out {
+                // Answers the client does not read: hold its requests.
+                h.held = true;
+                c.marks.paused = true;
+                return Next::Wait;
+            }
+            let head = http::parse_head_from(&h.input, &mut h.scanned, peer, id, max_body);
+            let (request, head_len, framing, keep_alive, expect_continue) = match head {
+                Head::Partial => return Next::Wait,
+                Head::Reject(status) => return Next::Reject(status, false),
+                Head::Complete {
+                    request,
+                    head_len,
+                    framing,
+                    keep_alive,
+                    expect_continue,
+                } => (request, head_len, framing, keep_alive, expect_continue),
+            };
+            let _ = h.input.split_to(head_len);
+            if is_upgrade(&request, path) {
+                let rest = h.input.split();
+                return Next::Upgrade(request, rest);
+            }
+            let reply = Reply {
+                head_only: request.method == "HEAD",
+                keep_alive,
+            };
+            let (chunked, len) = match framing {
+                Framing::Length(n) => (None, n),
+                Framing::Chunked => (Some(Box::new(Chunked::new())), 0),
+            };
+            let body_due = chunked.is_some() || len > h.input.len();
+            if expect_continue && body_due {
+                c.out.push(CONTINUE.into());
+                if !c.marks.dirty {
+                    c.marks.dirty = true;
+                    self.core.dirty.push(key);
+                }
+            }
+            h.stage = Stage::Body {
+                request: Box::new(request),
+                reply,
+                chunked,
+                len,
+            };
         }
-        if buf.len() < head_len + body_len {
-            return;
-        }
-        request.body = buf.split_off(head_len).split_to(body_len).freeze();
-        let head_only = request.method == "HEAD";
-        let response = self.http_response(&request);
-        if response.is_later() {
-            self.core.await_response(key, head_only);
-        } else {
-            self.core.respond(key, &response, head_only);
-        }
+        let Stage::Body {
+            chunked,
+            len,
+            reply,
+            ..
+        } = &mut h.stage
+        else {
+            return Next::Wait;
+        };
+        let reply = *reply;
+        let body = match chunked {
+            None if h.input.len() < *len => return Next::Wait,
+            None => h.input.split_to(*len).freeze(),
+            Some(decoder) => match decoder.decode(&mut h.input, max_body) {
+                Ok(None) => return Next::Wait,
+                Ok(Some(body)) => body,
+                Err(status) => return Next::Reject(status, reply.head_only),
+            },
+        };
+        let Stage::Body { request, .. } = std::mem::replace(&mut h.stage, Stage::Head) else {
+            return Next::Wait;
+        };
+        let mut request = *request;
+        request.body = body;
+        Next::Request(request, reply)
     }
 
     fn http_response(&mut self, request: &Request) -> Response {

@@ -7,6 +7,7 @@ use crate::error::ConnError;
 use crate::handler::Handler;
 use crate::message::Message;
 use crate::net::Input;
+use crate::proto::http::{self, Stage};
 use crate::proto::plain::{self, FramingError};
 use crate::proto::ws::WsIo;
 use std::io;
@@ -27,6 +28,7 @@ impl<H: Handler> Worker<H> {
     /// end of stream, since nothing else would bring the rest.
     pub(super) fn read_conn(&mut self, key: usize, until_eagain: bool) {
         let mut budget = READ_BUDGET;
+        self.parse_held(key);
         loop {
             let Some(c) = self.core.conns.get_mut(key) else {
                 return;
@@ -46,6 +48,7 @@ impl<H: Handler> Worker<H> {
             match got {
                 Ok(Input::Data { n, drained }) => {
                     self.touch(key);
+                    self.core.conns[key].marks.heard = true;
                     self.feed(key, n);
                     if drained && !until_eagain {
                         return;
@@ -106,8 +109,24 @@ impl<H: Handler> Worker<H> {
     fn feed(&mut self, key: usize, n: usize) {
         let c = &mut self.core.conns[key];
         match &mut c.proto {
-            Proto::Head(buf) => {
-                buf.extend_from_slice(&self.scratch[..n]);
+            Proto::Http(h) => {
+                let first = h.input.is_empty() && h.served > 0;
+                h.input.extend_from_slice(&self.scratch[..n]);
+                if h.responding() {
+                    // Pipelined input waits for the pending answer, one
+                    // head and body at most: then the socket is left unread.
+                    let cap = http::MAX_HEAD_BYTES + self.core.cfg.max_http_body_bytes;
+                    if h.input.len() >= cap {
+                        c.marks.paused = true;
+                    }
+                    return;
+                }
+                if first && matches!(h.stage, Stage::Head) {
+                    // A kept-alive connection's next head has begun: it
+                    // must be done within the handshake timeout.
+                    c.life
+                        .extend(self.core.now + self.core.cfg.handshake_timeout);
+                }
                 self.try_head(key);
             }
             Proto::Upgrading(hs) => {
@@ -116,14 +135,32 @@ impl<H: Handler> Worker<H> {
             }
             Proto::Ws(_) => self.feed_ws(key, n),
             Proto::Plain(buf) => {
+                let scanned = buf.len();
                 buf.extend_from_slice(&self.scratch[..n]);
-                self.feed_plain(key);
+                self.feed_plain(key, scanned);
             }
-            Proto::Responding { .. } | Proto::Done => {}
+            Proto::Done => {}
         }
     }
 
-    fn feed_plain(&mut self, key: usize) {
+    /// HTTP input that waited (for an answer given later, or for output
+    /// to drain) is parsed before the socket is read again.
+    fn parse_held(&mut self, key: usize) {
+        let Some(c) = self.core.conns.get_mut(key) else {
+            return;
+        };
+        if let Proto::Http(h) = &mut c.proto {
+            if std::mem::take(&mut h.held) {
+                self.try_head(key);
+            }
+        }
+    }
+
+    /// Delivers the whole messages of a plain protocol's input; the first
+    /// `scanned` bytes are known to hold none (they were there after the
+    /// last message was taken), so a `text://` line is searched for in new
+    /// bytes only.
+    fn feed_plain(&mut self, key: usize, mut scanned: usize) {
         let max = self.core.cfg.max_frame_bytes;
         loop {
             let Some(c) = self.core.conns.get_mut(key) else {
@@ -136,7 +173,7 @@ impl<H: Handler> Worker<H> {
             let Proto::Plain(buf) = &mut c.proto else {
                 return;
             };
-            match plain::decode(protocol, buf, max) {
+            match plain::decode(protocol, buf, max, std::mem::take(&mut scanned)) {
                 Ok(Some(msg)) => self.deliver(key, msg),
                 Ok(None) => return,
                 Err(e) => {

@@ -35,12 +35,14 @@ impl<H: Handler> Worker<H> {
             .map(|(key, c)| {
                 let id = core.id_of(key, c);
                 let protocol = match &c.proto {
-                    Proto::Head(_) | Proto::Responding { .. } => "http",
+                    Proto::Http(_) => "http",
                     _ => c.wire.protocol.scheme(),
                 };
                 let state = match c.dial {
                     Some(_) => format!("out {}", c.life.name()),
-                    None if matches!(c.proto, Proto::Head(_)) => "request".into(),
+                    None if matches!(&c.proto, Proto::Http(h) if !h.responding()) => {
+                        "request".into()
+                    }
                     None => c.life.name().into(),
                 };
                 report::ConnRow {

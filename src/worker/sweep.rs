@@ -1,11 +1,13 @@
-//! Deadlines (handshakes, closes, idle connections, pings) and stopping.
+//! Deadlines (handshakes, kept-alive HTTP connections between requests,
+//! the plain protocols' first byte, closes, idle connections, pings) and
+//! stopping.
 
 use super::Worker;
 use crate::core::conn::Proto;
 use crate::error::ConnError;
 use crate::handler::Handler;
 use crate::proto::codec;
-use crate::proto::http::Response;
+use crate::proto::http::{Response, Stage};
 use nix::sys::signal::Signal;
 use std::time::Duration;
 
@@ -14,8 +16,11 @@ impl<H: Handler> Worker<H> {
         let now = self.core.now;
         let idle = self.core.cfg.idle_timeout;
         let ping = self.core.cfg.ping_interval;
+        let first_byte = self.core.cfg.handshake_timeout;
+        let max_out = self.core.cfg.max_output_bytes;
         let mut expired = Vec::new();
         let mut idle_out = Vec::new();
+        let mut silent = Vec::new();
         let mut to_ping = Vec::new();
         for (key, c) in self.core.conns.iter_mut() {
             if !c.marks.dirty {
@@ -27,6 +32,12 @@ impl<H: Handler> Worker<H> {
                 let quiet = now.saturating_duration_since(c.last_read);
                 if idle.is_some_and(|i| quiet >= i) {
                     idle_out.push(key);
+                } else if quiet >= first_byte
+                    && !c.marks.heard
+                    && matches!(c.proto, Proto::Plain(_))
+                    && !c.outbound()
+                {
+                    silent.push(key);
                 } else if ping.is_some_and(|p| quiet >= p)
                     && !c.marks.pinged
                     && matches!(c.proto, Proto::Ws(_))
@@ -35,16 +46,33 @@ impl<H: Handler> Worker<H> {
                     c.marks.pinged = true;
                     to_ping.push(key);
                 }
+            } else if let Proto::Http(h) = &mut c.proto {
+                // Held for output over its cap (see `try_head`): go on once
+                // it is written.
+                if h.held && c.marks.paused && !h.responding() && c.out.len() <= max_out {
+                    c.marks.paused = false;
+                    self.core.resumed.push(key);
+                }
             }
         }
         for key in expired {
             let c = &self.core.conns[key];
-            if matches!(c.proto, Proto::Responding { .. }) {
-                // The handler did not answer in time.
-                self.core.respond(key, &Response::status(504), false);
-                continue;
+            if let Proto::Http(h) = &c.proto {
+                if let Stage::Responding(reply) = h.stage {
+                    // The handler did not answer in time.
+                    self.core
+                        .respond(key, &Response::status(504), reply.head_only);
+                    continue;
+                }
+                if !c.out.is_empty() {
+                    // A kept-alive connection whose last answer is still
+                    // being written: it goes once that is out.
+                    self.core.begin_close(key, 0, "", None);
+                    continue;
+                }
             }
-            // A connect or head that never completed, or a close the peer
+            // A connect or head that never completed, a kept-alive
+            // connection that sent no next request, or a close the peer
             // never finished.
             let what = if c.life.is_connecting() {
                 "connect"
@@ -58,6 +86,13 @@ impl<H: Handler> Worker<H> {
         for key in idle_out {
             self.core
                 .begin_close(key, 1001, "idle timeout", Some(ConnError::Timeout("idle")));
+        }
+        // A plain-protocol connection is open (`on_connect` ran) from its
+        // accept; one that sends nothing within the handshake timeout is
+        // closed like an idle one: `on_error` (timeout) and `on_close`.
+        for key in silent {
+            self.core
+                .begin_close(key, 1001, "", Some(ConnError::Timeout("first byte")));
         }
         for key in to_ping {
             self.core.queue(key, codec::ws_frame(codec::OP_PING, b""));
@@ -110,9 +145,13 @@ impl<H: Handler> Worker<H> {
                     .begin_close(key, 1001, "server shutting down", None);
             } else if c.life.is_waiting() {
                 self.core.give_up(key);
-            } else if !c.life.is_closing()
-                && !matches!(c.proto, Proto::Head(_) | Proto::Responding { .. })
+            } else if matches!(&c.proto, Proto::Http(h) if h.served > 0 && h.input.is_empty()
+                && matches!(h.stage, Stage::Head))
             {
+                // Kept alive, between requests: closed after what it is
+                // still being sent.
+                self.core.begin_close(key, 0, "", None);
+            } else if !c.life.is_closing() && !matches!(c.proto, Proto::Http(_)) {
                 self.core.drop_socket(key, None);
             }
         }

@@ -1,5 +1,7 @@
-//! Plain HTTP on the WebSocket port, spoken byte by byte: the server answers
-//! every request and closes, so a response is everything read until EOF.
+//! Plain HTTP on the WebSocket port, spoken byte by byte: a response is its
+//! head and `Content-Length` bytes of body, or everything read until EOF
+//! without one; [`read_one_reply`] reads responses one at a time off a
+//! kept-alive connection.
 
 use super::{tcp_connect, REPLY_TIMEOUT};
 use std::io::{ErrorKind, Read, Write};
@@ -57,8 +59,56 @@ pub fn read_status_line(stream: &mut TcpStream) -> String {
     text.lines().next().unwrap_or("").to_string()
 }
 
-/// Reads a whole response: everything until the server closes, within
-/// [`REPLY_TIMEOUT`]. A reset after some bytes counts as the end.
+/// The length of the response at the front of `raw` once all of it is
+/// there: its head and `Content-Length` bytes (none after a `HEAD` request
+/// when `head_only`, or for 1xx, 204 and 304). `None` while incomplete or
+/// without a `Content-Length`.
+fn complete_len(raw: &[u8], head_only: bool) -> Option<usize> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let reply = parse_reply(&raw[..end]);
+    let bodyless = head_only || matches!(reply.status, 100..=199 | 204 | 304);
+    let len = if bodyless {
+        0
+    } else {
+        reply.header("Content-Length")?.parse::<usize>().ok()?
+    };
+    (raw.len() >= end + len).then_some(end + len)
+}
+
+/// Reads one response off a connection that may stay open, within
+/// [`REPLY_TIMEOUT`]: `pending` holds bytes read earlier and keeps what came
+/// after this response (the next pipelined one). A `1xx` answer is a
+/// response of its own. `head_only`: it answers `HEAD` (no body).
+#[track_caller]
+pub fn read_one_reply(stream: &mut TcpStream, pending: &mut Vec<u8>, head_only: bool) -> HttpReply {
+    stream
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(n) = complete_len(pending, head_only) {
+            let reply = parse_reply(&pending[..n]);
+            pending.drain(..n);
+            return reply;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => panic!(
+                "the server closed before a whole response: {:?}",
+                String::from_utf8_lossy(pending)
+            ),
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!(
+                "reading the response: {e} (got {:?})",
+                String::from_utf8_lossy(pending)
+            ),
+        }
+    }
+}
+
+/// Reads a whole response within [`REPLY_TIMEOUT`]: its head and
+/// `Content-Length` bytes of body, or everything until the server closes
+/// without one. A reset after some bytes counts as the end.
 #[track_caller]
 pub fn read_reply(stream: &mut TcpStream) -> HttpReply {
     stream
@@ -67,6 +117,9 @@ pub fn read_reply(stream: &mut TcpStream) -> HttpReply {
     let mut raw = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
+        if complete_len(&raw, false).is_some() {
+            break;
+        }
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => raw.extend_from_slice(&buf[..n]),

@@ -134,3 +134,19 @@ pub fn conn_owners(server_port: u16, workers: &[i32]) -> HashMap<u16, i32> {
     }
     owners
 }
+
+/// CPU time `pid` has used, user plus system (utime + stime of
+/// /proc/PID/stat, in clock ticks), `None` if gone.
+pub fn cpu_time(pid: i32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // After the comm: state is field 3 of the line, utime 14, stime 15.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a constant of the system.
+    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        n if n > 0 => n as u64,
+        _ => 100,
+    };
+    Some(std::time::Duration::from_millis(ticks * 1000 / hz))
+}
