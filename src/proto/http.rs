@@ -1,11 +1,20 @@
 //! Plain HTTP on the WebSocket port: the request head parser, [`Request`] and
 //! [`Response`].
 //!
-//! The head is parsed by httparse, capped at [`MAX_HEAD_BYTES`] (larger heads
-//! get `431`) and must arrive within the configured handshake timeout. A body is
-//! read when `Content-Length` announces one, up to `max_http_body_bytes`
-//! (`413` past it); chunked request bodies get `411`. Every response closes the
-//! connection (`Connection: close`).
+//! The head is parsed by httparse once its blank line is in (the search for
+//! it looks at new bytes only), capped at [`MAX_HEAD_BYTES`] (larger heads
+//! get `431`), and must arrive within the configured handshake timeout. The
+//! body is framed as RFC 9112 §6.3 says: `Content-Length` (differing values,
+//! or anything but digits: `400`), or `Transfer-Encoding: chunked`, decoded
+//! by [`Chunked`] with its trailers skipped (with `Content-Length`, in
+//! HTTP/1.0 or without `chunked` last: `400`; another coding before it:
+//! `501`); past `max_http_body_bytes`: `413`. `Expect: 100-continue` gets
+//! `100 Continue` before the body is read; another expectation `417`.
+//!
+//! A connection lives on after an answer when the client keeps it (HTTP/1.1
+//! unless `Connection: close`, HTTP/1.0 with `Connection: keep-alive`) and
+//! the config allows ([`HttpConn`] and `Core::answer`); every refusal
+//! closes it.
 
 use crate::id::ConnId;
 use bytes::{Bytes, BytesMut};
@@ -71,8 +80,9 @@ impl Request {
 pub struct Response {
     /// The status code.
     pub status: u16,
-    /// Extra headers; `Content-Length`, `Connection` and `Date`-less framing
-    /// are added when the response is written.
+    /// Extra headers; `Content-Length` and `Connection` are added when the
+    /// response is written (a `Connection: close` here closes the connection
+    /// after the answer).
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Bytes,
@@ -84,8 +94,11 @@ impl Response {
     /// Returned by [`crate::Handler::on_http_request`]: the handler answers
     /// later with [`crate::Ctx::respond`] and the request's
     /// [`Request::conn`], from any later callback of the same worker (after a
-    /// blocking job, say). The connection waits, reading nothing more, for
-    /// at most `handshake_timeout_ms`; then it is answered 504.
+    /// blocking job, say). The request waits for at most
+    /// `handshake_timeout_ms`; then it is answered 504 and the connection
+    /// closed. Requests pipelined behind it wait their turn (their input is
+    /// capped at one head plus `max_http_body_bytes`, then the socket is
+    /// left unread); on a kept-alive connection, answer each request once.
     pub fn later() -> Self {
         Response {
             later: true,
