@@ -5,7 +5,8 @@
 //!
 //! [`verify`] accepts a token only when all of this holds:
 //!
-//! - three base64url parts without padding, the first two JSON objects;
+//! - three base64url parts without padding, the first two JSON objects in
+//!   UTF-8;
 //! - the header says `"alg": "HS256"`, exactly: `none`, `hs256`, `HS512`,
 //!   RS256 and every other name are refused before the signature is looked
 //!   at, and a header with `crit` (extensions we would have to understand)
@@ -102,8 +103,10 @@ pub fn verify(secret: &[u8], token: &str, now_secs: u64) -> Result<Claims, JwtEr
         return Err(JwtError::Malformed);
     }
     let decode = |part: &str| B64.decode(part).map_err(|_| JwtError::Malformed);
-    let header: Header =
-        serde_json::from_slice(&decode(header)?).map_err(|_| JwtError::Malformed)?;
+    // UTF-8 JSON (RFC 7519 7.2): serde_json does not check the UTF-8 of
+    // members it skips, so the text is checked whole first.
+    let json = |part: &str| String::from_utf8(decode(part)?).map_err(|_| JwtError::Malformed);
+    let header: Header = serde_json::from_str(&json(header)?).map_err(|_| JwtError::Malformed)?;
     if header.alg != "HS256" {
         return Err(JwtError::Algorithm);
     }
@@ -114,8 +117,7 @@ pub fn verify(secret: &[u8], token: &str, now_secs: u64) -> Result<Claims, JwtEr
     mac.update(signed.as_bytes());
     mac.verify_slice(&decode(signature)?)
         .map_err(|_| JwtError::Signature)?;
-    let claims: Claims =
-        serde_json::from_slice(&decode(claims)?).map_err(|_| JwtError::Malformed)?;
+    let claims: Claims = serde_json::from_str(&json(claims)?).map_err(|_| JwtError::Malformed)?;
     let now = now_secs as f64;
     let leeway = LEEWAY_SECS as f64;
     match claims.exp {
@@ -147,12 +149,17 @@ mod tests {
     const NOW: u64 = 1_700_000_000;
     const KEY: &[u8] = b"k";
 
-    /// A token with this header and claims, signed with `KEY`.
-    fn with_header(header: &str, claims: &serde_json::Value) -> String {
-        let input = format!("{}.{}", B64.encode(header), B64.encode(claims.to_string()));
+    /// A token of these header and claims bytes, signed with `KEY`.
+    fn raw(header: &[u8], claims: &[u8]) -> String {
+        let input = format!("{}.{}", B64.encode(header), B64.encode(claims));
         let mut m = mac(KEY);
         m.update(input.as_bytes());
         format!("{input}.{}", B64.encode(m.finalize().into_bytes()))
+    }
+
+    /// A token with this header and claims, signed with `KEY`.
+    fn with_header(header: &str, claims: &serde_json::Value) -> String {
+        raw(header.as_bytes(), claims.to_string().as_bytes())
     }
 
     fn good_claims() -> serde_json::Value {
@@ -293,5 +300,17 @@ mod tests {
             assert!(verify(KEY, junk, NOW).is_err(), "{junk}");
         }
         assert_eq!(verify(KEY, &not_json, NOW).err(), Some(JwtError::Malformed));
+    }
+
+    #[test]
+    fn claims_that_are_not_utf8_are_refused() {
+        // Found by the fuzzer: a byte that is not UTF-8 in a member the
+        // verifier skips got past serde_json.
+        let claims = b"{\"su)\":\"\x96lice\",\"exp\":1700000060}";
+        let t = raw(br#"{"alg":"HS256","typ":"JWT"}"#, claims);
+        assert_eq!(verify(KEY, &t, NOW).err(), Some(JwtError::Malformed));
+        let header = b"{\"alg\":\"HS256\",\"x\":\"\xff\"}";
+        let t = raw(header, good_claims().to_string().as_bytes());
+        assert_eq!(verify(KEY, &t, NOW).err(), Some(JwtError::Malformed));
     }
 }
