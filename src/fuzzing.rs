@@ -174,7 +174,9 @@ pub fn frame(data: &[u8]) {
 }
 
 /// The bus record decoder: every record it finds encodes to at most the
-/// bytes it took and decodes from its encoding to itself.
+/// bytes it took and decodes from its encoding to itself, and a delivery's
+/// payload goes through reframing, as `deliver_local` does it for a
+/// connection whose wire is not the listener's.
 pub fn bus_record(data: &[u8]) {
     let (chunk, stream) = chunked(data);
     let run = decode_both_ways(stream, chunk, bus_wire::decode);
@@ -186,6 +188,13 @@ pub fn bus_record(data: &[u8]) {
         let back: Option<Record> = bus_wire::decode(&mut wire).expect("own encoding");
         assert_eq!(back.as_ref(), Some(rec), "round trip of {len} bytes");
         assert!(wire.is_empty());
+        if let Record::Deliver { payload, .. } = rec {
+            for listener in WIRES.iter().filter(|w| !w.masked) {
+                for to in WIRES {
+                    let _ = codec::reframe(*listener, payload.clone(), to);
+                }
+            }
+        }
     }
 }
 
