@@ -96,6 +96,8 @@ mod core;
 mod ctx;
 mod entropy;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 mod id;
 mod master;

@@ -12,10 +12,13 @@
 //!
 //! Files: `config` (chat.toml), `request` (one type per command, error
 //! precedence), `reply` (frames out), `store` (SQLite writer thread), `auth`
-//! (JWT), `rate` (token bucket), `worker` (the handler), `page.html`.
+//! (login tokens, over the shared JWT verifier `../common/jwt.rs`), `rate`
+//! (token bucket), `worker` (the handler), `page.html`.
 
 mod auth;
 mod config;
+#[path = "../common/jwt.rs"]
+mod jwt;
 mod rate;
 mod reply;
 mod request;

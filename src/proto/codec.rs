@@ -127,7 +127,8 @@ pub(crate) fn encode(wire: Wire, msg: &Message) -> Bytes {
 }
 
 /// The message inside bytes that [`encode`] made for `wire`; `None` for
-/// bytes it did not make (a ping, a close).
+/// bytes it did not make (a ping, a close, or a cut or corrupt frame from
+/// a bus record).
 fn decode_own(wire: Wire, bytes: &Bytes) -> Option<Message> {
     let text_or_binary = |b: Bytes, text: bool| match (text, std::str::from_utf8(&b).is_ok()) {
         (true, true) => Message::Text(b.try_into().expect("checked UTF-8")),
@@ -138,7 +139,10 @@ fn decode_own(wire: Wire, bytes: &Bytes) -> Option<Message> {
             let op = bytes.first()? & 0x0f;
             let second = *bytes.get(1)?;
             let (len, mut at) = match second & 0x7f {
-                126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+                126 => (
+                    u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?) as usize,
+                    4,
+                ),
                 127 => (
                     u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?) as usize,
                     10,
@@ -152,7 +156,10 @@ fn decode_own(wire: Wire, bytes: &Bytes) -> Option<Message> {
             } else {
                 None
             };
-            let body = bytes.slice(at..at + len);
+            if bytes.len().checked_sub(at)? != len {
+                return None;
+            }
+            let body = bytes.slice(at..);
             let body = match key {
                 None => body,
                 Some(k) => body.iter().enumerate().map(|(i, b)| b ^ k[i & 3]).collect(),
@@ -163,8 +170,11 @@ fn decode_own(wire: Wire, bytes: &Bytes) -> Option<Message> {
                 _ => None,
             }
         }
-        Protocol::Text => Some(text_or_binary(bytes.slice(..bytes.len() - 1), true)),
-        Protocol::Frame => Some(Message::Binary(bytes.slice(4..))),
+        Protocol::Text => Some(text_or_binary(
+            bytes.slice(..bytes.len().checked_sub(1)?),
+            true,
+        )),
+        Protocol::Frame => (bytes.len() >= 4).then(|| Message::Binary(bytes.slice(4..))),
         Protocol::Tcp => Some(Message::Binary(bytes.clone())),
     }
 }
@@ -228,5 +238,33 @@ mod tests {
         let ws = reframe(text, big, server).unwrap();
         assert_eq!(ws.len(), 70_010);
         assert_eq!(reframe(server, ws_frame(OP_PING, b""), text), None);
+    }
+
+    #[test]
+    fn bytes_it_did_not_make_are_refused_not_a_panic() {
+        // A delivery's payload from a corrupt bus record, reframed for an
+        // outbound connection: cut frames and lengths past the end.
+        let server = Wire::server(Protocol::WebSocket);
+        let client = Wire {
+            protocol: Protocol::WebSocket,
+            masked: true,
+        };
+        for bytes in [
+            &b"\x81\x7e"[..],
+            b"\x81\x7e\x00",
+            b"\x81\x05hi",
+            b"\x81\x7f\xff\xff\xff\xff\xff\xff\xff\xff",
+            b"\x81\x85\x01\x02",
+        ] {
+            let payload = Bytes::copy_from_slice(bytes);
+            assert_eq!(reframe(server, payload, client), None, "{bytes:?}");
+        }
+        let text = Wire::server(Protocol::Text);
+        assert_eq!(reframe(text, Bytes::new(), server), None);
+        let frame = Wire::server(Protocol::Frame);
+        assert_eq!(
+            reframe(frame, Bytes::from_static(b"\x00\x00"), server),
+            None
+        );
     }
 }
