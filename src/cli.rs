@@ -111,7 +111,7 @@ impl Command {
 /// command.
 #[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
 pub struct Flags {
-    /// The config file: TOML with a [server] table
+    /// The config file, TOML (the library reads its server table)
     #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
     /// Listen on URL instead of the config's listen: websocket://, text://,
