@@ -17,9 +17,28 @@
 //! has one. Progress goes to stdout: `autobahn: case N of COUNT` and, at the
 //! end, `autobahn: done, COUNT cases`.
 
+use clap::Parser;
 use foreman::cli::Args;
 use foreman::{ConnError, ConnId, ConnectOptions, Ctx, Handler, Message};
 use std::time::Duration;
+
+/// The command line: the library's commands and flags, and the suite's.
+#[derive(Parser)]
+#[command(
+    name = "autobahn_client",
+    version,
+    about = "A WebSocket client for Autobahn's fuzzingserver"
+)]
+struct Cli {
+    #[command(flatten)]
+    server: Args,
+    /// The fuzzingserver: HOST:PORT (required)
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    fuzzingserver: Option<String>,
+    /// The agent name the reports are filed under
+    #[arg(long, global = true, default_value = "foreman")]
+    agent: String,
+}
 
 /// What the connection in flight is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,30 +154,14 @@ fn main() {
     }
 }
 
-fn take_value(args: &mut Args, flag: &str) -> foreman::Result<Option<String>> {
-    let Some(i) = args.rest.iter().position(|a| a == flag) else {
-        return Ok(None);
-    };
-    let value = args
-        .rest
-        .get(i + 1)
-        .cloned()
-        .ok_or_else(|| foreman::Error::Usage(format!("{flag} needs a value")))?;
-    args.rest.drain(i..i + 2);
-    Ok(Some(value))
-}
-
 fn run() -> foreman::Result<()> {
-    let mut args = Args::from_env()?;
-    let server = take_value(&mut args, "--fuzzingserver")?
+    let cli = Cli::parse();
+    // Required, but checked here: clap cannot require a global flag.
+    let server = cli
+        .fuzzingserver
         .ok_or_else(|| foreman::Error::Usage("--fuzzingserver HOST:PORT is required".into()))?;
-    let agent = take_value(&mut args, "--agent")?.unwrap_or_else(|| "foreman".into());
-    if let Some(unknown) = args.rest.first() {
-        return Err(foreman::Error::Usage(format!(
-            "unknown argument {unknown:?}"
-        )));
-    }
-    foreman::Server::with_args(&args)?.run(move |_| Client {
+    let agent = cli.agent;
+    foreman::Server::with_args(&cli.server)?.run(move |_| Client {
         server: server.clone(),
         agent: agent.clone(),
         count: None,

@@ -8,9 +8,25 @@
 //! cargo run --release --example broadcast -- --listen websocket://127.0.0.1:8000 --count 2 --tick-ms 1000
 //! ```
 
+use clap::Parser;
 use foreman::cli::Args;
 use foreman::{ConnId, Ctx, Handler, Message, TimerId};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The command line: the library's commands and flags, and `--tick-ms`.
+#[derive(Parser)]
+#[command(
+    name = "broadcast",
+    version,
+    about = "Broadcast server: every message reaches every connection"
+)]
+struct Cli {
+    #[command(flatten)]
+    server: Args,
+    /// Milliseconds between each worker's time ticks to its connections (0 = off)
+    #[arg(long, global = true, value_name = "MS", default_value_t = 0)]
+    tick_ms: u64,
+}
 
 /// One per worker.
 struct Broadcast {
@@ -48,24 +64,7 @@ fn main() {
 }
 
 fn run() -> foreman::Result<()> {
-    let args = Args::from_env()?;
-    let mut tick_ms = 0u64;
-    let mut rest = args.rest.iter();
-    while let Some(a) = rest.next() {
-        match a.as_str() {
-            "--tick-ms" => {
-                let v = rest
-                    .next()
-                    .ok_or_else(|| usage("--tick-ms needs a value"))?;
-                tick_ms = v.parse().map_err(|_| usage("--tick-ms: not a number"))?;
-            }
-            other => return Err(usage(&format!("unknown argument {other:?}"))),
-        }
-    }
-    let tick = Duration::from_millis(tick_ms);
-    foreman::Server::with_args(&args)?.run(move |_| Broadcast { tick })
-}
-
-fn usage(m: &str) -> foreman::Error {
-    foreman::Error::Usage(m.to_string())
+    let cli = Cli::parse();
+    let tick = Duration::from_millis(cli.tick_ms);
+    foreman::Server::with_args(&cli.server)?.run(move |_| Broadcast { tick })
 }

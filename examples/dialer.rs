@@ -328,6 +328,5 @@ fn main() {
 }
 
 fn run() -> foreman::Result<()> {
-    let args = Args::from_env()?;
-    foreman::Server::with_args(&args)?.run(|_| Dialer::default())
+    foreman::Server::with_args(&Args::from_env())?.run(|_| Dialer::default())
 }

@@ -10,8 +10,27 @@
 //! `--turn-away TEXT` (send TEXT to every new connection and close it, as a
 //! full server would).
 
+use clap::Parser;
 use foreman::cli::Args;
 use foreman::{ConnId, Ctx, Handler, Message};
+
+/// The command line: the library's commands and flags, and echo's own.
+#[derive(Parser)]
+#[command(
+    name = "echo",
+    version,
+    about = "Echo server: every message comes back to its sender"
+)]
+struct Cli {
+    #[command(flatten)]
+    server: Args,
+    /// Listen on text:// (127.0.0.1:8001 unless --listen names another)
+    #[arg(long, global = true)]
+    text: bool,
+    /// Send TEXT to every new connection and close it, as a full server would
+    #[arg(long, global = true, value_name = "TEXT")]
+    turn_away: Option<String>,
+}
 
 /// Sends each message back.
 struct Echo {
@@ -40,28 +59,15 @@ fn main() {
 }
 
 fn run() -> foreman::Result<()> {
-    let mut args = Args::from_env()?;
-    let text = args.rest.iter().any(|a| a == "--text");
-    args.rest.retain(|a| a != "--text");
-    let mut turn_away = None;
-    if let Some(i) = args.rest.iter().position(|a| a == "--turn-away") {
-        let text = args
-            .rest
-            .get(i + 1)
-            .cloned()
-            .ok_or_else(|| foreman::Error::Usage("--turn-away needs a text".into()))?;
-        args.rest.drain(i..i + 2);
-        turn_away = Some(text);
+    let Cli {
+        mut server,
+        text,
+        turn_away,
+    } = Cli::parse();
+    if text && server.flags.listen.is_none() {
+        server.flags.listen = Some("text://127.0.0.1:8001".into());
     }
-    if let Some(unknown) = args.rest.first() {
-        return Err(foreman::Error::Usage(format!(
-            "unknown argument {unknown:?}"
-        )));
-    }
-    if text && args.listen.is_none() {
-        args.listen = Some("text://127.0.0.1:8001".into());
-    }
-    foreman::Server::with_args(&args)?.run(move |_| Echo {
+    foreman::Server::with_args(&server)?.run(move |_| Echo {
         turn_away: turn_away.clone(),
     })
 }

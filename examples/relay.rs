@@ -7,9 +7,28 @@
 //! cargo run --release --example relay -- --listen websocket://127.0.0.1:8000 --count 2 --upstream ws://127.0.0.1:9000/
 //! ```
 
+use clap::Parser;
 use foreman::cli::Args;
 use foreman::{ConnId, ConnectOptions, Ctx, Handler, Message};
 use std::collections::{HashMap, HashSet};
+
+/// The command line: the library's commands and flags, and relay's own.
+#[derive(Parser)]
+#[command(
+    name = "relay",
+    version,
+    about = "Relay: each client gets a connection to the upstream"
+)]
+struct Cli {
+    #[command(flatten)]
+    server: Args,
+    /// The upstream: ws://HOST:PORT/PATH or wss://... (required)
+    #[arg(long, global = true, value_name = "URL")]
+    upstream: Option<String>,
+    /// PEM roots to verify a wss:// upstream with, instead of Mozilla's
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_file: Option<String>,
+}
 
 /// One per worker: each client's upstream and back.
 struct Relay {
@@ -73,24 +92,15 @@ impl Handler for Relay {
 }
 
 fn main() -> foreman::Result<()> {
-    let usage = |m: &str| foreman::Error::Usage(m.to_string());
-    let args = Args::from_env()?;
-    let (mut upstream, mut ca_file) = (None, None);
-    let mut rest = args.rest.iter();
-    while let Some(a) = rest.next() {
-        let slot = match a.as_str() {
-            "--upstream" => &mut upstream,
-            "--ca-file" => &mut ca_file,
-            other => return Err(usage(&format!("unknown argument {other:?}"))),
-        };
-        *slot = Some(
-            rest.next()
-                .ok_or_else(|| usage("a value is missing"))?
-                .clone(),
-        );
-    }
-    let upstream = upstream.ok_or_else(|| usage("--upstream ws://HOST:PORT/ is required"))?;
-    foreman::Server::with_args(&args)?.run(move |_| Relay {
+    let Cli {
+        server,
+        upstream,
+        ca_file,
+    } = Cli::parse();
+    // Required, but checked here: clap cannot require a global flag.
+    let upstream = upstream
+        .ok_or_else(|| foreman::Error::Usage("--upstream ws://HOST:PORT/ is required".into()))?;
+    foreman::Server::with_args(&server)?.run(move |_| Relay {
         upstream: upstream.clone(),
         ca_file: ca_file.clone(),
         peer: HashMap::new(),

@@ -59,6 +59,7 @@
 //! Run: `cargo run --example testbed -- --listen websocket://127.0.0.1:0 --count 4`
 
 use bytes::Bytes;
+use clap::Parser;
 use foreman::{
     cli::Args, ConnError, ConnId, Ctx, Handler, Message, Request, Response, Server, TimerId,
 };
@@ -484,6 +485,31 @@ fn push_capped<T>(list: &mut Vec<T>, item: T) {
     list.push(item);
 }
 
+/// The command line: the library's commands and flags, and the testbed's
+/// (see the module docs).
+#[derive(Parser)]
+#[command(
+    name = "testbed",
+    version,
+    about = "A test-only server driving foreman's API over JSON"
+)]
+struct Cli {
+    #[command(flatten)]
+    server: Args,
+    /// Start a parked thread before Server::run, which must then refuse to fork
+    #[arg(long, global = true)]
+    spawn_thread_before_run: bool,
+    /// The handler factory panics in worker slot N, every time it starts
+    #[arg(long, global = true, value_name = "N")]
+    panic_on_start_worker: Option<usize>,
+    /// The handler factory panics in every worker that starts while PATH exists
+    #[arg(long, global = true, value_name = "PATH")]
+    panic_on_start_if: Option<std::path::PathBuf>,
+    /// A stopping worker stays busy for MS milliseconds
+    #[arg(long, global = true, value_name = "MS")]
+    busy_on_stop: Option<u64>,
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("testbed: {e}");
@@ -492,42 +518,14 @@ fn main() {
 }
 
 fn run() -> foreman::Result<()> {
-    let mut args = Args::from_env()?;
-    let mut spawn_thread = false;
-    let mut panic_slot: Option<usize> = None;
-    let mut panic_if: Option<std::path::PathBuf> = None;
-    let mut busy_on_stop: Option<Duration> = None;
-    let mut rest = std::mem::take(&mut args.rest).into_iter();
-    while let Some(arg) = rest.next() {
-        match arg.as_str() {
-            "--spawn-thread-before-run" => spawn_thread = true,
-            "--panic-on-start-worker" => {
-                let v = rest.next().unwrap_or_default();
-                let slot = v.parse().map_err(|_| {
-                    foreman::Error::Usage(format!("--panic-on-start-worker {v:?}: not a slot"))
-                })?;
-                panic_slot = Some(slot);
-            }
-            "--panic-on-start-if" => {
-                let v = rest.next().ok_or_else(|| {
-                    foreman::Error::Usage("--panic-on-start-if needs a path".into())
-                })?;
-                panic_if = Some(v.into());
-            }
-            "--busy-on-stop" => {
-                let v = rest.next().unwrap_or_default();
-                let ms = v.parse().map_err(|_| {
-                    foreman::Error::Usage(format!("--busy-on-stop {v:?}: not milliseconds"))
-                })?;
-                busy_on_stop = Some(Duration::from_millis(ms));
-            }
-            unknown => {
-                return Err(foreman::Error::Usage(format!(
-                    "unknown argument {unknown:?}"
-                )))
-            }
-        }
-    }
+    let Cli {
+        server: args,
+        spawn_thread_before_run: spawn_thread,
+        panic_on_start_worker: panic_slot,
+        panic_on_start_if: panic_if,
+        busy_on_stop,
+    } = Cli::parse();
+    let busy_on_stop = busy_on_stop.map(Duration::from_millis);
     let server = Server::with_args(&args)?;
     if spawn_thread {
         // Lives (parked) until the process exits.

@@ -1,125 +1,140 @@
-//! The command line every foreman server understands, in the Workerman style:
+//! The command line every foreman server understands, in the Workerman style,
+//! parsed with [clap](https://docs.rs/clap):
 //!
 //! ```text
 //! PROGRAM [start] [-d] [-c FILE] [--listen URL] [--count N] [--reuse-port]
-//! PROGRAM stop [-g] [-c FILE]     stop the server named by the pid file
-//! PROGRAM restart [-d] [-c FILE]  stop it if running, then start
-//! PROGRAM reload [-c FILE]        read the config again, replace workers one at a time
-//! PROGRAM status [-c FILE]        a table of the master and its workers
-//! PROGRAM connections [-c FILE]   a table of every connection
+//! PROGRAM stop [-g]           stop the server named by the pid file
+//! PROGRAM restart [-d]        stop it if running, then start
+//! PROGRAM reload              read the config again, replace workers one at a time
+//! PROGRAM status              a table of the master and its workers
+//! PROGRAM connections         a table of every connection
+//! PROGRAM help [COMMAND]      what `-h`/`--help` print; `--version` prints the version
 //! ```
 //!
-//! `stop`, `restart`, `reload`, `status` and `connections` find the running master through
-//! `server.pid_file` in the config, which must be set for them. Arguments the
-//! library does not know are left in [`Args::rest`] for the application.
+//! The flags (`-c`, `--listen`, `--count`, `--reuse-port`) may come before or
+//! after the command: `chat --count 4 start` and `chat start --count 4` are the
+//! same. An unknown flag or a bad value prints the usage and exits with code 2.
+//! `stop`, `restart`, `reload`, `status` and `connections` find the running
+//! master through `server.pid_file` in the config, which must be set for them.
+//!
+//! # An application's own flags
+//!
+//! An application without flags of its own calls [`Args::from_env`]. One with
+//! flags writes its own clap parser and flattens [`Args`] into it; marking its
+//! flags `global = true` lets them follow the command too:
+//!
+//! ```no_run
+//! use clap::Parser;
+//!
+//! #[derive(Parser)]
+//! #[command(version, about = "A server that ticks")]
+//! struct Cli {
+//!     #[command(flatten)]
+//!     server: foreman::cli::Args,
+//!     /// Milliseconds between ticks
+//!     #[arg(long, global = true, default_value_t = 0)]
+//!     tick_ms: u64,
+//! }
+//!
+//! let cli = Cli::parse();
+//! let server = foreman::Server::with_args(&cli.server);
+//! ```
+//!
+//! An application with commands of its own (the chat's `token NAME`) flattens
+//! [`Flags`] into its parser and [`Command`] into its own subcommand enum, and
+//! builds an [`Args`] from the two.
 
 use crate::config::Config;
-use crate::error::{Error, Result};
-use std::path::PathBuf;
+use crate::error::Result;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
-/// What the command line asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What the command line asks for (its first word; `start` if absent).
+#[derive(clap::Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
-    /// Run the server in the foreground (the default).
-    #[default]
-    Start,
-    /// Stop a running server (`-g`: graceful; foreman's stop is always
-    /// graceful, bounded by `stop_timeout`).
-    Stop,
-    /// Stop a running server (if any), then start.
-    Restart,
-    /// Replace a running server's workers one at a time, with the config
-    /// read again (see [`crate::Server::reload_config`]).
+    /// Run the server (the default command)
+    Start {
+        /// Detach from the terminal once listening; the log goes to log_file,
+        /// or nowhere
+        #[arg(short = 'd', long)]
+        daemon: bool,
+    },
+    /// Stop the server named by the pid file and wait until it is gone
+    Stop {
+        /// Graceful stop, as in Workerman; foreman's stop is always graceful
+        /// (clients get close 1001; stop_timeout_ms bounds it)
+        #[arg(short = 'g', long)]
+        graceful: bool,
+    },
+    /// Stop the server named by the pid file (if it runs), then start
+    Restart {
+        /// Detach from the terminal once listening; the log goes to log_file,
+        /// or nowhere
+        #[arg(short = 'd', long)]
+        daemon: bool,
+    },
+    /// Read the config again and replace the workers one at a time (the
+    /// listener never closes)
     Reload,
-    /// Print a running server's processes with their connections, memory,
-    /// queues and counters.
+    /// Print the master and each worker: pid, uptime, memory, connections,
+    /// queues and counters
     Status,
-    /// Print every connection of a running server: worker, id, protocol,
-    /// state, addresses, queued output, idle time and uid.
+    /// Print every connection: worker, id, protocol, state, addresses, queued
+    /// output, idle time and uid
     Connections,
 }
 
-/// A parsed command line.
-#[derive(Debug, Clone, Default)]
-pub struct Args {
-    /// The command (first word), `start` if absent.
-    pub command: Command,
-    /// `-c FILE` / `--config FILE`.
-    pub config: Option<PathBuf>,
-    /// `--listen URL`.
-    pub listen: Option<String>,
-    /// `--count N`.
-    pub count: Option<usize>,
-    /// `--reuse-port` (or `--reuse-port=false`).
-    pub reuse_port: Option<bool>,
-    /// `-d`: detach from the terminal (start only).
-    pub daemon: bool,
-    /// Arguments not recognised here, in order, for the application.
-    pub rest: Vec<String>,
+impl Default for Command {
+    fn default() -> Command {
+        Command::Start { daemon: false }
+    }
 }
 
-impl Args {
-    /// Parses the process's own arguments.
-    pub fn from_env() -> Result<Args> {
-        Args::parse(std::env::args().skip(1))
+impl Command {
+    /// Whether the command starts a server that detaches (`start -d`,
+    /// `restart -d`).
+    pub fn daemon(self) -> bool {
+        matches!(
+            self,
+            Command::Start { daemon: true } | Command::Restart { daemon: true }
+        )
     }
 
-    /// Parses arguments (without the program name).
-    pub fn parse<I, S>(args: I) -> Result<Args>
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let mut out = Args::default();
-        let mut it = args.into_iter().map(Into::into).peekable();
-        let mut first = true;
-        while let Some(arg) = it.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-                _ => (arg.clone(), None),
-            };
-            let mut value = |name: &str| -> Result<String> {
-                inline
-                    .clone()
-                    .or_else(|| it.next())
-                    .ok_or_else(|| Error::Usage(format!("{name} needs a value")))
-            };
-            match flag.as_str() {
-                "start" if first => out.command = Command::Start,
-                "stop" if first => out.command = Command::Stop,
-                "restart" if first => out.command = Command::Restart,
-                "reload" if first => out.command = Command::Reload,
-                "status" if first => out.command = Command::Status,
-                "connections" if first => out.command = Command::Connections,
-                "-c" | "--config" => out.config = Some(value("-c")?.into()),
-                "--listen" => out.listen = Some(value("--listen")?),
-                "--count" => {
-                    let v = value("--count")?;
-                    let n = v
-                        .parse()
-                        .map_err(|_| Error::Usage(format!("--count {v:?}: not a number")))?;
-                    out.count = Some(n);
-                }
-                "--reuse-port" => {
-                    out.reuse_port = Some(match inline.as_deref() {
-                        None | Some("true") => true,
-                        Some("false") => false,
-                        Some(v) => {
-                            return Err(Error::Usage(format!(
-                                "--reuse-port={v}: use true or false"
-                            )))
-                        }
-                    })
-                }
-                "-d" => out.daemon = true,
-                "-g" => {}
-                _ => out.rest.push(arg),
-            }
-            first = false;
-        }
-        Ok(out)
+    /// Whether the command starts a server (`start` or `restart`).
+    pub fn starts(self) -> bool {
+        matches!(self, Command::Start { .. } | Command::Restart { .. })
     }
+}
 
+/// The library's flags. They are global: they may come before or after the
+/// command.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// The config file, TOML (the library reads its server table)
+    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// Listen on URL instead of the config's listen: websocket://, text://,
+    /// frame:// or tcp:// + host:port
+    #[arg(long, value_name = "URL", global = true)]
+    pub listen: Option<String>,
+    /// Worker processes
+    #[arg(long, value_name = "N", global = true)]
+    pub count: Option<usize>,
+    /// One SO_REUSEPORT listening socket per worker (--reuse-port=false turns
+    /// it off)
+    #[arg(
+        long,
+        value_name = "BOOL",
+        global = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub reuse_port: Option<bool>,
+}
+
+impl Flags {
     /// Applies `--listen`, `--count` and `--reuse-port` to a config, and
     /// validates the result.
     pub fn apply(&self, config: &mut Config) -> Result<()> {
@@ -135,8 +150,8 @@ impl Args {
         config.validate()
     }
 
-    /// The config this command line names: the `-c` file (or defaults) with the
-    /// flags applied.
+    /// The config these flags name: the `-c` file (or the defaults) with the
+    /// other flags applied.
     pub fn config(&self) -> Result<Config> {
         let mut c = match &self.config {
             Some(p) => Config::load(p)?,
@@ -147,32 +162,126 @@ impl Args {
     }
 }
 
+/// A parsed command line: the command and the library's flags. Parse it with
+/// [`Args::from_env`], or flatten it into an application's own clap parser
+/// (see the [module docs](self)).
+#[derive(Parser, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Args {
+    /// The command; `None` (no command given) means `start`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `-c`, `--listen`, `--count`, `--reuse-port`.
+    #[command(flatten)]
+    pub flags: Flags,
+}
+
+impl Args {
+    /// Parses the process's own arguments. `--help`, `-h` and `--version`
+    /// print and exit 0; an unknown flag or a bad value prints the usage and
+    /// exits 2. The program's name in the usage and in `--version` is the
+    /// executable's; the version is foreman's (an application with a version
+    /// of its own uses its own parser, see the [module docs](self)).
+    pub fn from_env() -> Args {
+        Args::try_from_iter(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses `args`, the first being the program (as in
+    /// [`std::env::args_os`]). The error prints as clap's usage message
+    /// ([`clap::Error::exit`] prints it and exits with its code).
+    pub fn try_from_iter<I, T>(args: I) -> std::result::Result<Args, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut args = args.into_iter().map(Into::into).peekable();
+        let name = args
+            .peek()
+            .and_then(|a| Path::new(a).file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "foreman".into());
+        let matches: ArgMatches = <Args as CommandFactory>::command()
+            .name(name)
+            .version(env!("CARGO_PKG_VERSION"))
+            .about("A foreman server: a master and its forked workers")
+            .try_get_matches_from(args)?;
+        Args::from_arg_matches(&matches)
+    }
+
+    /// The command (Workerman's verb), `start` when none was given.
+    pub fn verb(&self) -> Command {
+        self.command.unwrap_or_default()
+    }
+
+    /// The config this command line names: the `-c` file (or the defaults)
+    /// with the flags applied.
+    pub fn config(&self) -> Result<Config> {
+        self.flags.config()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn flags_commands_and_leftovers() {
-        let a = Args::parse(["stop", "-c", "x.toml", "--count=3", "--tick-ms", "5"]).unwrap();
-        assert_eq!(a.command, Command::Stop);
-        assert_eq!(a.config, Some("x.toml".into()));
-        assert_eq!(a.count, Some(3));
-        assert_eq!(a.rest, vec!["--tick-ms", "5"]);
+    fn parse(args: &[&str]) -> std::result::Result<Args, clap::Error> {
+        Args::try_from_iter(std::iter::once("prog").chain(args.iter().copied()))
     }
 
     #[test]
-    fn bad_values_are_usage_errors() {
-        assert!(Args::parse(["--count", "many"]).is_err());
-        assert!(Args::parse(["--listen"]).is_err());
-        assert!(Args::parse(["--reuse-port=maybe"]).is_err());
+    fn flags_before_or_after_the_command_are_the_same() {
+        let before = parse(&["-c", "x.toml", "--count=3", "stop", "-g"]).unwrap();
+        let after = parse(&["stop", "-g", "--config", "x.toml", "--count", "3"]).unwrap();
+        assert_eq!(before, after);
+        assert_eq!(before.verb(), Command::Stop { graceful: true });
+        assert_eq!(before.flags.config, Some("x.toml".into()));
+        assert_eq!(before.flags.count, Some(3));
+    }
+
+    #[test]
+    fn no_command_is_start_and_d_belongs_to_start_and_restart() {
+        assert_eq!(parse(&[]).unwrap().verb(), Command::default());
+        assert!(parse(&["start", "-d"]).unwrap().verb().daemon());
+        assert!(parse(&["restart", "-d"]).unwrap().verb().daemon());
+        assert!(!parse(&["restart"]).unwrap().verb().daemon());
+        assert!(parse(&["stop", "-d"]).is_err());
+    }
+
+    #[test]
+    fn bad_values_and_unknown_flags_are_usage_errors() {
+        for bad in [
+            &["--count", "many"][..],
+            &["--listen"],
+            &["--reuse-port=maybe"],
+            &["--tick-ms", "5"],
+            &["launch"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn reuse_port_takes_an_optional_value() {
+        assert_eq!(
+            parse(&["--reuse-port"]).unwrap().flags.reuse_port,
+            Some(true)
+        );
+        let off = parse(&["--reuse-port=false"]).unwrap();
+        assert_eq!(off.flags.reuse_port, Some(false));
+        assert_eq!(parse(&[]).unwrap().flags.reuse_port, None);
     }
 
     #[test]
     fn flags_override_the_file() {
-        let a = Args::parse(["--listen", "text://127.0.0.1:0", "--reuse-port"]).unwrap();
+        let a = parse(&["--listen", "text://127.0.0.1:0", "--reuse-port"]).unwrap();
         let mut c = Config::default();
-        a.apply(&mut c).unwrap();
+        a.flags.apply(&mut c).unwrap();
         assert_eq!(c.listen_url(), "text://127.0.0.1:0");
         assert!(c.reuse_port);
+    }
+
+    #[test]
+    fn the_parser_is_consistent() {
+        <Args as CommandFactory>::command().debug_assert();
     }
 }

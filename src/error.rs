@@ -40,6 +40,20 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
+    /// `start`: another master holds the lock of the pid file. Stop it first,
+    /// or give this server a pid file of its own.
+    #[error("already running as pid {pid} (pid file {pid_file})")]
+    Running {
+        /// The master holding the lock, as its pid file says.
+        pid: i32,
+        /// The pid file.
+        pid_file: String,
+    },
+    /// `stop`, `reload`, `status`, `connections`: the pid file names no
+    /// running master (it is missing, or stale: nobody holds its lock).
+    /// Nothing was signalled.
+    #[error("not running: {0}")]
+    NotRunning(String),
     /// Another system call failed; the context names which.
     #[error("{context}: {source}")]
     Io {

@@ -24,7 +24,7 @@
 //!
 //! fn main() -> foreman::Result<()> {
 //!     // `-c FILE`, `--listen websocket://127.0.0.1:8000`, `--count 4`, `stop`, ...
-//!     let args = Args::from_env()?;
+//!     let args = Args::from_env();
 //!     foreman::Server::with_args(&args)?.run(|_worker_id| Broadcast)
 //! }
 //! ```

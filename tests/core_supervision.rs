@@ -1,8 +1,9 @@
 //! The master as a supervisor, seen from outside: it refuses to fork in a
 //! threaded process, respawns a worker that dies at start with a doubling
 //! backoff while the other worker serves, replaces every worker one at a time
-//! on `reload` without losing a connection attempt, obeys `stop` and
-//! `start -d` through its pid file, and answers `status` and `connections`.
+//! on `reload` without losing a connection attempt, obeys `stop` through its
+//! pid file, and answers `status` and `connections` (`start -d` and the pid
+//! file's lock: tests/cli.rs).
 
 mod common;
 
@@ -54,32 +55,13 @@ fn temp_path(what: &str) -> PathBuf {
     p
 }
 
-/// A config naming a pid file (and optionally a log file), with its paths.
+/// A config naming a pid file, with its path.
 struct ControlFiles {
     config: TempFile,
     pid_file: PathBuf,
-    log_file: PathBuf,
 }
 
 impl ControlFiles {
-    fn new(extra: &str) -> ControlFiles {
-        let pid_file = temp_path("pid");
-        let log_file = temp_path("log");
-        let config = TempFile::new(
-            "toml",
-            &format!(
-                "[server]\npid_file = {:?}\nlog_file = {:?}\n{extra}",
-                pid_file.display().to_string(),
-                log_file.display().to_string()
-            ),
-        );
-        ControlFiles {
-            config,
-            pid_file,
-            log_file,
-        }
-    }
-
     fn without_log(extra: &str) -> ControlFiles {
         let pid_file = temp_path("pid");
         let config = TempFile::new(
@@ -89,11 +71,7 @@ impl ControlFiles {
                 pid_file.display().to_string()
             ),
         );
-        ControlFiles {
-            config,
-            log_file: PathBuf::new(),
-            pid_file,
-        }
+        ControlFiles { config, pid_file }
     }
 
     fn config(&self) -> &str {
@@ -112,9 +90,6 @@ impl ControlFiles {
 impl Drop for ControlFiles {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.pid_file);
-        if !self.log_file.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.log_file);
-        }
     }
 }
 
@@ -469,56 +444,6 @@ fn stop_command_stops_the_server_and_removes_the_pid_file() {
     // Nothing is running now: stop says so and fails.
     let again = files.echo("stop", &[]);
     assert!(!again.status.success(), "a second stop: {again:?}");
-}
-
-#[test]
-fn start_d_returns_after_listening_and_the_daemon_serves_until_stopped() {
-    let files = ControlFiles::new("");
-    let done = files.echo(
-        "start",
-        &["-d", "--listen", "websocket://127.0.0.1:0", "--count", "2"],
-    );
-    assert!(done.status.success(), "start -d: {done:?}");
-    let url = done
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("listening on "))
-        .unwrap_or_else(|| panic!("no listening line: {done:?}"))
-        .trim()
-        .to_string();
-    let addr: std::net::SocketAddr = url
-        .trim_start_matches("websocket://")
-        .parse()
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
-
-    let master = poll_until(REPLY_TIMEOUT, "the daemon's pid file", || {
-        read_pid(&files.pid_file)
-    });
-    let _tree = ProcessTree(master);
-    assert!(is_alive(master), "the daemon master {master} runs on");
-    poll_until(REPLY_TIMEOUT, "two daemon workers", || {
-        let w: Vec<i32> = children(master)
-            .into_iter()
-            .filter(|&p| is_alive(p))
-            .collect();
-        (w.len() == 2).then_some(w)
-    });
-    let mut clients = connect_many(addr, "/", 4);
-    for (i, c) in clients.iter_mut().enumerate() {
-        c.send_text(&format!("daemon {i}"));
-        assert_eq!(c.recv_text(REPLY_TIMEOUT), format!("daemon {i}"));
-    }
-    let log = std::fs::read_to_string(&files.log_file).unwrap_or_default();
-    assert!(
-        log.contains("worker 1 started"),
-        "the daemon logs to log_file: {log:?}"
-    );
-
-    let stopped = files.echo("stop", &[]);
-    assert!(stopped.status.success(), "stop: {stopped:?}");
-    assert!(!is_alive(master), "the daemon master is gone");
-    assert!(!files.pid_file.exists(), "the pid file is removed");
-    assert_eq!(clients[0].recv(REPLY_TIMEOUT), Recv::Close(Some(1001)));
 }
 
 /// A request head that was still arriving when its worker was told to stop

@@ -25,14 +25,41 @@ mod request;
 mod store;
 mod worker;
 
+use clap::{Parser, Subcommand};
 use config::ChatConfig;
-use foreman::cli::{Args, Command};
+use foreman::cli::{Command, Flags};
 use foreman::{Error, Server};
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::Arc;
+
+/// The chat's command line: foreman's commands and flags, and `token NAME`.
+#[derive(Parser)]
+#[command(
+    name = "chat",
+    version,
+    about = "The chat server: rooms, direct messages, presence and history over WebSocket"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<ChatCommand>,
+    #[command(flatten)]
+    flags: Flags,
+}
+
+/// Foreman's commands, and the chat's own.
+#[derive(Subcommand)]
+enum ChatCommand {
+    #[command(flatten)]
+    Server(Command),
+    /// Print a login token for NAME, valid for a day (needs [auth] secret)
+    Token {
+        /// The user name the token is for
+        name: String,
+    },
+}
 
 fn main() -> ExitCode {
     match run() {
@@ -45,18 +72,13 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), Error> {
-    let args = Args::from_env()?;
-    let token_for = match args.rest.as_slice() {
-        [] => None,
-        [word, name] if word == "token" => Some(name.clone()),
-        [arg, ..] => {
-            return Err(Error::Usage(format!(
-                "unexpected argument {arg:?}; usage: chat [start|stop|restart|reload|status|connections] \
-                 [-c chat.toml] [--listen ADDR] [--count N] [--reuse-port], or chat token NAME"
-            )))
-        }
+    let Cli { command, flags } = Cli::parse();
+    let (command, token_for) = match command {
+        None => (Command::default(), None),
+        Some(ChatCommand::Server(command)) => (command, None),
+        Some(ChatCommand::Token { name }) => (Command::default(), Some(name)),
     };
-    let path = args
+    let path = flags
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from("chat.toml"));
@@ -64,8 +86,8 @@ fn run() -> Result<(), Error> {
     if let Some(name) = token_for {
         return print_token(&config, &name);
     }
-    args.apply(&mut config.server)?;
-    if matches!(args.command, Command::Start | Command::Restart) {
+    flags.apply(&mut config.server)?;
+    if command.starts() {
         check_database(&config)?;
     }
     // `reload` reads chat.toml again: the master swaps in the new settings,
@@ -73,13 +95,12 @@ fn run() -> Result<(), Error> {
     let current = Rc::new(RefCell::new(Arc::new(config)));
     let reloaded = current.clone();
     let server = Server::new(current.borrow().server.clone())
-        .command(args.command)
-        .daemon(args.daemon)
+        .command(command)
         .reload_config(move || {
             // Everything the master or a new worker would refuse is checked
             // before the new settings are handed on.
             let mut config = ChatConfig::load(&path)?;
-            args.apply(&mut config.server)?;
+            flags.apply(&mut config.server)?;
             config.server.validate()?;
             config.server.check_files()?;
             check_database(&config)?;

@@ -1,83 +1,66 @@
 //! `stop`, `restart`, `reload`, `status` and `connections`: talking to a running master
-//! through its pid file and signals.
+//! through its pid file and signals. Only the holder of the pid file's lock
+//! is signalled or asked (see `pid_file.rs`); a stale file is reported and
+//! nobody is signalled.
 
+use super::pid_file::{holder, Holder};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::report;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use std::time::{Duration, Instant};
+use nix::sys::signal::Signal;
+use std::time::Duration;
 
-fn master_pid(cfg: &Config) -> Result<Pid> {
+/// The master holding the lock of the config's pid file.
+fn master(cfg: &Config) -> Result<Holder> {
     let path = cfg.pid_file.as_ref().ok_or_else(|| {
         Error::Config("server.pid_file is not set: cannot find the running server".into())
     })?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Usage(format!("not running? cannot read {path}: {e}")))?;
-    let pid: i32 = text
-        .trim()
-        .parse()
-        .map_err(|_| Error::Usage(format!("{path} does not hold a pid")))?;
-    let pid = Pid::from_raw(pid);
-    kill(pid, None).map_err(|_| Error::Usage(format!("not running (stale {path}: pid {pid})")))?;
-    Ok(pid)
+    holder(path)
 }
 
-/// Whether the pid file names a live process.
-pub(super) fn running(cfg: &Config) -> Result<bool> {
-    if cfg.pid_file.is_none() {
-        return Err(Error::Config(
-            "server.pid_file is not set: cannot find the running server".into(),
-        ));
+/// The running master, `None` if there is none (for `restart`).
+pub(super) fn running(cfg: &Config) -> Result<Option<Holder>> {
+    match master(cfg) {
+        Ok(h) => Ok(Some(h)),
+        Err(Error::NotRunning(_)) => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(master_pid(cfg).is_ok())
 }
 
 pub(super) fn signal(cfg: &Config, sig: Signal, what: &str) -> Result<()> {
-    let pid = master_pid(cfg)?;
-    kill(pid, sig)?;
-    println!("{what}: signalled master {pid}");
+    let m = master(cfg)?;
+    m.signal(sig)?;
+    println!("{what}: signalled master {}", m.pid);
     Ok(())
 }
 
 pub(super) fn stop(cfg: &Config) -> Result<()> {
-    let pid = master_pid(cfg)?;
-    kill(pid, Signal::SIGTERM)?;
-    let deadline = Instant::now() + cfg.stop_timeout + Duration::from_secs(2);
-    while alive(pid) {
-        if Instant::now() > deadline {
-            return Err(Error::Usage(format!("master {pid} did not stop in time")));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    stop_master(cfg, &master(cfg)?)
+}
+
+/// Stops `m`, waiting until it is gone.
+pub(super) fn stop_master(cfg: &Config, m: &Holder) -> Result<()> {
+    m.signal(Signal::SIGTERM)?;
+    if !m.wait_exit(cfg.stop_timeout + Duration::from_secs(2)) {
+        return Err(Error::Usage(format!(
+            "master {} did not stop in time",
+            m.pid
+        )));
     }
-    println!("stopped (master {pid})");
+    println!("stopped (master {})", m.pid);
     Ok(())
 }
 
-/// Whether `pid` runs: a process that exited but was not reaped by its
-/// parent (a zombie) has stopped.
-fn alive(pid: Pid) -> bool {
-    if kill(pid, None).is_err() {
-        return false;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The state follows the parenthesised command name.
-    let state = stat
-        .rsplit_once(") ")
-        .and_then(|(_, rest)| rest.chars().next());
-    !matches!(state, Some('Z') | Some('X') | None)
-}
-
 pub(super) fn status(cfg: &Config) -> Result<()> {
-    let pid = master_pid(cfg)?;
-    let g = report::gather::<report::WorkerReport>(cfg, pid, report::Ask::Status)?;
+    let m = master(cfg)?;
+    let g = report::gather::<report::WorkerReport>(cfg, m.pid, report::Ask::Status)?;
     print!("{}", report::status_table(&g));
     g.complete()
 }
 
 pub(super) fn connections(cfg: &Config) -> Result<()> {
-    let pid = master_pid(cfg)?;
-    let g = report::gather::<report::ConnsReport>(cfg, pid, report::Ask::Connections)?;
+    let m = master(cfg)?;
+    let g = report::gather::<report::ConnsReport>(cfg, m.pid, report::Ask::Connections)?;
     print!("{}", report::connections_table(&g));
     g.complete()
 }

@@ -7,9 +7,11 @@
 //! `server.rs` is the public [`Server`]; `process.rs` sets up the master's
 //! process (logging, limits, daemon, the listening socket); `spawn.rs`
 //! starts the master and forks workers; `supervise.rs` is the master's loop
-//! (respawns, stop, reload, status); `control.rs` talks to a running master.
+//! (respawns, stop, reload, status); `pid_file.rs` is the pid file as a lock
+//! the master holds; `control.rs` talks to a running master.
 
 mod control;
+mod pid_file;
 mod process;
 mod server;
 mod spawn;

@@ -1,10 +1,12 @@
 //! Setting up the master's process: logging, the open-files limit, the
-//! daemon, and the listening socket.
+//! daemon and where its output goes, and the listening socket.
 
 use super::WORKER_SLOT;
+use crate::config::Config;
 use crate::error::{Error, Result};
 use nix::unistd::{fork, ForkResult};
 use socket2::{Domain, Socket, Type};
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
@@ -43,34 +45,61 @@ pub(super) fn init_logging() {
         .try_init();
 }
 
-/// Appends stderr (and so the log) to a file.
-pub(super) fn redirect_stderr(path: &str) -> Result<()> {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io("open log_file", e))?;
-    nix::unistd::dup2_stderr(&f).map_err(|e| Error::io("redirect stderr", e))?;
-    Ok(())
+/// Where the master's output goes once start-up has succeeded: stderr (and
+/// so the log) to `log_file` if set; with `-d`, stdin and stdout to
+/// `/dev/null`, and stderr too when there is no `log_file`. The files are
+/// opened before anything is bound, so a bad path stops start-up with the
+/// error on the terminal; until [`Output::settle`] nothing is redirected.
+pub(super) struct Output {
+    log: Option<File>,
+    /// `/dev/null` when detaching.
+    null: Option<File>,
 }
 
-/// Becomes a daemon: the parent exits 0 (the caller has printed the listening
-/// line), the child leaves the terminal's session and drops stdin/stdout.
-pub(super) fn detach() -> Result<()> {
-    // SAFETY: single-threaded (checked at start).
-    match unsafe { fork() }? {
-        ForkResult::Parent { .. } => std::process::exit(0),
-        ForkResult::Child => {}
+impl Output {
+    pub(super) fn open(cfg: &Config, daemon: bool) -> Result<Output> {
+        let log = match &cfg.log_file {
+            Some(path) => Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| Error::io("open log_file", e))?,
+            ),
+            None => None,
+        };
+        let null = match daemon {
+            true => Some(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .map_err(|e| Error::io("open /dev/null", e))?,
+            ),
+            false => None,
+        };
+        Ok(Output { log, null })
     }
-    nix::unistd::setsid()?;
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| Error::io("open /dev/null", e))?;
-    nix::unistd::dup2_stdin(&null)?;
-    nix::unistd::dup2_stdout(&null)?;
-    Ok(())
+
+    /// Detaches if asked (the parent exits 0: the caller has printed the
+    /// listening line, and start-up is over), then redirects. The lock of
+    /// the pid file, shared with the child, stays held by it.
+    pub(super) fn settle(self) -> Result<()> {
+        if let Some(null) = &self.null {
+            // SAFETY: single-threaded (checked at start).
+            match unsafe { fork() }? {
+                ForkResult::Parent { .. } => std::process::exit(0),
+                ForkResult::Child => {}
+            }
+            nix::unistd::setsid()?;
+            nix::unistd::dup2_stdin(null)?;
+            nix::unistd::dup2_stdout(null)?;
+        }
+        if let Some(to) = self.log.as_ref().or(self.null.as_ref()) {
+            nix::unistd::dup2_stderr(to).map_err(|e| Error::io("redirect stderr", e))?;
+        }
+        Ok(())
+    }
 }
 
 /// Raises the soft open-files limit to the hard one.

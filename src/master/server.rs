@@ -12,7 +12,6 @@ use nix::sys::signal::Signal;
 pub struct Server {
     cfg: Config,
     command: Command,
-    daemon: bool,
     reconfigure: Option<Reconfigure>,
 }
 
@@ -21,8 +20,7 @@ impl Server {
     pub fn new(cfg: Config) -> Server {
         Server {
             cfg,
-            command: Command::Start,
-            daemon: false,
+            command: Command::default(),
             reconfigure: None,
         }
     }
@@ -53,32 +51,26 @@ impl Server {
     }
 
     /// A server configured by the process's command line (see [`crate::cli`]):
-    /// the `-c` file, the flags, and the command. Returns the arguments the
-    /// library did not recognise, for the application.
-    pub fn from_args() -> Result<(Server, Vec<String>)> {
-        let args = Args::from_env()?;
-        Ok((Server::with_args(&args)?, args.rest))
+    /// the `-c` file, the flags, and the command. A usage error, `--help`
+    /// and `--version` exit here (see [`Args::from_env`]).
+    pub fn from_args() -> Result<Server> {
+        Server::with_args(&Args::from_env())
     }
 
     /// A server as a parsed command line asks: the `-c` file (or defaults) with
-    /// the flags applied, the command, and `-d`.
+    /// the flags applied, and the command.
     pub fn with_args(args: &Args) -> Result<Server> {
-        let again = args.clone();
+        let again = args.flags.clone();
         Ok(Server::new(args.config()?)
-            .command(args.command)
-            .daemon(args.daemon)
+            .command(args.verb())
             .reload_config(move || again.config()))
     }
 
-    /// Detach from the terminal after binding (`start -d`): the command
-    /// returns once the server is listening, and the master lives on in the
-    /// background (stop it with `stop`, which needs `pid_file`).
-    pub fn daemon(mut self, daemon: bool) -> Server {
-        self.daemon = daemon;
-        self
-    }
-
-    /// Sets the command to carry out (default [`Command::Start`]).
+    /// Sets the command to carry out (default `start` in the foreground).
+    /// `Command::Start { daemon: true }` (`start -d`) detaches once the server
+    /// listens: the command returns, the master lives on in the background
+    /// with stdin, stdout and stderr on `/dev/null` (stderr on `log_file` if
+    /// set), and `stop` (which needs `pid_file`) ends it.
     pub fn command(mut self, command: Command) -> Server {
         self.command = command;
         self
@@ -89,13 +81,18 @@ impl Server {
         &self.cfg
     }
 
-    /// Carries out the command. For `start`: binds, prints
-    /// `listening on URL` on stdout, forks `count` workers that each call
-    /// `factory(worker_id)` once for their handler, supervises them until
-    /// SIGINT or SIGTERM, stops gracefully, and returns `Ok(())`.
+    /// Carries out the command. For `start`: takes the lock of `pid_file`
+    /// (if set), binds, prints `listening on URL` on stdout, forks `count`
+    /// workers that each call `factory(worker_id)` once for their handler,
+    /// supervises them until SIGINT or SIGTERM, stops gracefully, and returns
+    /// `Ok(())`. `stop`, `restart`, `reload`, `status` and `connections`
+    /// signal or ask only the process that holds the lock of `pid_file`.
     ///
     /// # Errors
     ///
+    /// [`crate::Error::Running`] if another master holds the pid file's lock
+    /// (nothing is bound), [`crate::Error::NotRunning`] if a command finds no
+    /// master holding it (nothing is signalled),
     /// [`crate::Error::Threaded`] if the process already has other threads (fork would
     /// copy only this one), [`crate::Error::Listen`] if the address cannot be bound,
     /// [`crate::Error::Config`] for an invalid config.
@@ -105,14 +102,15 @@ impl Server {
         F: FnMut(usize) -> H,
     {
         self.cfg.validate()?;
+        let daemon = self.command.daemon();
         match self.command {
-            Command::Start => Master::start(self.cfg, self.daemon, self.reconfigure, factory),
-            Command::Stop => control::stop(&self.cfg),
-            Command::Restart => {
-                if control::running(&self.cfg)? {
-                    control::stop(&self.cfg)?;
+            Command::Start { .. } => Master::start(self.cfg, daemon, self.reconfigure, factory),
+            Command::Stop { .. } => control::stop(&self.cfg),
+            Command::Restart { .. } => {
+                if let Some(master) = control::running(&self.cfg)? {
+                    control::stop_master(&self.cfg, &master)?;
                 }
-                Master::start(self.cfg, self.daemon, self.reconfigure, factory)
+                Master::start(self.cfg, daemon, self.reconfigure, factory)
             }
             Command::Reload => control::signal(&self.cfg, Signal::SIGUSR1, "reload"),
             Command::Status => control::status(&self.cfg),

@@ -1,7 +1,8 @@
 //! Starting the master (bind, pid file, first workers) and forking a
 //! worker into a slot.
 
-use super::process::{bind, detach, init_logging, raise_nofile, redirect_stderr, thread_count};
+use super::pid_file::{release_in_worker, PidLock};
+use super::process::{bind, init_logging, raise_nofile, thread_count, Output};
 use super::{Master, Reconfigure, Slot, FIRST_BACKOFF, WORKER_SLOT};
 use crate::cluster::bus;
 use crate::config::Config;
@@ -35,9 +36,8 @@ impl<F> Master<F> {
         if threads > 1 {
             return Err(Error::Threaded { threads });
         }
-        if let Some(path) = &cfg.log_file {
-            redirect_stderr(path)?;
-        }
+        let mut pid_lock = cfg.pid_file.as_deref().map(PidLock::take).transpose()?;
+        let output = Output::open(&cfg, daemon)?;
         init_logging();
         raise_nofile();
         let tls = cfg.server_tls()?;
@@ -79,9 +79,7 @@ impl<F> Master<F> {
         let _ = writeln!(out, "listening on {url}");
         let _ = out.flush();
         drop(out);
-        if daemon {
-            detach()?;
-        }
+        output.settle()?;
         log::info!(
             "{}: {url}, {} workers, reuse_port={}, tls={}",
             cfg.name,
@@ -95,8 +93,8 @@ impl<F> Master<F> {
             SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
         )?;
         let pid = std::process::id();
-        if let Some(p) = &cfg.pid_file {
-            std::fs::write(p, format!("{pid}\n")).map_err(|e| Error::io("write pid_file", e))?;
+        if let Some(lock) = &mut pid_lock {
+            lock.write_pid(pid)?;
         }
         if let Some(dir) = report::dir(&cfg) {
             if let Err(e) = std::fs::create_dir_all(&dir) {
@@ -126,12 +124,10 @@ impl<F> Master<F> {
             master.spawn(slot);
         }
         let r = master.supervise();
-        if let Some(p) = &master.cfg.pid_file {
-            let _ = std::fs::remove_file(p);
-        }
         if let Some(dir) = report::dir(&master.cfg) {
             let _ = std::fs::remove_dir_all(dir);
         }
+        drop(pid_lock); // removes the pid file
         r
     }
 
@@ -167,6 +163,7 @@ impl<F> Master<F> {
         F: FnMut(usize) -> H,
     {
         WORKER_SLOT.store(slot as i32, Ordering::Relaxed);
+        release_in_worker();
         // Die with the master: a worker must not outlive its supervisor.
         // SAFETY: prctl(PR_SET_PDEATHSIG) has no memory effects.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
