@@ -62,7 +62,6 @@ failed=0
 summaries=()
 for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t" "fuzz/seeds/$t" "fuzz/artifacts/$t"
-    before=$(ls "fuzz/artifacts/$t" | wc -l)
     log="fuzz/logs/$t.log"
     echo "==> $t for ${secs}s (log: $log)"
     status=0
@@ -72,15 +71,16 @@ for t in "${targets[@]}"; do
     stat() { sed -n "s/^stat::$1: *//p" "$log" | tail -1; }
     execs=$(stat number_of_executed_units)
     rate=$(stat average_exec_per_sec)
-    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
-    corp=$(grep -o 'corp: [0-9]*/[0-9]*[a-zA-Z]*' "$log" | tail -1 | cut -d' ' -f2)
+    # A crash in the first pass over the corpus comes before any of these.
+    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)
+    corp=$(grep -o 'corp: [0-9]*/[0-9]*[a-zA-Z]*' "$log" | tail -1 | cut -d' ' -f2 || true)
     files=$(ls "fuzz/corpus/$t" | wc -l)
-    crashes=$(($(ls "fuzz/artifacts/$t" | wc -l) - before))
+    crashes=$(grep -c 'Test unit written to' "$log" || true)
     line="$t: ${rate:-?} execs/s, ${execs:-?} execs, corpus ${corp:-?} (${files} files in fuzz/corpus/$t), cov ${cov:-?}, crashes $crashes"
     if [ "$status" -ne 0 ] || [ "$crashes" -gt 0 ]; then
         failed=1
-        newest=$(ls -t "fuzz/artifacts/$t" | head -1)
-        line="$line, exit $status${newest:+, input fuzz/artifacts/$t/$newest}"
+        input=$(sed -n 's/.*Test unit written to //p' "$log" | tail -1)
+        line="$line, exit $status${input:+, input ${input#"$PWD/"}}"
     fi
     echo "$line"
     summaries+=("$line")
