@@ -86,6 +86,7 @@ impl Core {
         error: Option<ConnError>,
     ) {
         let now = self.now;
+        let cap = self.cfg.max_output_bytes;
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
@@ -95,10 +96,8 @@ impl Core {
         let step = c.life.close(now);
         match &mut c.proto {
             Proto::Ws(ws) => {
-                let mut io = WsIo {
-                    input: &[],
-                    out: &mut c.out,
-                };
+                // A pong still owed is dropped when the queue is full.
+                let mut io = WsIo::new(&[], &mut c.out, cap);
                 // Queues our close frame, or (closed by the peer, or closing
                 // already) only writes out what tungstenite holds.
                 let _ = ws.close(&mut io, Some(close_frame(code, reason)));

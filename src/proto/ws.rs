@@ -4,6 +4,7 @@
 //! tungstenite takes the stream, as on the server side).
 
 use crate::net::OutQueue;
+use crate::proto::codec::OP_CLOSE;
 use bytes::Bytes;
 use std::io::{self, Read, Write};
 use tungstenite::protocol::WebSocketConfig;
@@ -26,9 +27,43 @@ pub(crate) fn config(max_frame: usize, max_message: usize) -> WebSocketConfig {
 /// The stream tungstenite sees: reads come from the bytes the worker already
 /// read from the socket, writes (pongs, close frames) go to the queue, in order
 /// with the frames the worker queued itself.
+///
+/// The queue's cap (`max_output_bytes`) holds for these replies too: a pong
+/// written while the queue holds `cap` bytes or more is dropped and counted
+/// in `dropped`, for the caller to apply the overflow policy. A close frame
+/// always goes (there is one per connection, at most 125 bytes of payload),
+/// so a connection closed for overflow still says why.
+///
+/// Dropping whole frames is sound because every write is one whole frame:
+/// tungstenite formats each frame it queues into its own buffer and writes
+/// that buffer at once ([`config`] sets no write buffering), and a write
+/// here never takes less than all of it, so nothing is left over to join
+/// the next frame.
 pub(crate) struct WsIo<'a> {
-    pub(crate) input: &'a [u8],
-    pub(crate) out: &'a mut OutQueue,
+    input: &'a [u8],
+    out: &'a mut OutQueue,
+    /// Bytes `out` may hold before control replies are dropped.
+    cap: usize,
+    /// Control replies dropped for the cap since this was made.
+    pub(crate) dropped: u64,
+}
+
+impl<'a> WsIo<'a> {
+    /// Reads come from `input`; writes go to `out` while it holds less
+    /// than `cap` bytes.
+    pub(crate) fn new(input: &'a [u8], out: &'a mut OutQueue, cap: usize) -> Self {
+        WsIo {
+            input,
+            out,
+            cap,
+            dropped: 0,
+        }
+    }
+
+    /// Input not read yet.
+    pub(crate) fn unread(&self) -> usize {
+        self.input.len()
+    }
 }
 
 impl Read for WsIo<'_> {
@@ -45,7 +80,12 @@ impl Read for WsIo<'_> {
 
 impl Write for WsIo<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.push(Bytes::copy_from_slice(buf));
+        let close = buf.first().is_some_and(|b| b & 0x0f == OP_CLOSE);
+        if self.out.len() >= self.cap && !close {
+            self.dropped += 1;
+        } else {
+            self.out.push(Bytes::copy_from_slice(buf));
+        }
         Ok(buf.len())
     }
 
@@ -167,14 +207,12 @@ impl ClientHandshake {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tungstenite::protocol::{Role, WebSocketContext};
 
     #[test]
     fn ws_io_reads_what_it_was_given_then_would_block() {
         let mut out = OutQueue::default();
-        let mut io = WsIo {
-            input: b"abc",
-            out: &mut out,
-        };
+        let mut io = WsIo::new(b"abc", &mut out, usize::MAX);
         let mut buf = [0u8; 2];
         assert_eq!(io.read(&mut buf).unwrap(), 2);
         assert_eq!(io.read(&mut buf).unwrap(), 1);
@@ -184,6 +222,35 @@ mod tests {
         );
         io.write_all(b"pong").unwrap();
         assert_eq!(out.len(), 4);
+    }
+
+    /// A server context fed `pings` masked pings through a queue capped at
+    /// `cap`: what was queued, and how many pongs were dropped.
+    fn pong_for_pings(pings: usize, cap: usize) -> (OutQueue, u64) {
+        let mut ws = WebSocketContext::new(Role::Server, Some(config(1024, 1024)));
+        let ping = [0x89, 0x81, 1, 2, 3, 4, b'p' ^ 1];
+        let input = ping.repeat(pings);
+        let mut out = OutQueue::default();
+        let mut io = WsIo::new(&input, &mut out, cap);
+        loop {
+            match ws.read(&mut io) {
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let dropped = io.dropped;
+        let _ = ws.close(&mut WsIo::new(&[], &mut out, cap), None);
+        (out, dropped)
+    }
+
+    #[test]
+    fn pongs_past_the_cap_are_dropped_but_the_close_goes() {
+        // Every pong is 3 bytes; a close without code 2.
+        assert_eq!(pong_for_pings(10, usize::MAX).0.len(), 10 * 3 + 2);
+        let (out, dropped) = pong_for_pings(10, 7);
+        assert_eq!(dropped, 7, "3 pongs fit under 7 bytes");
+        assert_eq!(out.len(), 3 * 3 + 2, "and the close after them");
     }
 
     fn answer(hs: &ClientHandshake, extra: &str) -> String {
