@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use socket2::{Domain, Socket, Type};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -293,4 +293,223 @@ fn a_ping_flood_under_the_drop_policy_drops_counted_pongs_and_stays_open() {
         baseline >> 10,
         peak >> 10
     );
+}
+
+/// Origins the allow-list tests' server accepts.
+const ALLOWED: &str = r#"allowed_origins = ["http://127.0.0.1:8000", "https://chat.example.com"]"#;
+
+/// A testbed whose upgrades must come from [`ALLOWED`] origins (or none).
+fn start_with_origins() -> Server {
+    Server::start_ws("testbed", 1, &[], Some(&format!("[server]\n{ALLOWED}\n")))
+}
+
+/// Sends an upgrade request for `path` with `extra` header lines on a fresh
+/// connection and reads the answer's head (a 101 keeps the connection; the
+/// stream is left after the head).
+#[track_caller]
+fn upgrade(addr: SocketAddr, path: &str, extra: &str) -> (HttpReply, TcpStream) {
+    let mut s = tcp_connect(addr, REPLY_TIMEOUT);
+    s.write_all(upgrade_request(addr, path, extra).as_bytes())
+        .expect("write the upgrade request");
+    (read_head(&mut s), s)
+}
+
+/// Reads a response head byte by byte, up to its blank line.
+#[track_caller]
+fn read_head(s: &mut TcpStream) -> HttpReply {
+    s.set_read_timeout(Some(REPLY_TIMEOUT)).expect("timeout");
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(0) => panic!("EOF in the head: {:?}", String::from_utf8_lossy(&got)),
+            Ok(_) => got.push(byte[0]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("reading the head: {e}"),
+        }
+    }
+    parse_reply(&got)
+}
+
+/// Every header line of `reply` with this name.
+fn all_headers<'a>(reply: &'a HttpReply, name: &str) -> Vec<&'a str> {
+    reply
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// An upgrade whose `Origin` is not on the list gets 403 without reaching
+/// `on_websocket_connect` (`?panic` would make that answer 500); a listed
+/// origin, in any case, and no origin at all are accepted.
+#[test]
+fn the_origin_allow_list_refuses_foreign_origins_before_the_handler() {
+    let server = start_with_origins();
+    let addr = server.addr;
+    let (foreign, _) = upgrade(addr, "/?panic", "Origin: http://evil.example\r\n");
+    assert_eq!(foreign.status, 403, "{foreign:?}");
+    let (prefixed, _) = upgrade(addr, "/", "Origin: https://chat.example.com.evil\r\n");
+    assert_eq!(prefixed.status, 403, "{prefixed:?}");
+    let (reached, _) = upgrade(addr, "/?panic", "Origin: https://chat.example.com\r\n");
+    assert_eq!(reached.status, 500, "a listed origin reaches the handler");
+
+    let (listed, _) = upgrade(addr, "/", "Origin: HTTPS://Chat.Example.COM\r\n");
+    assert_eq!(listed.status, 101, "{listed:?}");
+    let (page, _) = upgrade(addr, "/", "Origin: http://127.0.0.1:8000\r\n");
+    assert_eq!(page.status, 101, "{page:?}");
+    let (none, s) = upgrade(addr, "/", "");
+    assert_eq!(none.status, 101, "{none:?}");
+    // And the connection it opened is served.
+    let mut ws = Ws {
+        ws: WebSocket::from_raw_socket(s, Role::Client, None),
+    };
+    ws.send_text(r#"{"op": "whoami", "id": 1}"#);
+    assert!(ws.recv_text(REPLY_TIMEOUT).contains(r#""id":1"#));
+}
+
+/// The handler's subprotocol is echoed in the 101; one the client did not
+/// offer is the handler's error (500, no 101); none chosen means no
+/// `Sec-WebSocket-Protocol` header at all.
+#[test]
+fn the_chosen_subprotocol_is_echoed_and_must_have_been_offered() {
+    let server = start_with_origins();
+    let addr = server.addr;
+    let offer = "Sec-WebSocket-Protocol: a, b\r\n";
+    let (b, _) = upgrade(addr, "/?protocol=b", offer);
+    assert_eq!(b.status, 101, "{b:?}");
+    assert_eq!(all_headers(&b, "Sec-WebSocket-Protocol"), ["b"], "{b:?}");
+
+    let (split, _) = upgrade(
+        addr,
+        "/?protocol=a",
+        "Sec-WebSocket-Protocol: b\r\nSec-WebSocket-Protocol: a\r\n",
+    );
+    assert_eq!(all_headers(&split, "Sec-WebSocket-Protocol"), ["a"]);
+
+    let (unoffered, _) = upgrade(addr, "/?protocol=c", offer);
+    assert_eq!(unoffered.status, 500, "{unoffered:?}");
+    assert!(all_headers(&unoffered, "Sec-WebSocket-Protocol").is_empty());
+
+    let (none, _) = upgrade(addr, "/", offer);
+    assert_eq!(none.status, 101, "{none:?}");
+    assert!(
+        all_headers(&none, "Sec-WebSocket-Protocol").is_empty(),
+        "{none:?}"
+    );
+}
+
+/// A tungstenite client that asks for a subprotocol connects when the
+/// handler chooses it, and fails (as browsers do) when it chooses none.
+#[test]
+fn a_tungstenite_client_asking_for_a_subprotocol_gets_it() {
+    use tungstenite::client::IntoClientRequest;
+    let server = start_with_origins();
+    let connect = |path: &str| {
+        let mut req = server.ws_url(path).into_client_request().expect("request");
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "chat.v2, chat.v1".parse().expect("header value"),
+        );
+        tungstenite::client(req, tcp_connect(server.addr, REPLY_TIMEOUT))
+    };
+    let (mut ws, response) = connect("/?protocol=chat.v1").expect("upgrade");
+    assert_eq!(
+        response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.to_str().expect("ASCII")),
+        Some("chat.v1")
+    );
+    ws.send(tungstenite::Message::binary(&b"bin"[..]))
+        .expect("send");
+    assert_eq!(
+        ws.read().expect("echo"),
+        tungstenite::Message::binary(&b"bin"[..])
+    );
+
+    let refused = connect("/").map(|_| ()).expect_err("no subprotocol chosen");
+    assert!(
+        refused.to_string().to_lowercase().contains("subprotocol"),
+        "{refused}"
+    );
+}
+
+/// Headers the handler adds reach the 101; a value with CR LF (which would
+/// write a header of its own) or a handshake header is never sent: 500.
+#[test]
+fn upgrade_headers_are_sent_only_when_valid() {
+    let server = start_with_origins();
+    let addr = server.addr;
+    let (ok, _) = upgrade(addr, "/?header=Set-Cookie:session%3Dabc", "");
+    assert_eq!(ok.status, 101, "{ok:?}");
+    assert_eq!(ok.header("Set-Cookie"), Some("session=abc"), "{ok:?}");
+
+    for bad in [
+        "/?header=X-Bad:a%0D%0AInjected:%20yes",
+        "/?header=X%20Bad:a",
+        "/?header=X-Nul:a%00b",
+        "/?header=Sec-WebSocket-Accept:forged",
+    ] {
+        let (reply, _) = upgrade(addr, bad, "");
+        assert_eq!(reply.status, 500, "{bad}: {reply:?}");
+        assert!(
+            reply.header("Injected").is_none() && reply.header("Sec-WebSocket-Accept").is_none(),
+            "{bad}: {reply:?}"
+        );
+    }
+}
+
+/// A plain HTTP answer with an invalid header is not sent either: 500.
+#[test]
+fn http_response_headers_are_validated() {
+    let server = start_with_origins();
+    let post = |query: &str| {
+        let req = format!(
+            "POST /echo{query} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+        );
+        http_exchange(server.addr, &[req.as_bytes()])
+    };
+    let ok = post("?header=X-Ok:1");
+    assert_eq!((ok.status, ok.header("X-Ok")), (200, Some("1")), "{ok:?}");
+    let bad = post("?header=X-Bad:a%0D%0AInjected:%20yes");
+    assert_eq!(bad.status, 500, "{bad:?}");
+    assert!(bad.header("Injected").is_none(), "{bad:?}");
+    assert!(bad.header("X-Bad").is_none(), "{bad:?}");
+}
+
+/// `on_close` gets the peer's close code and reason; a connection the
+/// server closed gets none.
+#[test]
+fn on_close_sees_the_peers_close_code_and_reason() {
+    use tungstenite::protocol::frame::coding::CloseCode;
+    use tungstenite::protocol::CloseFrame;
+    let server = start_with_origins();
+    let mut watcher = Peer::connect(server.addr);
+    let mut leaving = Peer::connect(server.addr);
+    let closed = Peer::connect(server.addr);
+    let (leaving_conn, closed_conn) = (leaving.conn.clone(), closed.conn.clone());
+    leaving
+        .ws
+        .ws
+        .close(Some(CloseFrame {
+            code: CloseCode::from(4001),
+            reason: "bye".into(),
+        }))
+        .expect("send close");
+    assert_eq!(leaving.ws.recv(REPLY_TIMEOUT), Recv::Close(Some(4001)));
+    watcher.call(json!({"op": "close", "conn": closed_conn}));
+
+    let mut closes: Vec<String> = Vec::new();
+    wait_until(REPLY_TIMEOUT, "two on_close calls", || {
+        closes = strings(&watcher.call(json!({"op": "closes"}))["closes"]);
+        closes.len() == 2
+    });
+    let mut want = vec![
+        format!("{leaving_conn} 4001 bye"),
+        format!("{closed_conn} -"),
+    ];
+    want.sort();
+    assert_eq!(closes, want);
 }

@@ -1,10 +1,13 @@
 //! WebSocket pieces around tungstenite: the stream it reads from and writes
-//! to ([`WsIo`]), its per-connection settings, and the client side of the
-//! opening handshake (we write the request and check the 101 ourselves, then
-//! tungstenite takes the stream, as on the server side).
+//! to ([`WsIo`]), its per-connection settings, the server's answer to an
+//! upgrade ([`Accept`], the `Origin` allow-list), the peer's [`CloseFrame`],
+//! and the client side of the opening handshake (we write the request and
+//! check the 101 ourselves, then tungstenite takes the stream, as on the
+//! server side).
 
 use crate::net::OutQueue;
 use crate::proto::codec::OP_CLOSE;
+use crate::proto::http::{header_problem, Request};
 use bytes::Bytes;
 use std::io::{self, Read, Write};
 use tungstenite::protocol::WebSocketConfig;
@@ -91,6 +94,168 @@ impl Write for WsIo<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// How [`crate::Handler::on_websocket_connect`] accepts an upgrade: the
+/// subprotocol chosen among those the client offered (if any), and headers
+/// to add to the `101 Switching Protocols` answer (a cookie, say).
+///
+/// `Ok(Accept::default())` (or `Ok(().into())`) accepts with neither. A
+/// subprotocol the client did not offer ([`Request::protocols`]), a header
+/// name that is not a token, a value with a control character (CR, LF,
+/// NUL, ...) or a header the handshake writes itself (`Upgrade`,
+/// `Connection`, `Sec-WebSocket-*`, `Content-Length`, `Transfer-Encoding`)
+/// is the handler's error: it is logged, the client gets `500`, and nothing
+/// of it is sent.
+///
+/// When the client offered subprotocols and none is chosen, the answer has
+/// no `Sec-WebSocket-Protocol` header (RFC 6455 4.2.2); browsers then fail
+/// the connection, so a server that knows one of them should choose it.
+///
+/// ```
+/// use foreman::Accept;
+/// let accept = Accept::new()
+///     .protocol("chat.v1")
+///     .header("Set-Cookie", "session=abc; HttpOnly");
+/// assert_eq!(accept.chosen_protocol(), Some("chat.v1"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accept {
+    protocol: Option<String>,
+    headers: Vec<(String, String)>,
+}
+
+impl From<()> for Accept {
+    fn from(_: ()) -> Self {
+        Accept::default()
+    }
+}
+
+/// Headers the 101 answer writes itself; a handler may not add them.
+const HANDSHAKE_HEADERS: [&str; 7] = [
+    "Upgrade",
+    "Connection",
+    "Sec-WebSocket-Accept",
+    "Sec-WebSocket-Protocol",
+    "Sec-WebSocket-Extensions",
+    "Content-Length",
+    "Transfer-Encoding",
+];
+
+impl Accept {
+    /// Accepts with no subprotocol and no extra header.
+    pub fn new() -> Self {
+        Accept::default()
+    }
+
+    /// Chooses `protocol`, which must be one the client offered; the answer
+    /// says `Sec-WebSocket-Protocol: <protocol>`.
+    pub fn protocol(mut self, protocol: impl Into<String>) -> Self {
+        self.protocol = Some(protocol.into());
+        self
+    }
+
+    /// Adds a header to the 101 answer.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The subprotocol chosen, if any.
+    pub fn chosen_protocol(&self) -> Option<&str> {
+        self.protocol.as_deref()
+    }
+
+    /// The headers added, in order.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    /// The 101 answer to `request`, whose `Sec-WebSocket-Key` gives
+    /// `accept_key`; `Err` says what is wrong with this `Accept`.
+    pub(crate) fn answer(&self, request: &Request, accept_key: &str) -> Result<String, String> {
+        let mut head = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n"
+        );
+        if let Some(p) = &self.protocol {
+            if !request.protocols().contains(&p.as_str()) {
+                return Err(format!(
+                    "subprotocol {p:?} was not offered (offered: {:?})",
+                    request.protocols()
+                ));
+            }
+            head.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
+        }
+        for (name, value) in &self.headers {
+            if let Some(problem) = header_problem(name, value) {
+                return Err(problem);
+            }
+            if HANDSHAKE_HEADERS
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(name))
+            {
+                return Err(format!("header {name} is the handshake's own"));
+            }
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        Ok(head)
+    }
+}
+
+impl Request {
+    /// The subprotocols a WebSocket upgrade request offers
+    /// (`Sec-WebSocket-Protocol`, every such header, in order), for
+    /// [`Accept::protocol`] to choose from.
+    pub fn protocols(&self) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("Sec-WebSocket-Protocol"))
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect()
+    }
+}
+
+/// Whether an upgrade with this `Origin` header may go on: always when the
+/// list is empty or the request has no `Origin` (not a browser); otherwise
+/// when the origin is on the list, compared without regard to ASCII case.
+pub(crate) fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+    match origin {
+        _ if allowed.is_empty() => true,
+        None => true,
+        Some(o) => allowed.iter().any(|a| a.eq_ignore_ascii_case(o.trim())),
+    }
+}
+
+/// The close frame a WebSocket peer sent, as [`crate::Handler::on_close`]
+/// gets it. A close frame without a status code is reported as code 1005
+/// ("no status received", RFC 6455 7.1.5) with an empty reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseFrame {
+    /// The status code (1000 normal, 1001 going away, 4000-4999 the
+    /// application's own, ...).
+    pub code: u16,
+    /// The reason, UTF-8, at most 123 bytes.
+    pub reason: String,
+}
+
+impl CloseFrame {
+    /// What tungstenite made of the peer's close frame.
+    pub(crate) fn from_peer(frame: Option<tungstenite::protocol::CloseFrame>) -> Self {
+        match frame {
+            Some(f) => CloseFrame {
+                code: f.code.into(),
+                reason: f.reason.to_string(),
+            },
+            None => CloseFrame {
+                code: 1005,
+                reason: String::new(),
+            },
+        }
     }
 }
 

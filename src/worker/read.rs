@@ -8,7 +8,7 @@ use crate::handler::Handler;
 use crate::message::Message;
 use crate::net::Input;
 use crate::proto::plain::{self, FramingError};
-use crate::proto::ws::WsIo;
+use crate::proto::ws::{CloseFrame, WsIo};
 use std::io;
 
 /// Bytes read from one connection per event before others get a turn.
@@ -198,7 +198,9 @@ impl<H: Handler> Worker<H> {
                 Ok(tungstenite::Message::Binary(b)) => self.deliver(key, Message::Binary(b)),
                 // The peer closed, or answered our close; tungstenite
                 // queued the reply, which closing writes out.
-                Ok(tungstenite::Message::Close(_)) => self.core.begin_close(key, 1000, "", None),
+                Ok(tungstenite::Message::Close(frame)) => {
+                    self.core.peer_closed(key, CloseFrame::from_peer(frame))
+                }
                 Ok(_) => {}
                 Err(E::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(E::ConnectionClosed | E::AlreadyClosed) => {
