@@ -157,6 +157,58 @@ fn other_conn(me: &mut Peer) -> String {
     others[0].clone()
 }
 
+/// A flood test's setup: a capped testbed, a watcher connection on its one
+/// worker, the worker's RSS then, and the flooding client (a raw socket
+/// with a 4 KiB receive buffer) with its connection id.
+struct Flooded {
+    _server: Server,
+    watcher: Peer,
+    baseline: u64,
+    stream: TcpStream,
+    flooder: String,
+}
+
+impl Flooded {
+    #[track_caller]
+    fn start(policy: &str) -> Flooded {
+        let server = start_capped(policy);
+        let mut watcher = Peer::connect(server.addr);
+        let baseline = rss_bytes(watcher.pid).expect("worker RSS");
+        let stream = small_window_client(server.addr, 4096);
+        let flooder = other_conn(&mut watcher);
+        Flooded {
+            _server: server,
+            watcher,
+            baseline,
+            stream,
+            flooder,
+        }
+    }
+}
+
+/// The worker's RSS `rss` is within `baseline` + the cap + [`SLACK`].
+#[track_caller]
+fn assert_rss_within(rss: u64, baseline: u64) {
+    let bound = baseline + CAP + SLACK;
+    assert!(
+        rss < bound,
+        "worker RSS reached {} MiB (baseline {} MiB, bound {} MiB)",
+        rss >> 20,
+        baseline >> 20,
+        bound >> 20
+    );
+}
+
+/// A raw upgraded socket as a tungstenite client, reads bounded.
+fn into_ws(stream: TcpStream) -> Ws {
+    stream
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .expect("timeout");
+    Ws {
+        ws: WebSocket::from_raw_socket(stream, Role::Client, None),
+    }
+}
+
 /// A client that sends 1.5 M pings and never reads. Its pongs count against
 /// `max_output_bytes`: past it the close policy closes the connection with
 /// 1008 and reports the overflow, and the worker's memory stays within the
@@ -169,23 +221,15 @@ fn other_conn(me: &mut Peer) -> String {
 /// queued, or, once the server let go of the socket, a reset.
 #[test]
 fn a_ping_flood_that_never_reads_is_closed_1008_within_the_output_cap() {
-    let server = start_capped("close");
-    let mut watcher = Peer::connect(server.addr);
-    let baseline = rss_bytes(watcher.pid).expect("worker RSS");
-    let mut stream = small_window_client(server.addr, 4096);
-    let flooder = other_conn(&mut watcher);
+    // The server lives as long as `f` (its other fields move out).
+    let f = Flooded::start("close");
+    let (mut watcher, mut stream, flooder) = (f.watcher, f.stream, f.flooder);
+    let baseline = f.baseline;
 
     let started = Instant::now();
     let flood = flood_pings(&mut stream, 1_500_000, watcher.pid);
     eprintln!("flood took {:?}", started.elapsed());
-    let bound = baseline + CAP + SLACK;
-    assert!(
-        flood.peak_rss < bound,
-        "worker RSS reached {} MiB during the flood (baseline {} MiB, bound {} MiB)",
-        flood.peak_rss >> 20,
-        baseline >> 20,
-        bound >> 20
-    );
+    assert_rss_within(flood.peak_rss, baseline);
 
     // The overflow was reported for the flooder, and it is no longer online.
     let reported = errors(&mut watcher);
@@ -203,12 +247,7 @@ fn a_ping_flood_that_never_reads_is_closed_1008_within_the_output_cap() {
 
     // Reading now: the pongs that were queued, then the close frame, unless
     // the server has let go of the socket already.
-    stream
-        .set_read_timeout(Some(REPLY_TIMEOUT))
-        .expect("timeout");
-    let mut ws = Ws {
-        ws: WebSocket::from_raw_socket(stream, Role::Client, None),
-    };
+    let mut ws = into_ws(stream);
     match ws.recv(REPLY_TIMEOUT) {
         Recv::Close(code) => assert_eq!(code, Some(1008)),
         Recv::Gone(why) => assert!(
@@ -218,11 +257,7 @@ fn a_ping_flood_that_never_reads_is_closed_1008_within_the_output_cap() {
         other => panic!("expected the close or the end of the connection, got {other:?}"),
     }
     let after = rss_bytes(watcher.pid).expect("worker RSS");
-    assert!(
-        after < bound,
-        "worker RSS {} MiB after the flood",
-        after >> 20
-    );
+    assert_rss_within(after, baseline);
     eprintln!(
         "flood: {} pings, cut short: {:?}, worker RSS baseline {} KiB, peak {} KiB, after {} KiB",
         flood.pings,
@@ -238,11 +273,10 @@ fn a_ping_flood_that_never_reads_is_closed_1008_within_the_output_cap() {
 /// is served: its close is answered.
 #[test]
 fn a_ping_flood_under_the_drop_policy_drops_counted_pongs_and_stays_open() {
-    let server = start_capped("drop");
-    let mut watcher = Peer::connect(server.addr);
-    let baseline = rss_bytes(watcher.pid).expect("worker RSS");
-    let mut stream = small_window_client(server.addr, 4096);
-    let flooder = other_conn(&mut watcher);
+    // The server lives as long as `f` (its other fields move out).
+    let f = Flooded::start("drop");
+    let (mut watcher, mut stream, flooder) = (f.watcher, f.stream, f.flooder);
+    let baseline = f.baseline;
 
     let total = 40 * PINGS_PER_BATCH as u64;
     let flood = flood_pings(&mut stream, total, watcher.pid);
@@ -259,15 +293,8 @@ fn a_ping_flood_under_the_drop_policy_drops_counted_pongs_and_stays_open() {
             dropped >= total - kept_at_most
         },
     );
-    let bound = baseline + CAP + SLACK;
     let peak = flood.peak_rss.max(rss_bytes(watcher.pid).expect("RSS"));
-    assert!(
-        peak < bound,
-        "worker RSS reached {} MiB (baseline {} MiB, bound {} MiB)",
-        peak >> 20,
-        baseline >> 20,
-        bound >> 20
-    );
+    assert_rss_within(peak, baseline);
     let stats = watcher.stats();
     assert!(
         strings(&stats["connections"]).contains(&flooder),
@@ -276,12 +303,7 @@ fn a_ping_flood_under_the_drop_policy_drops_counted_pongs_and_stays_open() {
     assert!(errors(&mut watcher).is_empty(), "no error under drop");
 
     // It reads again: pongs, then the answer to its close.
-    stream
-        .set_read_timeout(Some(REPLY_TIMEOUT))
-        .expect("timeout");
-    let mut ws = Ws {
-        ws: WebSocket::from_raw_socket(stream, Role::Client, None),
-    };
+    let mut ws = into_ws(stream);
     ws.ws.close(None).expect("send close");
     assert!(
         matches!(ws.recv(REPLY_TIMEOUT), Recv::Close(_)),
@@ -362,9 +384,7 @@ fn the_origin_allow_list_refuses_foreign_origins_before_the_handler() {
     let (none, s) = upgrade(addr, "/", "");
     assert_eq!(none.status, 101, "{none:?}");
     // And the connection it opened is served.
-    let mut ws = Ws {
-        ws: WebSocket::from_raw_socket(s, Role::Client, None),
-    };
+    let mut ws = into_ws(s);
     ws.send_text(r#"{"op": "whoami", "id": 1}"#);
     assert!(ws.recv_text(REPLY_TIMEOUT).contains(r#""id":1"#));
 }
@@ -412,7 +432,7 @@ fn a_tungstenite_client_asking_for_a_subprotocol_gets_it() {
             "Sec-WebSocket-Protocol",
             "chat.v2, chat.v1".parse().expect("header value"),
         );
-        tungstenite::client(req, tcp_connect(server.addr, REPLY_TIMEOUT))
+        tungstenite::client(req, tcp_connect(server.addr, REPLY_TIMEOUT)).map_err(|e| e.to_string())
     };
     let (mut ws, response) = connect("/?protocol=chat.v1").expect("upgrade");
     assert_eq!(
@@ -430,10 +450,7 @@ fn a_tungstenite_client_asking_for_a_subprotocol_gets_it() {
     );
 
     let refused = connect("/").map(|_| ()).expect_err("no subprotocol chosen");
-    assert!(
-        refused.to_string().to_lowercase().contains("subprotocol"),
-        "{refused}"
-    );
+    assert!(refused.to_lowercase().contains("subprotocol"), "{refused}");
 }
 
 /// Headers the handler adds reach the 101; a value with CR LF (which would
