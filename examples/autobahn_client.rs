@@ -140,7 +140,7 @@ impl Handler for Client {
         }
     }
 
-    fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId) {
+    fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId, _close: Option<&foreman::CloseFrame>) {
         if let Some((step, _)) = self.step_of(conn) {
             self.next(ctx, step);
         }

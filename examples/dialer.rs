@@ -128,7 +128,7 @@ impl Handler for Dialer {
         }
     }
 
-    fn on_close(&mut self, _ctx: &mut Ctx, conn: ConnId) {
+    fn on_close(&mut self, _ctx: &mut Ctx, conn: ConnId, _close: Option<&foreman::CloseFrame>) {
         if let Some(s) = self.seen.get_mut(&conn) {
             s.event("close".into());
         }

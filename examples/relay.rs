@@ -74,13 +74,13 @@ impl Handler for Relay {
         // failed attempt) ends its client.
         if self.upstreams.contains(&conn) && !ctx.conn_info(conn).is_some_and(|i| i.open) {
             log::warn!("relay: upstream {conn}: {error}");
-            self.on_close(ctx, conn);
+            self.on_close(ctx, conn, None);
         }
     }
 
     /// Either side gone: forget the pair and close the other end (a client
     /// whose upstream went gets 1011).
-    fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId) {
+    fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId, _close: Option<&foreman::CloseFrame>) {
         if let Some(other) = self.peer.remove(&conn) {
             self.peer.remove(&other);
             let upstream_gone = self.upstreams.remove(&conn);

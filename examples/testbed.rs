@@ -39,13 +39,16 @@
 //! | `local` | | `conns`: `Ctx::local_connections` |
 //! | `send_to_local` | `data` | |
 //! | `batch` | `cmds` (a list of commands) | `replies`: each command's reply, all run in one callback |
+//! | `closes` | | `closes`: this worker's `on_close` calls in order, as `"CONN CODE REASON"` for a peer's close frame, `"CONN -"` without one |
 //!
 //! `conn` fields default to the sender's own connection. A WebSocket request
-//! with `?panic` makes `on_websocket_connect` panic; `?reject` answers 403.
+//! with `?panic` makes `on_websocket_connect` panic; `?reject` answers 403;
+//! `?protocol=P` chooses subprotocol `P` (offered or not); `?header=N:V`
+//! (percent-decoded) adds header `N: V` to the 101.
 //!
 //! Plain HTTP: `POST /echo` answers 200 with the request body as its body
-//! (and `X-Method`, `X-Body-Length` headers); every other request gets the
-//! default 404.
+//! (and `X-Method`, `X-Body-Length` headers, and `?header=N:V` as for
+//! upgrades); every other request gets the default 404.
 //!
 //! Flags besides the library's (`start -d`, `-c`, `--listen`, ...):
 //!
@@ -61,7 +64,8 @@
 use bytes::Bytes;
 use clap::Parser;
 use foreman::{
-    cli::Args, ConnError, ConnId, Ctx, Handler, Message, Request, Response, Server, TimerId,
+    cli::Args, Accept, CloseFrame, ConnError, ConnId, Ctx, Handler, Message, Request, Response,
+    Server, TimerId,
 };
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -88,6 +92,8 @@ struct Testbed {
     buffer_full: u64,
     /// How many `on_buffer_drain` calls there were in all.
     buffer_drain: u64,
+    /// The latest `on_close` calls, oldest first, for `closes`.
+    closes: Vec<String>,
     /// The latest `on_worker_message` calls, oldest first, for `worker_messages`.
     worker_messages: Vec<Value>,
     /// `--busy-on-stop`: how long the pretend background work of a stopping
@@ -343,6 +349,7 @@ impl Testbed {
                 Ok(json!({ "ok": sent }))
             }
             "local" => Ok(json!({"conns": conn_strings(ctx.local_connections())})),
+            "closes" => Ok(json!({"closes": self.closes})),
             "send_to_local" => {
                 ctx.send_to_local(text(cmd, "data")?);
                 ok
@@ -371,14 +378,21 @@ impl Handler for Testbed {
         _ctx: &mut Ctx,
         conn: ConnId,
         request: &Request,
-    ) -> Result<(), Response> {
+    ) -> Result<Accept, Response> {
         if request.query_param("panic").is_some() {
             panic!("testbed: panic in on_websocket_connect of {conn}");
         }
         if request.query_param("reject").is_some() {
             return Err(Response::status(403));
         }
-        Ok(())
+        let mut accept = Accept::new();
+        if let Some(p) = request.query_param("protocol") {
+            accept = accept.protocol(p);
+        }
+        if let Some((name, value)) = header_param(request) {
+            accept = accept.header(name, value);
+        }
+        Ok(accept)
     }
 
     fn on_message(&mut self, ctx: &mut Ctx, conn: ConnId, msg: Message) {
@@ -412,7 +426,12 @@ impl Handler for Testbed {
         ctx.send(conn, json!({"tick": timer.get(), "n": n}).to_string());
     }
 
-    fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId) {
+    fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId, close: Option<&CloseFrame>) {
+        let seen = match close {
+            Some(f) => format!("{conn} {} {}", f.code, f.reason),
+            None => format!("{conn} -"),
+        };
+        push_capped(&mut self.closes, seen);
         let mine: Vec<TimerId> = self
             .timers
             .iter()
@@ -469,12 +488,42 @@ impl Handler for Testbed {
 
     fn on_http_request(&mut self, _ctx: &mut Ctx, request: &Request) -> Response {
         if request.method == "POST" && request.path == "/echo" {
-            return Response::new(200, request.body.clone())
+            let mut response = Response::new(200, request.body.clone())
                 .header("X-Method", request.method.as_str())
                 .header("X-Body-Length", request.body.len().to_string());
+            if let Some((name, value)) = header_param(request) {
+                response = response.header(name, value);
+            }
+            return response;
         }
         Response::not_found()
     }
+}
+
+/// The `header=NAME:VALUE` query parameter, percent-decoded (`%0D%0A` is a
+/// CR LF: how a test asks for a header that must not be sent).
+fn header_param(request: &Request) -> Option<(String, String)> {
+    let raw = request.query_param("header")?.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = raw
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (raw[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    let (name, value) = text.split_once(':')?;
+    Some((name.to_string(), value.to_string()))
 }
 
 /// Appends to a report list, dropping the oldest past [`ERROR_LOG_CAP`].

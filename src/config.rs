@@ -13,7 +13,9 @@ use std::path::Path;
 use std::time::Duration;
 
 /// What happens to a send to a connection whose queued output is already at
-/// `max_output_bytes` (a consumer that does not read fast enough).
+/// `max_output_bytes` (a consumer that does not read fast enough). The
+/// WebSocket's own pongs count as sends here: a peer that pings and never
+/// reads meets the same policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OverflowPolicy {

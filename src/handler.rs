@@ -7,6 +7,7 @@ use crate::id::ConnId;
 use crate::id::TimerId;
 use crate::message::Message;
 use crate::proto::http::{Request, Response};
+use crate::proto::ws::{Accept, CloseFrame};
 
 /// The application's callbacks, one instance per worker process.
 ///
@@ -51,9 +52,14 @@ pub trait Handler: 'static {
     /// `websocket://`, on accept for `text://`, `frame://` and `tcp://`.
     fn on_connect(&mut self, ctx: &mut Ctx, conn: ConnId) {}
 
-    /// A WebSocket upgrade request arrived on the configured path. Return
-    /// `Err(response)` to refuse it with that HTTP response (say 401 or 403);
-    /// the connection then never reaches `on_connect`.
+    /// A WebSocket upgrade request arrived on the configured path (and its
+    /// `Origin`, if any, is on [`crate::Config::allowed_origins`]). Return
+    /// `Ok(Accept::default())` to accept it, with [`Accept::protocol`] to
+    /// choose one of the subprotocols the client offers
+    /// ([`Request::protocols`]) and [`Accept::header`] to add headers to the
+    /// 101 answer; an invalid [`Accept`] is answered `500` (see there).
+    /// Return `Err(response)` to refuse it with that HTTP response (say 401
+    /// or 403); the connection then never reaches `on_connect`.
     ///
     /// The connection is not open yet: `conn` is the id it will have, but
     /// sends to it and registry calls on it are ignored until `on_connect`.
@@ -64,8 +70,8 @@ pub trait Handler: 'static {
         ctx: &mut Ctx,
         conn: ConnId,
         request: &Request,
-    ) -> Result<(), Response> {
-        Ok(())
+    ) -> Result<Accept, Response> {
+        Ok(Accept::default())
     }
 
     /// One whole message: a WebSocket text or binary message, a `text://` line
@@ -73,7 +79,12 @@ pub trait Handler: 'static {
     fn on_message(&mut self, ctx: &mut Ctx, conn: ConnId, msg: Message) {}
 
     /// The connection is gone. Sends to it from now on are no-ops.
-    fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId) {}
+    ///
+    /// `close` is the WebSocket close frame of a peer that closed first (its
+    /// code and reason); `None` when the server closed first (the peer's
+    /// answer comes after this call), the stream ended without a close
+    /// frame, or the protocol has no close frames.
+    fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId, close: Option<&CloseFrame>) {}
 
     /// Something went wrong on a connection: a protocol error, an oversized
     /// message, a panic in a callback, a socket error.

@@ -121,6 +121,7 @@ pub use master::Server;
 pub use message::{Message, Utf8Bytes};
 pub use proto::codec::Prepared;
 pub use proto::http::{Request, Response, MAX_HEAD_BYTES};
+pub use proto::ws::{Accept, CloseFrame};
 pub use proto::Protocol;
 
 /// The README's code blocks, compiled as doctests so the embedding example

@@ -335,7 +335,7 @@ impl Handler for ChatWorker {
         self.handle(ctx, conn, frame);
     }
 
-    fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId) {
+    fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId, _close: Option<&foreman::CloseFrame>) {
         let Some(session) = self.sessions.remove(&conn) else {
             return;
         };

@@ -9,17 +9,16 @@ use crate::cluster::wire::Record;
 use crate::error::ConnError;
 use crate::id::ConnId;
 use crate::proto::http::{Reply, Response, Stage};
-use crate::proto::ws::WsIo;
+use crate::proto::ws::{CloseFrame, WsIo};
 use std::io;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::CloseFrame;
 
-fn close_frame(code: u16, reason: &str) -> CloseFrame {
+fn close_frame(code: u16, reason: &str) -> tungstenite::protocol::CloseFrame {
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    CloseFrame {
+    tungstenite::protocol::CloseFrame {
         code: CloseCode::from(code),
         reason: reason[..end].to_string().into(),
     }
@@ -85,7 +84,25 @@ impl Core {
         reason: &str,
         error: Option<ConnError>,
     ) {
+        self.close_step(key, code, reason, error, None);
+    }
+
+    /// The WebSocket peer sent `frame`: closing begins (tungstenite queued
+    /// the reply), and `on_close` gets the frame if it is owed now.
+    pub(crate) fn peer_closed(&mut self, key: usize, frame: CloseFrame) {
+        self.close_step(key, 1000, "", None, Some(frame));
+    }
+
+    fn close_step(
+        &mut self,
+        key: usize,
+        code: u16,
+        reason: &str,
+        error: Option<ConnError>,
+        peer: Option<CloseFrame>,
+    ) {
         let now = self.now;
+        let cap = self.cfg.max_output_bytes;
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
@@ -95,10 +112,8 @@ impl Core {
         let step = c.life.close(now);
         match &mut c.proto {
             Proto::Ws(ws) => {
-                let mut io = WsIo {
-                    input: &[],
-                    out: &mut c.out,
-                };
+                // A pong still owed is dropped when the queue is full.
+                let mut io = WsIo::new(&[], &mut c.out, cap);
                 // Queues our close frame, or (closed by the peer, or closing
                 // already) only writes out what tungstenite holds.
                 let _ = ws.close(&mut io, Some(close_frame(code, reason)));
@@ -107,7 +122,7 @@ impl Core {
             _ => {}
         }
         if step == Some(true) {
-            self.forget(key, error);
+            self.forget(key, error, peer);
         }
         self.mark_dirty(key);
     }
@@ -121,8 +136,9 @@ impl Core {
         }
     }
 
-    /// An open connection leaves the registry; `on_close` is owed.
-    fn forget(&mut self, key: usize, error: Option<ConnError>) {
+    /// An open connection leaves the registry; `on_close` is owed (with the
+    /// peer's close frame, if that is what ended it).
+    fn forget(&mut self, key: usize, error: Option<ConnError>, peer: Option<CloseFrame>) {
         let c = &mut self.conns[key];
         let id = ConnId::new(self.slot, key as u32, c.serial);
         if c.marks.listed {
@@ -130,7 +146,7 @@ impl Core {
             self.registry.close(id);
             self.bus.broadcast(&Record::Close(id));
         }
-        self.deferred.push_back(Deferred::Closed(id, error));
+        self.deferred.push_back(Deferred::Closed(id, error, peer));
     }
 
     /// The socket goes: its close finished, its deadline passed, the peer
@@ -154,7 +170,7 @@ impl Core {
         let id = ConnId::new(self.slot, key as u32, c.serial);
         if c.life.is_open() {
             c.life.close(self.now);
-            self.forget(key, error);
+            self.forget(key, error, None);
         } else if c.outbound() && !c.life.is_closing() {
             let error = error.unwrap_or_else(|| {
                 ConnError::Connect(io::Error::new(
@@ -211,7 +227,14 @@ impl Core {
     /// refusal, a bad request, an answer that ends the connection.
     pub(crate) fn respond(&mut self, key: usize, response: &Response, head_only: bool) {
         let c = &mut self.conns[key];
-        c.out.push(response.encode(head_only, false).into());
+        let bytes = match response.header_problem() {
+            None => response.encode(head_only, false),
+            Some(why) => {
+                log::error!("response to {} not sent: {why}; answering 500", c.peer);
+                Response::status(500).encode(head_only, false)
+            }
+        };
+        c.out.push(bytes.into());
         c.proto = Proto::Done;
         self.begin_close(key, 0, "", None);
     }
@@ -232,6 +255,10 @@ impl Core {
         let Proto::Http(h) = &mut c.proto else {
             return self.respond(key, response, reply.head_only);
         };
+        if response.header_problem().is_some() {
+            // `respond` logs it and answers 500 instead.
+            return self.respond(key, response, reply.head_only);
+        }
         h.served += 1;
         let Some(idle) = keepalive.filter(|_| {
             reply.keep_alive && !stopping && !response.says_close() && h.served < max_requests

@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::error::ConnError;
 use crate::id::ConnId;
 use crate::proto::codec::Wire;
+use crate::proto::ws::CloseFrame;
 use bytes::Bytes;
 use conn::Conn;
 use pool::{JobId, JobResult, Pool};
@@ -58,8 +59,9 @@ impl std::fmt::Debug for Waker {
 
 /// A callback owed to the handler, run after the current one returns.
 pub(crate) enum Deferred {
-    /// `on_error` (with an error) then `on_close`.
-    Closed(ConnId, Option<ConnError>),
+    /// `on_error` (with an error) then `on_close` (with the peer's close
+    /// frame, if it sent one).
+    Closed(ConnId, Option<ConnError>, Option<CloseFrame>),
     /// `on_error` alone: an outbound attempt failed before `on_connect`.
     Failed(ConnId, ConnError),
     WorkerMessage(usize, Bytes),

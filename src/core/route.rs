@@ -66,29 +66,43 @@ impl Core {
 
     /// Queues an encoded frame for a local connection, under the output cap.
     pub(crate) fn queue(&mut self, key: usize, frame: Bytes) -> bool {
-        let cap = self.cfg.max_output_bytes;
         let c = &mut self.conns[key];
-        if c.out.len() >= cap {
-            let queued = c.out.len();
-            match self.cfg.output_overflow {
-                OverflowPolicy::Drop => self.stats.dropped_sends += 1,
-                OverflowPolicy::Close => self.begin_close(
-                    key,
-                    1008,
-                    "output buffer overflow",
-                    Some(ConnError::Overflow { queued, limit: cap }),
-                ),
-            }
+        if c.out.len() >= self.cfg.max_output_bytes {
+            self.overflow(key, 1);
             return false;
         }
         c.out.push(frame);
-        if !c.marks.full && c.out.len() >= cap {
+        self.note_full(key);
+        self.mark_dirty(key);
+        true
+    }
+
+    /// `dropped` frames did not fit under a connection's output cap (sends,
+    /// or the WebSocket's own pongs): the overflow policy applies. Drop
+    /// counts them; close closes the connection with 1008 and reports
+    /// [`ConnError::Overflow`].
+    pub(crate) fn overflow(&mut self, key: usize, dropped: u64) {
+        let cap = self.cfg.max_output_bytes;
+        let queued = self.conns[key].out.len();
+        match self.cfg.output_overflow {
+            OverflowPolicy::Drop => self.stats.dropped_sends += dropped,
+            OverflowPolicy::Close => self.begin_close(
+                key,
+                1008,
+                "output buffer overflow",
+                Some(ConnError::Overflow { queued, limit: cap }),
+            ),
+        }
+    }
+
+    /// Owes `on_buffer_full` when a connection's queue just reached its cap.
+    pub(crate) fn note_full(&mut self, key: usize) {
+        let c = &mut self.conns[key];
+        if !c.marks.full && c.out.len() >= self.cfg.max_output_bytes {
             c.marks.full = true;
             let id = self.id_of(key, &self.conns[key]);
             self.deferred.push_back(Deferred::BufferFull(id));
         }
-        self.mark_dirty(key);
-        true
     }
 
     /// Closes a connection on any worker.

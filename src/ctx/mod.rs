@@ -117,8 +117,9 @@ impl<'a> Ctx<'a> {
         })
     }
 
-    /// Sends this worker dropped under [`crate::OverflowPolicy::Drop`] or
-    /// past the bound of [`crate::WhileDown::Hold`].
+    /// Sends (and WebSocket pongs) this worker dropped under
+    /// [`crate::OverflowPolicy::Drop`], or past the bound of
+    /// [`crate::WhileDown::Hold`].
     pub fn dropped_sends(&self) -> u64 {
         self.core.stats.dropped_sends
     }

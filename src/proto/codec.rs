@@ -12,6 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 /// WebSocket opcodes we write ourselves.
 pub(crate) const OP_TEXT: u8 = 0x1;
 pub(crate) const OP_BINARY: u8 = 0x2;
+pub(crate) const OP_CLOSE: u8 = 0x8;
 pub(crate) const OP_PING: u8 = 0x9;
 
 /// How a connection's messages look on the wire: its protocol, and for a

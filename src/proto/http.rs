@@ -147,7 +147,9 @@ impl Response {
         Response::status(404)
     }
 
-    /// Adds a header.
+    /// Adds a header. A name that is not a token or a value with a control
+    /// character (CR, LF, NUL, ...) is never sent: the client gets `500`
+    /// instead, and the error is logged.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
@@ -188,6 +190,31 @@ impl Response {
             out.extend_from_slice(&self.body);
         }
         out
+    }
+}
+
+/// What is wrong with a header the application wants to send, if anything:
+/// its name must be a token (RFC 9110 5.6.2) and its value free of control
+/// characters but tab (CR and LF would end the header early and let the
+/// value write headers or a body of its own).
+pub(crate) fn header_problem(name: &str, value: &str) -> Option<String> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || !name.bytes().all(tchar) {
+        return Some(format!("header name {name:?} is not a token"));
+    }
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Some(format!(
+            "header {name}: value {value:?} has a control character"
+        ));
+    }
+    None
+}
+
+impl Response {
+    /// The first header of this response that must not be sent
+    /// ([`header_problem`]), if any.
+    pub(crate) fn header_problem(&self) -> Option<String> {
+        self.headers.iter().find_map(|(n, v)| header_problem(n, v))
     }
 }
 

@@ -221,11 +221,11 @@ impl<H: Handler> Worker<H> {
                 Deferred::WorkerMessage(from, data) => {
                     self.guard(None, |h, ctx| h.on_worker_message(ctx, from, data))
                 }
-                Deferred::Closed(id, error) => {
+                Deferred::Closed(id, error, peer) => {
                     if let Some(e) = error {
                         self.guard(None, |h, ctx| h.on_error(ctx, id, &e));
                     }
-                    self.guard(None, |h, ctx| h.on_close(ctx, id));
+                    self.guard(None, |h, ctx| h.on_close(ctx, id, peer.as_ref()));
                 }
                 Deferred::Failed(id, e) => self.guard(None, |h, ctx| h.on_error(ctx, id, &e)),
                 Deferred::BufferFull(id) if self.core.local_key(id).is_some() => {

@@ -9,7 +9,7 @@ use crate::ctx::Ctx;
 use crate::error::ConnError;
 use crate::handler::Handler;
 use crate::proto::http::{self, Chunked, Framing, Head, Reply, Request, Response, Stage};
-use crate::proto::ws::Answer;
+use crate::proto::ws::{self, Answer};
 use bytes::BytesMut;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use tungstenite::protocol::{Role, WebSocketContext};
@@ -158,6 +158,11 @@ impl<H: Handler> Worker<H> {
         })
     }
 
+    /// Answers an upgrade request: `400` / `426` for a malformed one, `403`
+    /// for an `Origin` not on `allowed_origins`, then whatever
+    /// `on_websocket_connect` says: its refusal, `500` for a panic or an
+    /// invalid [`crate::Accept`], or the 101 with the chosen subprotocol
+    /// and headers.
     fn upgrade(&mut self, key: usize, request: Request, rest: BytesMut) {
         if request.method != "GET" || !request.header_has_token("Connection", "upgrade") {
             return self.core.respond(key, &Response::status(400), false);
@@ -169,25 +174,36 @@ impl<H: Handler> Worker<H> {
         let Some(ws_key) = request.header("Sec-WebSocket-Key") else {
             return self.core.respond(key, &Response::status(400), false);
         };
-        let accept = tungstenite::handshake::derive_accept_key(ws_key.trim().as_bytes());
+        let origin = request.header("Origin");
+        if !ws::origin_allowed(&self.core.cfg.allowed_origins, origin) {
+            log::debug!(
+                "upgrade from {}: Origin {origin:?} not allowed",
+                request.peer
+            );
+            return self.core.respond(key, &Response::status(403), false);
+        }
+        let accept_key = tungstenite::handshake::derive_accept_key(ws_key.trim().as_bytes());
         let id = request.conn;
         let handler = &mut self.handler;
         let core = &mut self.core;
         let verdict = catch_unwind(AssertUnwindSafe(|| {
             handler.on_websocket_connect(&mut Ctx::new(core), id, &request)
         }));
-        match verdict {
-            Ok(Ok(())) => {}
+        let accept = match verdict {
+            Ok(Ok(accept)) => accept,
             Ok(Err(refusal)) => return self.core.respond(key, &refusal, false),
             Err(p) => {
                 log::error!("on_websocket_connect panicked: {}", panic_text(&p));
                 return self.core.respond(key, &Response::status(500), false);
             }
-        }
-        let head = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-        );
+        };
+        let head = match accept.answer(&request, &accept_key) {
+            Ok(head) => head,
+            Err(why) => {
+                log::error!("on_websocket_connect's answer to {id} not sent: {why}");
+                return self.core.respond(key, &Response::status(500), false);
+            }
+        };
         let c = &mut self.core.conns[key];
         c.out.push(head.into_bytes().into());
         self.start_ws(key, Role::Server, rest);

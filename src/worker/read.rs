@@ -9,7 +9,7 @@ use crate::message::Message;
 use crate::net::Input;
 use crate::proto::http::{self, Stage};
 use crate::proto::plain::{self, FramingError};
-use crate::proto::ws::WsIo;
+use crate::proto::ws::{CloseFrame, WsIo};
 use std::io;
 
 /// Bytes read from one connection per event before others get a turn.
@@ -203,7 +203,13 @@ impl<H: Handler> Worker<H> {
     /// Hands `scratch[..n]` to a WebSocket, either side, until it needs
     /// more. With `n` = 0 it parses what it holds already (bytes that came
     /// with the handshake).
+    ///
+    /// The pongs and close replies tungstenite writes are queued under the
+    /// output cap like any send ([`WsIo`]): a pong that does not fit is
+    /// dropped and the overflow policy applies, so a peer that pings and
+    /// never reads costs at most the cap.
     pub(super) fn feed_ws(&mut self, key: usize, n: usize) {
+        let cap = self.core.cfg.max_output_bytes;
         let mut pos = 0;
         loop {
             let Some(c) = self.core.conns.get_mut(key) else {
@@ -212,14 +218,16 @@ impl<H: Handler> Worker<H> {
             let Proto::Ws(ws) = &mut c.proto else {
                 return;
             };
-            let mut io = WsIo {
-                input: &self.scratch[pos..n],
-                out: &mut c.out,
-            };
+            let mut io = WsIo::new(&self.scratch[pos..n], &mut c.out, cap);
             let r = ws.read(&mut io);
-            pos = n - io.input.len();
+            pos = n - io.unread();
+            let dropped = io.dropped;
             if !c.out.is_empty() {
+                self.core.note_full(key);
                 self.core.mark_dirty(key);
+            }
+            if dropped > 0 {
+                self.core.overflow(key, dropped);
             }
             use tungstenite::Error as E;
             match r {
@@ -227,7 +235,9 @@ impl<H: Handler> Worker<H> {
                 Ok(tungstenite::Message::Binary(b)) => self.deliver(key, Message::Binary(b)),
                 // The peer closed, or answered our close; tungstenite
                 // queued the reply, which closing writes out.
-                Ok(tungstenite::Message::Close(_)) => self.core.begin_close(key, 1000, "", None),
+                Ok(tungstenite::Message::Close(frame)) => {
+                    self.core.peer_closed(key, CloseFrame::from_peer(frame))
+                }
                 Ok(_) => {}
                 Err(E::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(E::ConnectionClosed | E::AlreadyClosed) => {
