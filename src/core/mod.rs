@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::error::ConnError;
 use crate::id::ConnId;
 use crate::proto::codec::Wire;
+use crate::shm::Scoreboard;
 use bytes::Bytes;
 use conn::Conn;
 use pool::{JobId, JobResult, Pool};
@@ -107,6 +108,8 @@ pub(crate) struct Core {
     pub(crate) mio: mio::Registry,
     /// The worker is stopping: nothing new is opened.
     pub(crate) stopping: bool,
+    /// Heartbeats and per-address counts, shared by all processes.
+    pub(crate) board: Scoreboard,
 }
 
 /// What the loop hands [`Core::new`].
@@ -117,6 +120,7 @@ pub(crate) struct CoreParts {
     pub(crate) bus: Bus,
     pub(crate) waker: Arc<mio::Waker>,
     pub(crate) mio: mio::Registry,
+    pub(crate) board: Scoreboard,
 }
 
 impl Core {
@@ -143,6 +147,7 @@ impl Core {
             stats: Stats::default(),
             mio: p.mio,
             stopping: false,
+            board: p.board,
             cfg,
         }
     }
