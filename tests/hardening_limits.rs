@@ -266,3 +266,24 @@ fn idle_workers_are_not_taken_for_stuck() {
         server.output()
     );
 }
+
+#[test]
+fn a_tls_connection_past_the_limit_is_closed_before_its_handshake_and_handshakes_count() {
+    let cert = common::cert::TestCert::new();
+    let keys = cert.toml().replacen("[server]\n", "", 1) + "max_connections_per_ip = 1\n";
+    let config = Config::new(&keys);
+    let server = Server::start_ws("testbed", 1, &["-c", config.path()], None);
+    server.wait_workers(1, REPLY_TIMEOUT);
+    let thirteen = local(13);
+    // Holds the only place while it sends nothing: still in its handshake.
+    let _silent = tcp_connect_from(thirteen, server.addr, REPLY_TIMEOUT).expect("connect");
+    let mut next = tcp_connect_from(thirteen, server.addr, REPLY_TIMEOUT).expect("connect");
+    next.set_read_timeout(Some(REPLY_TIMEOUT)).expect("timeout");
+    let _ = next.write_all(b"\x16\x03\x01\x00\x05hello");
+    let mut buf = [0u8; 64];
+    match next.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("expected a close before any TLS answer, got {other:?}"),
+    }
+}
