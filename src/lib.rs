@@ -105,6 +105,7 @@ mod message;
 mod net;
 mod proto;
 mod report;
+mod shm;
 mod signals;
 mod worker;
 

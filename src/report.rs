@@ -152,6 +152,16 @@ pub(crate) struct SlotReport {
     pub(crate) pid: Option<i32>,
     pub(crate) incarnation: u32,
     pub(crate) up_ms: u64,
+    /// Workers of this slot killed for not coming back to their loop
+    /// within `handler_timeout`.
+    #[serde(default)]
+    pub(crate) stuck_kills: u32,
+    /// Connections this slot refused under `max_connections_per_ip`.
+    #[serde(default)]
+    pub(crate) per_ip_refused: u64,
+    /// Connections this slot admitted uncounted (their table bucket was full).
+    #[serde(default)]
+    pub(crate) per_ip_uncounted: u64,
 }
 
 /// A worker's answer to `status`.
@@ -416,7 +426,25 @@ pub(crate) fn status_table(g: &Gathered<WorkerReport>) -> String {
         "registry: {} connections, {} uids\n",
         total.server_conns, total.uids
     ));
+    out.push_str(&limits_line(&m.workers));
     out
+}
+
+/// `status`'s line on the hardening limits: stuck workers replaced, and
+/// connections refused per address, per slot.
+fn limits_line(slots: &[SlotReport]) -> String {
+    let per_slot = |f: fn(&SlotReport) -> u64| {
+        let total: u64 = slots.iter().map(f).sum();
+        let each: Vec<String> = slots.iter().map(|s| f(s).to_string()).collect();
+        format!("{total} ({})", each.join(" + "))
+    };
+    format!(
+        "limits: stuck workers killed {}, refused by max_connections_per_ip {}, \
+         admitted uncounted {}\n",
+        per_slot(|s| u64::from(s.stuck_kills)),
+        per_slot(|s| s.per_ip_refused),
+        per_slot(|s| s.per_ip_uncounted),
+    )
 }
 
 /// `connections`: a row per connection of every worker that answered.

@@ -301,7 +301,7 @@ fn a_full_database_queue_refuses_requests_until_it_drains() {
     }
     // Three wait for the database; the others are refused at once.
     for i in 3..6 {
-        let e = al.expect_error("rate_limited");
+        let e = al.expect_error("busy");
         assert_eq!(e["ref"], format!("q{i}"), "{e}");
     }
     // Requests that need no database are still answered.

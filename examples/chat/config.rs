@@ -113,7 +113,7 @@ pub struct ChatConfig {
     /// Group-commit batch size.
     pub max_batch: usize,
     /// Most jobs waiting for a worker's writer before requests that need the
-    /// database are refused with `rate_limited` (the server is busy).
+    /// database are refused with `busy`.
     pub max_queue: usize,
     /// HS256 secret; `None`: auth off.
     pub auth_secret: Option<Vec<u8>>,

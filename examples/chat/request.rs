@@ -52,6 +52,11 @@ pub enum ErrorCode {
     AuthFailed,
     /// A binary frame.
     Unsupported,
+    /// The server cannot take the request now (its store's queue is full,
+    /// or the database stayed locked); the client may send it again.
+    Busy,
+    /// The store failed the request; nothing was stored or delivered.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -70,6 +75,8 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::AuthFailed => "auth_failed",
             ErrorCode::Unsupported => "unsupported",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }
@@ -197,8 +204,7 @@ pub struct Gate<'a> {
     /// Whether this frame is over the connection's rate limit.
     pub rate_limited: bool,
     /// Whether the worker's database queue is full: requests that need the
-    /// database are refused with `rate_limited` too (protocol v1 has no
-    /// "busy" code; "slow down" is what the client should do).
+    /// database are refused with `busy` (protocol 1.1).
     pub busy: bool,
 }
 
@@ -423,7 +429,7 @@ impl Frame {
         }
         if gate.busy && self.request.needs_store() {
             return refuse(
-                ErrorCode::RateLimited,
+                ErrorCode::Busy,
                 "the server is busy; try again shortly".into(),
             );
         }

@@ -286,11 +286,14 @@ fn codes_are_in_table_order() {
         RateLimited,
         AuthFailed,
         Unsupported,
+        Busy,
+        Unavailable,
     ];
     assert!(table.windows(2).all(|w| w[0] < w[1]));
     let names: Vec<_> = table.iter().map(|c| c.as_str()).collect();
     assert_eq!(names[0], "bad_json");
     assert_eq!(names[11], "unsupported");
+    assert_eq!(names[12..], ["busy", "unavailable"]);
 }
 
 #[test]
@@ -316,7 +319,7 @@ fn a_full_database_queue_refuses_only_requests_that_need_it() {
     ] {
         assert_eq!(
             verdict(text),
-            Err((ErrorCode::RateLimited, Some("b".into()))),
+            Err((ErrorCode::Busy, Some("b".into()))),
             "{text}"
         );
     }

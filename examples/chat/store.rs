@@ -12,11 +12,26 @@
 //! The queue is bounded by the worker, not by the channel (the loop must never
 //! block on a full channel): [`Writer::pending`] counts jobs submitted and not
 //! yet finished, and while it is at `history.max_queue` the worker refuses new
-//! `join`, `leave`, `say` and `history` requests with `rate_limited` ("the
-//! server is busy") instead of queueing them. [`Job::Closed`] and
-//! [`Job::Reap`] are never refused (at most one per connection or worker
-//! start). So a slow or locked database costs at most `max_queue` jobs of
-//! memory per worker, and clients are told to slow down.
+//! `join`, `leave`, `say` and `history` requests with `busy` instead of
+//! queueing them. [`Job::Closed`] and [`Job::Reap`] are never refused (at most
+//! one per connection or worker start). So a slow or locked database costs at
+//! most `max_queue` jobs of memory per worker, and clients are told to try
+//! again.
+//!
+//! # A locked database
+//!
+//! Another worker may hold the write lock and not let go: stuck in a long
+//! handler, or stopped (SIGSTOP) in the middle of its transaction, until the
+//! master replaces it after `handler_timeout_ms`. SQLite retries the lock for
+//! `history.busy_timeout_ms`; a batch still locked out then is not retried
+//! again: each of its requests is answered `busy` ([`Done::Busy`]; the client
+//! may send it again) and the connection stays open. The next batch (what
+//! came meanwhile) tries again, so requests are answered within about one
+//! busy timeout of entering the batch, and acked as soon as the lock is free.
+//! [`Job::Closed`] and [`Job::Reap`], which nobody can send again, are kept
+//! and retried with the next batch, or after [`RETRY_PAUSE`] if none comes.
+//! Any other failure is retried [`ATTEMPTS`] times, then answered
+//! `unavailable` ([`Done::Failed`]).
 //!
 //! Several workers write one file: WAL journal, a busy timeout, and
 //! `BEGIN IMMEDIATE` (the write lock is taken up front, so two writers never
@@ -37,7 +52,7 @@
 //! ([`Job::Reap`]), which announces the leaves.
 
 use crate::request::Target;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use foreman::ConnId;
 use rusqlite::{params, Connection, TransactionBehavior};
 use std::path::Path;
@@ -70,8 +85,13 @@ CREATE INDEX IF NOT EXISTS members_by_conn ON members(conn);
 CREATE INDEX IF NOT EXISTS members_by_worker ON members(worker);
 ";
 
-/// Attempts at a batch before its requests fail.
+/// Attempts at a batch (that failed otherwise than on the lock) before its
+/// requests fail.
 const ATTEMPTS: u32 = 3;
+
+/// How long the writer waits for new work before it retries the jobs it
+/// keeps after a locked-out batch.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// A stored message, as `message` events and `history` replies show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,7 +109,7 @@ pub struct StoredMessage {
 }
 
 /// Work for the writer thread.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Job {
     /// Store a message.
     Say {
@@ -166,15 +186,10 @@ impl Job {
         !matches!(self, Job::History { .. })
     }
 
-    fn conn(&self) -> Option<ConnId> {
-        match self {
-            Job::Say { conn, .. }
-            | Job::History { conn, .. }
-            | Job::Join { conn, .. }
-            | Job::Leave { conn, .. }
-            | Job::Closed { conn, .. } => Some(*conn),
-            Job::Reap { .. } => None,
-        }
+    /// Whether the job must be done whatever it takes: nobody would send
+    /// it again (the connection is gone, or it is the worker's own).
+    fn kept(&self) -> bool {
+        matches!(self, Job::Closed { .. } | Job::Reap { .. })
     }
 }
 
@@ -236,13 +251,24 @@ pub enum Done {
         /// The room.
         room: String,
     },
-    /// The database failed the job after retries.
+    /// The database stayed locked by another writer for the whole busy
+    /// timeout: nothing was done; the request may be sent again.
+    Busy(Job),
+    /// The database failed the job after retries; nothing was done.
     Failed {
-        /// The connection concerned, if any.
-        conn: Option<ConnId>,
+        /// The job.
+        job: Job,
         /// What SQLite said.
         error: String,
     },
+}
+
+/// Whether SQLite gave up waiting for another connection's lock.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Milliseconds since the Unix epoch.
@@ -287,7 +313,9 @@ impl Store {
 
     /// Runs a batch: jobs that write share one immediate transaction, retried
     /// as a whole on failure; results come back in job order, only after the
-    /// commit. A batch of reads only takes no write lock.
+    /// commit. A batch of reads only takes no write lock. Locked out for the
+    /// busy timeout, every job comes back as [`Done::Busy`] at once (see the
+    /// module docs).
     pub fn run(&mut self, jobs: &[Job]) -> Vec<Done> {
         let mut last_error = String::new();
         for attempt in 0..ATTEMPTS {
@@ -296,6 +324,14 @@ impl Store {
             }
             match self.try_run(jobs) {
                 Ok(done) => return done,
+                Err(e) if is_busy(&e) => {
+                    log::warn!(
+                        "chat store: the database stayed locked for the busy timeout; \
+                         {} requests answered `busy`: {e}",
+                        jobs.len()
+                    );
+                    return jobs.iter().cloned().map(Done::Busy).collect();
+                }
                 Err(e) => {
                     log::warn!("chat store: batch of {} failed: {e}", jobs.len());
                     last_error = e.to_string();
@@ -304,7 +340,7 @@ impl Store {
         }
         jobs.iter()
             .map(|j| Done::Failed {
-                conn: j.conn(),
+                job: j.clone(),
                 error: last_error.clone(),
             })
             .collect()
@@ -547,9 +583,24 @@ impl Writer {
                     std::process::exit(1);
                 }
             };
+            // Starts each round with the kept jobs of a locked-out batch.
             let mut batch = Vec::with_capacity(max_batch);
-            while let Ok(job) = job_rx.recv() {
-                batch.push(job);
+            loop {
+                let first = if batch.is_empty() {
+                    job_rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                } else {
+                    job_rx.recv_timeout(RETRY_PAUSE)
+                };
+                match first {
+                    Ok(job) => batch.push(job),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    // Stopping: the kept jobs get this last try.
+                    Err(RecvTimeoutError::Disconnected) if batch.is_empty() => return,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        store.run(&batch);
+                        return;
+                    }
+                }
                 while batch.len() < max_batch {
                     match job_rx.try_recv() {
                         Ok(job) => batch.push(job),
@@ -557,13 +608,19 @@ impl Writer {
                     }
                 }
                 let results = store.run(&batch);
-                finished.fetch_sub(batch.len(), Ordering::AcqRel);
+                let ran = batch.len();
+                batch.clear();
                 for done in results {
-                    if done_tx.send(done).is_err() {
-                        return;
+                    match done {
+                        Done::Busy(job) if job.kept() => batch.push(job),
+                        done => {
+                            if done_tx.send(done).is_err() {
+                                return;
+                            }
+                        }
                     }
                 }
-                batch.clear();
+                finished.fetch_sub(ran - batch.len(), Ordering::AcqRel);
                 notify();
             }
         })?;

@@ -319,3 +319,57 @@ fn pending_counts_jobs_until_their_batch_is_done() {
     assert_eq!(ids(&got), (1..=5).collect::<Vec<_>>());
     assert_eq!(writer.pending(), 0);
 }
+
+#[test]
+fn a_locked_out_batch_answers_busy_and_keeps_what_nobody_can_send_again() {
+    let path = temp_db();
+    let mut s = open(&path);
+    s.run(&[Job::Join {
+        conn: conn("0.1.2"),
+        reference: None,
+        user: "bo".into(),
+        room: "r".into(),
+        history: 0,
+    }]);
+    let lock = Connection::open(&path).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let opened = path.clone();
+    let writer = Writer::spawn(
+        move || Store::open(&opened, Duration::from_millis(100)),
+        16,
+        "test-writer".into(),
+        move || {
+            let _ = tx.send(());
+        },
+    )
+    .unwrap();
+    let hello = say("0.1.1", "al", room("r"), "hello");
+    assert!(writer.submit(hello.clone()));
+    let closed = Job::Closed {
+        conn: conn("0.1.2"),
+        user: "bo".into(),
+    };
+    assert!(writer.submit(closed));
+    rx.recv_timeout(Duration::from_secs(10)).expect("woken");
+    let first: Vec<Done> = writer.ready().collect();
+    assert_eq!(
+        first,
+        [Done::Busy(hello)],
+        "the say is answered, not retried"
+    );
+    assert_eq!(writer.pending(), 1, "the close is kept for the next try");
+    lock.execute_batch("ROLLBACK").unwrap();
+    let mut got = Vec::new();
+    while writer.pending() > 0 || got.is_empty() {
+        rx.recv_timeout(Duration::from_secs(10)).expect("woken");
+        got.extend(writer.ready());
+    }
+    assert_eq!(
+        got,
+        [Done::Gone {
+            user: "bo".into(),
+            room: "r".into()
+        }]
+    );
+}

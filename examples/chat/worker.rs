@@ -2,7 +2,9 @@
 //!
 //! Requests that need the database (`join`, `leave`, `say`, `history`) go to
 //! the worker's [`Writer`] and are answered from [`Handler::on_wake`] when
-//! their batch has committed, in the order they were sent. `login` and `users`
+//! their batch has committed, in the order they were sent; or with `busy`
+//! (the database stayed locked, see [`crate::store`]) or `unavailable` (it
+//! failed), and the connection stays open. `login` and `users`
 //! are answered at once from the registry. Room membership is a foreman group
 //! per room (`room:NAME`), joined and left as the request arrives, so a
 //! connection never misses a message stored after its `join` (it may see one
@@ -243,13 +245,62 @@ impl ChatWorker {
             Done::Gone { user, room } => {
                 ctx.send_to_group(&group(&room), reply::presence(&room, &user, false), &[]);
             }
-            Done::Failed { conn, error } => {
+            Done::Busy(job) => {
+                let message = "the database is locked by another worker; try again";
+                self.not_stored(ctx, job, ErrorCode::Busy, message);
+            }
+            Done::Failed { job, error } => {
                 log::error!("chat: storage failed: {error}");
-                if let Some(conn) = conn {
-                    ctx.close_with(conn, 1011, "storage failure");
-                }
+                let message = "storage failed; nothing was stored";
+                self.not_stored(ctx, job, ErrorCode::Unavailable, message);
             }
         }
+    }
+
+    /// A request the store could not do: undoes what the loop did ahead of
+    /// the store (the group of a `join`, and of a `leave`), so the
+    /// connection is where it was, and answers `code`. The connection stays
+    /// open: a locked or failing database is never the client's fault.
+    fn not_stored(&mut self, ctx: &mut Ctx, job: Job, code: ErrorCode, message: &str) {
+        let (conn, reference) = match job {
+            Job::Say {
+                conn, reference, ..
+            }
+            | Job::History {
+                conn, reference, ..
+            } => (conn, reference),
+            Job::Join {
+                conn,
+                reference,
+                room,
+                ..
+            } => {
+                if let Some(session) = self.sessions.get_mut(&conn) {
+                    session.rooms.remove(&room);
+                    ctx.leave_group(conn, &group(&room));
+                }
+                (conn, reference)
+            }
+            Job::Leave {
+                conn,
+                reference,
+                room,
+                ..
+            } => {
+                if let Some(session) = self.sessions.get_mut(&conn) {
+                    session.rooms.insert(room.clone());
+                    ctx.join_group(conn, &group(&room));
+                }
+                (conn, reference)
+            }
+            Job::Closed { .. } | Job::Reap { .. } => return,
+        };
+        let refusal = Refusal {
+            code,
+            message: message.into(),
+            reference,
+        };
+        Self::refuse(ctx, conn, &refusal);
     }
 }
 

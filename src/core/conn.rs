@@ -204,6 +204,9 @@ pub(crate) struct Marks {
     /// In the registry (every open inbound connection; an outbound one
     /// once the handler binds it to a uid or group).
     pub(crate) listed: bool,
+    /// Counted in the worker's per-address table (`max_connections_per_ip`):
+    /// released when the connection is removed.
+    pub(crate) per_ip: bool,
 }
 
 /// One connection in the worker's slab.

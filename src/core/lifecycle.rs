@@ -204,7 +204,10 @@ impl Core {
                 self.schedule_redial(key);
             }
             None => {
-                self.conns.remove(key);
+                let c = self.conns.remove(key);
+                if c.marks.per_ip {
+                    self.board.release(self.slot as usize, c.peer.ip());
+                }
             }
         }
     }

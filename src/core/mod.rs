@@ -27,6 +27,7 @@ use crate::error::ConnError;
 use crate::id::ConnId;
 use crate::proto::codec::Wire;
 use crate::proto::ws::CloseFrame;
+use crate::shm::Scoreboard;
 use bytes::Bytes;
 use conn::Conn;
 use pool::{JobId, JobResult, Pool};
@@ -109,6 +110,8 @@ pub(crate) struct Core {
     pub(crate) mio: mio::Registry,
     /// The worker is stopping: nothing new is opened.
     pub(crate) stopping: bool,
+    /// Heartbeats and per-address counts, shared by all processes.
+    pub(crate) board: Scoreboard,
 }
 
 /// What the loop hands [`Core::new`].
@@ -119,6 +122,7 @@ pub(crate) struct CoreParts {
     pub(crate) bus: Bus,
     pub(crate) waker: Arc<mio::Waker>,
     pub(crate) mio: mio::Registry,
+    pub(crate) board: Scoreboard,
 }
 
 impl Core {
@@ -145,6 +149,7 @@ impl Core {
             stats: Stats::default(),
             mio: p.mio,
             stopping: false,
+            board: p.board,
             cfg,
         }
     }

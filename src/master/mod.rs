@@ -21,6 +21,7 @@ pub use server::Server;
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::shm::Scoreboard;
 use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
 use std::net::TcpListener;
@@ -35,6 +36,9 @@ pub(super) static WORKER_SLOT: AtomicI32 = AtomicI32::new(-1);
 pub(super) const QUICK_DEATH: Duration = Duration::from_secs(1);
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// How often the master reads the workers' heartbeats (at most; a shorter
+/// `handler_timeout` is checked four times per timeout).
+pub(super) const HEARTBEAT_CHECK: Duration = Duration::from_millis(250);
 
 /// Builds the config anew for `reload` (see [`Server::reload_config`]).
 pub(super) type Reconfigure = Box<dyn FnMut() -> Result<Config>>;
@@ -49,6 +53,11 @@ pub(super) struct Slot {
     backoff: Duration,
     listener: TcpListener,
     bus_listener: UnixListener,
+    /// Times a worker in this slot was killed for not coming back to its
+    /// loop within `handler_timeout`.
+    stuck_kills: u32,
+    /// Its worker was sent SIGKILL as stuck and has not been reaped yet.
+    killing: bool,
 }
 
 /// The running master.
@@ -75,4 +84,8 @@ pub(super) struct Master<F> {
     reconfigure: Option<Reconfigure>,
     /// TLS for the workers, loaded from the config's files.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Heartbeats and per-address counts, shared with the workers.
+    board: Scoreboard,
+    /// When the heartbeats are next checked.
+    next_check: Instant,
 }

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::report;
+use crate::shm::Scoreboard;
 use crate::signals::master_signals;
 use crate::worker::{Setup, Worker};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
@@ -71,9 +72,13 @@ impl<F> Master<F> {
                 backoff: Duration::ZERO,
                 listener,
                 bus_listener,
+                stuck_kills: 0,
+                killing: false,
             });
         }
         drop(listeners);
+        // Before any fork: every worker inherits the same mapping.
+        let board = Scoreboard::new(cfg.count).map_err(|e| Error::io("map the scoreboard", e))?;
         let url = format!("{}://{}", cfg.protocol.scheme(), addr);
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {url}");
@@ -119,6 +124,8 @@ impl<F> Master<F> {
             url,
             reconfigure,
             tls,
+            board,
+            next_check: Instant::now(),
         };
         for slot in 0..master.slots.len() {
             master.spawn(slot);
@@ -135,9 +142,14 @@ impl<F> Master<F> {
     where
         F: FnMut(usize) -> H,
     {
+        // The replacement is judged from a fresh stamp, and counts its own
+        // connections from zero.
+        self.board.beat(slot);
+        self.board.clear(slot);
         let s = &mut self.slots[slot];
         s.incarnation += 1;
         s.respawn_at = None;
+        s.killing = false;
         // SAFETY: the master is single-threaded (checked at start), so the child
         // gets a consistent copy of its memory.
         match unsafe { fork() } {
@@ -200,6 +212,7 @@ impl<F> Master<F> {
                 bus_id: self.bus_id,
                 listener,
                 bus_listener,
+                board: self.board.clone(),
             },
             (Err(e), _) | (_, Err(e)) => {
                 log::error!("worker {slot}: {e}");

@@ -1,7 +1,9 @@
-//! The master's loop: signals, respawning dead workers with backoff, the
-//! graceful stop, the rolling reload, and answers to `status`.
+//! The master's loop: signals, respawning dead workers with backoff,
+//! replacing stuck ones (their heartbeat in the [`crate::shm::Scoreboard`]
+//! older than `handler_timeout`), the graceful stop, the rolling reload, and
+//! answers to `status`.
 
-use super::{Master, FIRST_BACKOFF, MAX_BACKOFF, QUICK_DEATH};
+use super::{Master, FIRST_BACKOFF, HEARTBEAT_CHECK, MAX_BACKOFF, QUICK_DEATH};
 use crate::config::Config;
 use crate::error::Result;
 use crate::handler::Handler;
@@ -26,6 +28,7 @@ impl<F> Master<F> {
                 .filter_map(|s| s.respawn_at)
                 .chain(self.stop_deadline)
                 .chain(self.probation_ends())
+                .chain(self.heartbeat_check_due())
                 .min();
             let timeout = match next {
                 None => PollTimeout::NONE,
@@ -68,6 +71,9 @@ impl<F> Master<F> {
                 }
                 continue;
             }
+            if self.heartbeat_check_due().is_some_and(|t| t <= now) {
+                self.kill_stuck();
+            }
             for slot in 0..self.slots.len() {
                 if self.slots[slot].respawn_at.is_some_and(|t| t <= now) {
                     self.spawn(slot);
@@ -84,6 +90,40 @@ impl<F> Master<F> {
                 self.reload_queued = false;
                 self.begin_reload();
             }
+        }
+    }
+
+    /// When the heartbeats are next read (never while stopping: the stop
+    /// deadline kills what does not stop).
+    fn heartbeat_check_due(&self) -> Option<Instant> {
+        self.cfg.handler_timeout?;
+        self.stop_deadline.is_none().then_some(self.next_check)
+    }
+
+    /// Kills (SIGKILL) every worker whose heartbeat is older than
+    /// `handler_timeout`: stuck in a callback, or stopped by a signal. It is
+    /// replaced when reaped, like any dead worker.
+    fn kill_stuck(&mut self) {
+        let Some(limit) = self.cfg.handler_timeout else {
+            return;
+        };
+        self.next_check = Instant::now() + HEARTBEAT_CHECK.min(limit / 4);
+        for (slot, s) in self.slots.iter_mut().enumerate() {
+            let Some(pid) = s.pid else { continue };
+            let silent = self.board.since_beat(slot);
+            if s.killing || silent <= limit {
+                continue;
+            }
+            log::error!(
+                "worker {slot} (pid {pid}) has not come back to its event loop for {} ms \
+                 (handler_timeout_ms {}): stuck in a handler or stopped; killing it (SIGKILL) \
+                 and replacing it",
+                silent.as_millis(),
+                limit.as_millis()
+            );
+            s.killing = true;
+            s.stuck_kills += 1;
+            let _ = kill(pid, Signal::SIGKILL);
         }
     }
 
@@ -104,6 +144,8 @@ impl<F> Master<F> {
             let Some(slot) = self.slots.iter().position(|s| s.pid == Some(pid)) else {
                 continue;
             };
+            // Its connections no longer count against any address.
+            self.board.clear(slot);
             let s = &mut self.slots[slot];
             s.pid = None;
             if self.stop_deadline.is_some() {
@@ -131,6 +173,9 @@ impl<F> Master<F> {
                     "worker {slot} (pid {pid}) died {lived:?} after start: {status:?}; respawning in {:?}",
                     s.backoff
                 );
+            } else if s.killing {
+                s.backoff = Duration::ZERO;
+                log::error!("worker {slot} (pid {pid}) killed as stuck: {status:?}; respawning");
             } else {
                 s.backoff = Duration::ZERO;
                 log::error!("worker {slot} (pid {pid}) died: {status:?}; respawning");
@@ -230,11 +275,17 @@ impl<F> Master<F> {
             .slots
             .iter()
             .enumerate()
-            .map(|(slot, s)| report::SlotReport {
-                slot,
-                pid: s.pid.map(|p| p.as_raw()),
-                incarnation: s.incarnation,
-                up_ms: now.saturating_duration_since(s.started).as_millis() as u64,
+            .map(|(slot, s)| {
+                let (per_ip_refused, per_ip_uncounted) = self.board.per_ip_counters(slot);
+                report::SlotReport {
+                    slot,
+                    pid: s.pid.map(|p| p.as_raw()),
+                    incarnation: s.incarnation,
+                    up_ms: now.saturating_duration_since(s.started).as_millis() as u64,
+                    stuck_kills: s.stuck_kills,
+                    per_ip_refused,
+                    per_ip_uncounted,
+                }
             })
             .collect();
         let master = report::MasterReport {
@@ -264,11 +315,14 @@ impl<F> Master<F> {
             if let Some(pid) = s.pid {
                 let _ = kill(pid, Signal::SIGUSR2);
             }
+            let (refused, uncounted) = self.board.per_ip_counters(slot);
             log::info!(
-                "status: worker {slot} pid {:?} incarnation {} up {:?}",
+                "status: worker {slot} pid {:?} incarnation {} up {:?}, killed as stuck {} times, \
+                 per-address refusals {refused} (admitted uncounted {uncounted})",
                 s.pid.map(|p| p.as_raw()),
                 s.incarnation,
-                s.started.elapsed()
+                s.started.elapsed(),
+                s.stuck_kills,
             );
         }
     }

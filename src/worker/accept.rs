@@ -1,19 +1,31 @@
 //! Accepting: take connections off the listener until it would block, under
-//! the connection cap, pausing after running out of descriptors.
+//! the connection cap, pausing after running out of descriptors, and
+//! refusing a client address past `max_connections_per_ip` (counted over
+//! every worker in the [`crate::shm::Scoreboard`]).
 
 use super::Worker;
 use crate::core::conn::{Conn, Lifecycle, Proto};
 use crate::handler::Handler;
 use crate::net::Transport;
 use crate::proto::Protocol;
+use crate::shm::Admission;
 use bytes::BytesMut;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
-use std::io;
+use std::io::{self, Read, Write};
 use std::time::Duration;
 
 /// How long accepting pauses after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The answer to an HTTP or WebSocket client past `max_connections_per_ip`.
+const PER_IP_REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+    Retry-After: 10\r\n\
+    Content-Type: text/plain\r\n\
+    Content-Length: 39\r\n\
+    Connection: close\r\n\
+    \r\n\
+    too many connections from your address\n";
 
 impl<H: Handler> Worker<H> {
     pub(super) fn accept(&mut self) {
@@ -32,7 +44,11 @@ impl<H: Handler> Worker<H> {
                 return;
             };
             match listener.accept() {
-                Ok((sock, peer)) => self.admit(sock, peer),
+                Ok((sock, peer)) => {
+                    if let Some(counted) = self.limit_per_ip(&sock, peer) {
+                        self.admit(sock, peer, counted);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO)) => {}
@@ -46,7 +62,7 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    fn admit(&mut self, mut sock: TcpStream, peer: std::net::SocketAddr) {
+    fn admit(&mut self, mut sock: TcpStream, peer: std::net::SocketAddr, per_ip: bool) {
         let _ = sock.set_nodelay(true);
         let entry = self.core.conns.vacant_entry();
         let key = entry.key();
@@ -89,11 +105,40 @@ impl<H: Handler> Worker<H> {
             life,
             self.core.now,
         ));
+        self.core.conns[key].marks.per_ip = per_ip;
         // A plain protocol's connection opens at once, or once its TLS
         // handshake is done (see `transport_ready`), so that what
         // `on_connect` sends has a session to go through.
         if !websocket && !handshaking {
             self.open_now(key);
+        }
+    }
+
+    /// `max_connections_per_ip`: `Some(counted)` admits the connection
+    /// (`counted`: it holds a place in this worker's table until it is
+    /// removed); `None` refused it, and the caller drops the socket. A
+    /// refused HTTP or WebSocket client gets `503` with `Retry-After`,
+    /// written at once on the fresh socket; a TLS or `text://`, `frame://`,
+    /// `tcp://` one is closed at once (a TLS client sees its handshake
+    /// fail: answering would cost a handshake per refusal).
+    fn limit_per_ip(&mut self, sock: &TcpStream, peer: std::net::SocketAddr) -> Option<bool> {
+        let limit = self.core.cfg.max_connections_per_ip;
+        let slot = self.core.slot as usize;
+        match self.core.board.admit(slot, peer.ip(), limit) {
+            Admission::Counted => Some(true),
+            Admission::Uncounted => Some(false),
+            Admission::Refused => {
+                if self.core.cfg.protocol == Protocol::WebSocket && self.tls.is_none() {
+                    let _ = (&*sock).write(PER_IP_REFUSAL);
+                    let _ = sock.shutdown(std::net::Shutdown::Write);
+                    // What the client sent already is read, so that the
+                    // close sends FIN after the answer, not a reset.
+                    let mut sink = [0u8; 1024];
+                    while matches!((&*sock).read(&mut sink), Ok(n) if n > 0) {}
+                }
+                log::debug!("{peer}: over max_connections_per_ip ({limit}); refused");
+                None
+            }
         }
     }
 

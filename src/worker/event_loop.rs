@@ -1,4 +1,5 @@
-//! The loop: poll, dispatch each event, then one turn of everything else
+//! The loop: poll, stamp the heartbeat the master watches (see
+//! [`crate::shm`]), dispatch each event, then one turn of everything else
 //! (reads owed, timers, blocking results, callbacks owed, deadlines, the
 //! write pass). Every callback runs through [`Worker::guard`], which lends
 //! the core to the handler as a [`Ctx`] and catches panics.
@@ -24,7 +25,10 @@ impl<H: Handler> Worker<H> {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
-            match self.poll.poll(&mut events, timeout) {
+            let polled = self.poll.poll(&mut events, timeout);
+            // Back in the loop: the master judges stuck workers by this.
+            self.core.board.beat(self.core.slot as usize);
+            match polled {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -69,6 +73,11 @@ impl<H: Handler> Worker<H> {
             next = next.min(t);
         }
         let now = Instant::now();
+        // An idle loop still turns (and stamps its heartbeat) four times per
+        // handler_timeout, so that idle is never taken for stuck.
+        if let Some(limit) = self.core.cfg.handler_timeout {
+            next = next.min(now + limit / 4);
+        }
         // Round up to whole milliseconds so a timer is never woken early.
         Some(next.saturating_duration_since(now) + Duration::from_micros(999))
     }

@@ -22,6 +22,7 @@ use crate::cluster::bus::Bus;
 use crate::config::Config;
 use crate::core::{Core, CoreParts};
 use crate::handler::Handler;
+use crate::shm::Scoreboard;
 use crate::signals::worker_signals;
 use mio::net::TcpListener;
 use mio::unix::SourceFd;
@@ -54,6 +55,9 @@ pub(crate) struct Setup {
     /// TLS for every connection, when configured.
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) bus_listener: std::os::unix::net::UnixListener,
+    /// Heartbeats and per-address counts, shared with the master and the
+    /// other workers.
+    pub(crate) board: Scoreboard,
 }
 
 /// One worker's loop.
@@ -137,6 +141,7 @@ impl<H: Handler> Worker<H> {
             bus,
             waker,
             mio: mio_registry,
+            board: setup.board,
         });
         let next_sweep = core.now + SWEEP;
         let handler = handler_factory(setup.slot as usize);

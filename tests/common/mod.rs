@@ -393,6 +393,21 @@ pub fn tcp_connect(addr: SocketAddr, timeout: Duration) -> TcpStream {
     }
 }
 
+/// Connects a TCP stream to `addr` from the local address `from`
+/// (127.0.0.x: one test can be many client addresses); one attempt.
+pub fn tcp_connect_from(
+    from: std::net::IpAddr,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(from, 0).into())?;
+    sock.connect_timeout(&addr.into(), timeout)?;
+    let stream = TcpStream::from(sock);
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 /// How a command that was run to its end finished.
 #[derive(Debug)]
 pub struct Finished {

@@ -52,6 +52,18 @@ impl Ws {
         Ws::handshake(stream, path, timeout)
     }
 
+    /// One connection attempt and handshake from the local address `from`
+    /// (see [`super::tcp_connect_from`]).
+    pub fn connect_from(
+        from: std::net::IpAddr,
+        addr: SocketAddr,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Ws, String> {
+        let stream = super::tcp_connect_from(from, addr, timeout).map_err(|e| e.to_string())?;
+        Ws::handshake(stream, path, timeout)
+    }
+
     /// The client's handshake on a connected stream, reads bounded by `timeout`.
     fn handshake(stream: TcpStream, path: &str, timeout: Duration) -> Result<Ws, String> {
         stream
@@ -167,6 +179,15 @@ impl Peer {
         let me = peer.call(json!({"op": "whoami"}));
         peer.identify(&me);
         peer
+    }
+
+    /// Connects to a testbed server from the local address `from` and asks
+    /// who it is; the handshake's error as text on failure.
+    pub fn connect_from(from: std::net::IpAddr, addr: SocketAddr) -> Result<Peer, String> {
+        let mut peer = Peer::unidentified(Ws::connect_from(from, addr, "/", REPLY_TIMEOUT)?);
+        let me = peer.call(json!({"op": "whoami"}));
+        peer.identify(&me);
+        Ok(peer)
     }
 
     fn unidentified(ws: Ws) -> Peer {
