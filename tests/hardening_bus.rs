@@ -158,3 +158,106 @@ fn a_stalled_workers_clients_get_every_broadcast_in_order_or_a_1013_close() {
     let me = again.call(json!({"op": "whoami"}));
     assert_eq!(me["pid"], json!(stalled));
 }
+
+#[test]
+fn a_send_too_large_for_a_bus_record_is_refused_and_the_bus_stays_up() {
+    let server = start_testbed(2, None);
+    let (mut sender, mut neighbour, mut stranger) = neighbour_and_stranger(&server);
+    // 1 GiB: with its framing and target, over the largest record a worker
+    // accepts. Refused before it is copied, so it costs no memory.
+    let reply = sender.call(json!({"op": "huge", "size": 1u64 << 30}));
+    assert_eq!(reply["ok"], json!(false), "{reply}");
+    sender.call(json!({"op": "send_to_all", "data": "after", "exclude": [sender.conn]}));
+    assert_eq!(neighbour.expect_push(), "after");
+    assert_eq!(stranger.expect_push(), "after", "the other worker's client");
+    assert_eq!(server.workers().len(), 2, "no worker died");
+}
+
+#[test]
+fn a_snapshot_larger_than_the_peer_buffer_reaches_a_restarted_worker() {
+    const GROUPS: usize = 10_000;
+    let toml = format!(
+        "[server]\nbus_peer_buffer_bytes = {BUS_PEER_BUFFER}\nmax_message_bytes = {}\n\
+         max_frame_bytes = {}\n",
+        8 << 20,
+        8 << 20
+    );
+    let server = start_testbed(2, Some(&toml));
+    let (mut owner, _neighbour, stranger) = neighbour_and_stranger(&server);
+    // About 1.2 MiB of Join records in the owner's worker's snapshot.
+    let names: Vec<String> = (0..GROUPS)
+        .map(|i| format!("group-{i:05}-{}", "g".repeat(100)))
+        .collect();
+    let cmds: Vec<_> = names
+        .iter()
+        .map(|g| json!({"op": "join", "group": g}))
+        .collect();
+    owner.call(json!({"op": "batch", "cmds": cmds}));
+
+    // The other worker dies; its replacement gets the snapshot on a fresh link.
+    let old = stranger.pid;
+    kill(Pid::from_raw(old), Signal::SIGKILL).expect("SIGKILL");
+    wait_until(Duration::from_secs(10), "the worker is replaced", || {
+        let w = server.workers();
+        w.len() == 2 && !w.contains(&old)
+    });
+    let replacement = *server
+        .workers()
+        .iter()
+        .find(|&&p| p != owner.pid)
+        .expect("the replacement");
+    let mut there = poll_until(REPLY_TIMEOUT, "a client on the replacement", || {
+        let p = Peer::connect(server.addr);
+        (p.pid == replacement).then_some(p)
+    });
+    let mut seen = 0;
+    wait_until(
+        Duration::from_secs(10),
+        "the replacement sees every group",
+        || {
+            seen = there.stats()["groups"].as_array().map_or(0, Vec::len);
+            seen == GROUPS
+        },
+    );
+    let g = there.call(json!({"op": "group", "group": names[GROUPS - 1]}));
+    assert_eq!(g["conns"], json!([owner.conn]));
+}
+
+#[test]
+fn a_small_open_files_limit_leaves_room_for_clients_and_the_bus() {
+    const CLIENTS: usize = 50;
+    let server = Server::start_under(
+        &["prlimit", "--nofile=64:64"],
+        "testbed",
+        &[
+            "--listen",
+            "websocket://127.0.0.1:0",
+            "--count",
+            "2",
+            "--reuse-port",
+        ],
+    );
+    server.wait_workers(2, REPLY_TIMEOUT);
+    // With 64 descriptors a worker takes 40 clients (one used to): 50
+    // clients spread over two workers all get in.
+    let mut peers = connect_peers(server.addr, CLIENTS);
+    let by = spread(&peers, 2);
+    eprintln!(
+        "clients per worker under a 64-descriptor limit: {:?}",
+        by.values().map(Vec::len).collect::<Vec<_>>()
+    );
+    let from = by[&0][0];
+    let sender = peers[from].conn.clone();
+    peers[from].call(json!({"op": "send_to_all", "data": "hello", "exclude": [sender]}));
+    for (i, p) in peers.iter_mut().enumerate() {
+        if i != from {
+            assert_eq!(
+                p.expect_push(),
+                "hello",
+                "{} on worker {}",
+                p.conn,
+                p.worker
+            );
+        }
+    }
+}

@@ -647,3 +647,133 @@ fn read_into(stream: &mut UnixStream, buf: &mut BytesMut) -> io::Result<usize> {
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use mio::Poll;
+
+    fn msg(text: &'static str) -> Record {
+        Record::WorkerMsg(Bytes::from_static(text.as_bytes()))
+    }
+
+    /// What `apply` was handed, as text.
+    fn show(item: Inbox) -> String {
+        match item {
+            Inbox::Record(s, Record::WorkerMsg(d)) => {
+                format!("{s}: {}", String::from_utf8_lossy(&d))
+            }
+            Inbox::Record(s, r) => format!("{s}: {r:?}"),
+            Inbox::SlotGone(s) => format!("{s} gone"),
+            Inbox::SlotReset(s) => format!("{s} reset"),
+            Inbox::Gap(s, n) => format!("{s} gap of {n}"),
+        }
+    }
+
+    /// Two buses (slots 0 and 1) of one process, on addresses of their own.
+    fn pair(poll: &Poll, bus_id: u32) -> (Bus, Bus) {
+        let listen = |slot| {
+            std::os::unix::net::UnixListener::bind_addr(&address(bus_id, slot).expect("address"))
+                .expect("bind")
+        };
+        let reg = poll.registry();
+        let receiver = Bus::new(0, 2, 0, bus_id, listen(0), reg, 1 << 20).expect("bus 0");
+        let sender = Bus::new(1, 2, 0, bus_id, listen(1), reg, 1 << 20).expect("bus 1");
+        (receiver, sender)
+    }
+
+    /// Reads `key`, then whatever is pending, as the loop does.
+    fn read(bus: &mut Bus, key: usize, reg: &Registry, out: &mut Vec<String>) {
+        bus.read(key, reg, |i| out.push(show(i)));
+        while bus.has_pending() {
+            for k in bus.take_pending() {
+                bus.read(k, reg, |i| out.push(show(i)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_newer_link_waits_for_the_old_one_and_a_loss_is_reported_before_it() {
+        let poll = Poll::new().expect("poll");
+        let reg = poll.registry();
+        let (mut rx, mut tx) = pair(&poll, 0x7e57_0000 ^ std::process::id());
+        let now = Instant::now();
+        assert!(tx.link(0, reg, now));
+        tx.snapshot_queued(0);
+        tx.send(0, &msg("a0"));
+        tx.send(0, &msg("a1"));
+        tx.flush(reg);
+        rx.accept(reg);
+        let mut got = Vec::new();
+        for k in rx.take_pending() {
+            read(&mut rx, k, reg, &mut got);
+        }
+        // a2 reaches the socket; "lost" is still queued when the link is
+        // dropped (as when the peer falls behind), so it never leaves.
+        tx.send(0, &msg("a2"));
+        tx.flush(reg);
+        tx.send(0, &msg("lost"));
+        tx.drop_link(0, reg);
+        assert!(tx.link(0, reg, now));
+        tx.send(0, &msg("b0"));
+        tx.flush(reg);
+        rx.accept(reg);
+        let new = rx.take_pending();
+        assert_eq!(new.len(), 1);
+        // The new link is read first (its event came first): it must wait
+        // until the old one's last record is applied and the old one ended.
+        read(&mut rx, new[0], reg, &mut got);
+        read(&mut rx, 0, reg, &mut got);
+        // A relink that lost nothing is no gap.
+        tx.drop_link(0, reg);
+        assert!(tx.link(0, reg, now));
+        tx.send(0, &msg("c0"));
+        tx.flush(reg);
+        rx.accept(reg);
+        read(&mut rx, new[0], reg, &mut got);
+        for k in rx.take_pending() {
+            read(&mut rx, k, reg, &mut got);
+        }
+        assert_eq!(
+            got,
+            [
+                "1 reset",
+                "1: a0",
+                "1: a1",
+                "1: a2",
+                "1 gone",
+                "1 reset",
+                "1 gap of 1",
+                "1: b0",
+                "1 gone",
+                "1 reset",
+                "1: c0"
+            ]
+        );
+        assert_eq!(rx.gaps, 1);
+    }
+
+    #[test]
+    fn a_snapshot_larger_than_the_cap_goes_through_and_a_huge_record_is_refused() {
+        let poll = Poll::new().expect("poll");
+        let reg = poll.registry();
+        let (_rx, mut tx) = pair(&poll, 0x7e58_0000 ^ std::process::id());
+        assert!(tx.link(0, reg, Instant::now()));
+        let big = Record::WorkerMsg(Bytes::from(vec![b's'; 3 << 20]));
+        tx.send(0, &big);
+        tx.snapshot_queued(0);
+        assert!(
+            tx.flush(reg).is_empty(),
+            "the snapshot counted against the cap"
+        );
+        tx.send(0, &big);
+        assert_eq!(tx.flush(reg), [0], "what follows the snapshot is capped");
+        let huge = Record::Deliver {
+            target: bus_wire::Target::All { exclude: vec![] },
+            payload: Bytes::from(vec![0u8; bus_wire::MAX_RECORD]),
+        };
+        assert!(!tx.broadcast(&huge));
+        assert!(!tx.send(0, &huge));
+    }
+}

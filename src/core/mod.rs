@@ -24,7 +24,7 @@ use crate::cluster::bus::Bus;
 use crate::cluster::registry::Registry;
 use crate::config::Config;
 use crate::error::ConnError;
-use crate::id::ConnId;
+use crate::id::{ConnId, Serials};
 use crate::proto::codec::Wire;
 use bytes::Bytes;
 use conn::Conn;
@@ -84,8 +84,8 @@ pub(crate) struct Core {
     /// How messages look on the listener's connections.
     pub(crate) wire: Wire,
     pub(crate) conns: Slab<Conn>,
-    /// The next connection's serial (the incarnation in the high bits).
-    pub(crate) serial: u64,
+    /// Where connection serials come from (shared by every worker of a slot).
+    pub(crate) serials: Serials,
     /// Keys of connections with output to write this turn.
     pub(crate) dirty: Vec<usize>,
     pub(crate) deferred: VecDeque<Deferred>,
@@ -113,7 +113,7 @@ pub(crate) struct Core {
 pub(crate) struct CoreParts {
     pub(crate) cfg: Arc<Config>,
     pub(crate) slot: u16,
-    pub(crate) incarnation: u32,
+    pub(crate) serials: Serials,
     pub(crate) bus: Bus,
     pub(crate) waker: Arc<mio::Waker>,
     pub(crate) mio: mio::Registry,
@@ -128,7 +128,7 @@ impl Core {
             count: cfg.count as u16,
             wire: Wire::server(cfg.protocol),
             conns: Slab::new(),
-            serial: (p.incarnation as u64) << 40,
+            serials: p.serials,
             dirty: Vec::new(),
             deferred: VecDeque::new(),
             keys: Vec::new(),
@@ -145,6 +145,11 @@ impl Core {
             stopping: false,
             cfg,
         }
+    }
+
+    /// A serial no connection of this slot ever had.
+    pub(crate) fn next_serial(&self) -> u64 {
+        self.serials.next(self.slot as usize)
     }
 
     pub(crate) fn id_of(&self, key: usize, c: &Conn) -> ConnId {

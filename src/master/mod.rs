@@ -57,6 +57,8 @@ pub(super) struct Master<F> {
     pid: u32,
     /// Names the bus addresses: the pid at bind time.
     bus_id: u32,
+    /// Connection serials per slot, shared with every worker forked.
+    serials: crate::id::Serials,
     slots: Vec<Slot>,
     signals: SignalFd,
     stop_deadline: Option<Instant>,

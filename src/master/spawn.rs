@@ -106,11 +106,14 @@ impl<F> Master<F> {
                 );
             }
         }
+        let serials = crate::id::Serials::new(cfg.count)
+            .map_err(|e| Error::io("map connection serials", e))?;
         let mut master = Master {
             cfg: Arc::new(cfg),
             factory,
             pid,
             bus_id,
+            serials,
             slots,
             signals,
             stop_deadline: None,
@@ -200,6 +203,7 @@ impl<F> Master<F> {
                 tls: self.tls.clone(),
                 slot: slot as u16,
                 incarnation: s.incarnation,
+                serials: self.serials.clone(),
                 bus_id: self.bus_id,
                 listener,
                 bus_listener,

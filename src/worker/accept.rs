@@ -23,7 +23,7 @@ impl<H: Handler> Worker<H> {
         loop {
             if self.core.conns.len() >= self.max_conns {
                 if !self.accept_full {
-                    log::warn!("at max_connections ({}): not accepting", self.max_conns);
+                    self.log_full();
                 }
                 self.accept_full = true;
                 return;
@@ -32,13 +32,19 @@ impl<H: Handler> Worker<H> {
                 return;
             };
             match listener.accept() {
-                Ok((sock, peer)) => self.admit(sock, peer),
+                Ok((sock, peer)) => {
+                    self.accept_starved = false;
+                    self.admit(sock, peer)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO)) => {}
                 Err(e) => {
-                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: pause instead of spinning.
-                    log::warn!("accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: pause instead of
+                    // spinning, and say so once until an accept works.
+                    if !std::mem::replace(&mut self.accept_starved, true) {
+                        log::warn!("accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?} at a time");
+                    }
                     self.accept_resume = Some(self.core.now + ACCEPT_BACKOFF);
                     return;
                 }
@@ -68,8 +74,7 @@ impl<H: Handler> Worker<H> {
                 }
             },
         };
-        let serial = self.core.serial;
-        self.core.serial += 1;
+        let serial = self.core.serials.next(self.core.slot as usize);
         let websocket = self.core.cfg.protocol == Protocol::WebSocket;
         let proto = if websocket {
             Proto::Head(BytesMut::new())
@@ -94,6 +99,26 @@ impl<H: Handler> Worker<H> {
         // `on_connect` sends has a session to go through.
         if !websocket && !handshaking {
             self.open_now(key);
+        }
+    }
+
+    /// Says, once per episode (until the count drops below again), that
+    /// accepting stopped at the cap, and whether the open-files limit set it.
+    fn log_full(&self) {
+        let limit = super::nofile_limit().unwrap_or(0);
+        if self.max_conns < self.core.cfg.max_connections {
+            log::warn!(
+                "at max_connections: {} connections, all the open-files limit ({limit}) \
+                 allows after its reserve for the bus and the rest (max_connections is {}); \
+                 not accepting until one closes. Raise `ulimit -n` for more",
+                self.max_conns,
+                self.core.cfg.max_connections
+            );
+        } else {
+            log::warn!(
+                "at max_connections ({}): not accepting until one closes",
+                self.max_conns
+            );
         }
     }
 
