@@ -237,7 +237,8 @@ pub(crate) fn fits(rec: &Record) -> bool {
 /// Whether a delivery to `target` of a payload this long would fit in a
 /// record: asked before a message is copied anywhere.
 pub(crate) fn delivery_fits(target: &Target, payload_len: usize) -> bool {
-    1 + deliver_len(target, payload_len) <= MAX_RECORD
+    // With its kind byte, at most MAX_RECORD.
+    deliver_len(target, payload_len) < MAX_RECORD
 }
 
 /// A record the peer sent was malformed: the link is corrupt and is dropped.
