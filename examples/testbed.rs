@@ -16,6 +16,7 @@
 //! | `del_timer` | `timer` | `deleted` |
 //! | `send_to` | `to`, `data` | `ok` (what `Ctx::send` returned) |
 //! | `send_to_all` | `data`, `exclude` | |
+//! | `huge` | `size` | `ok`: what `Ctx::send_to_all` of a binary message of `size` zero bytes (to all but the sender) returned |
 //! | `flood` | `n`, `size`, `tag` | `sent`: `n` broadcasts of `size` bytes to all but the sender |
 //! | `flood_to` | `to`, `n`, `size`, `tag` | `sent`, `refused`: `n` sends of `size` bytes to one connection, and how many `Ctx::send` accepted or refused |
 //! | `bind` / `unbind` | `uid`, `conn` | |
@@ -200,6 +201,11 @@ impl Testbed {
                 ctx.send_to_all(text(cmd, "data")?, &exclude(cmd)?);
                 ok
             }
+            "huge" => {
+                // Zeroed pages are mapped lazily: a refused send costs no memory.
+                let data = vec![0u8; number(cmd, "size")? as usize];
+                Ok(json!({"ok": ctx.send_to_all(data, &[me])}))
+            }
             "flood" => {
                 let n = number(cmd, "n")?;
                 let size = number(cmd, "size")? as usize;
@@ -243,7 +249,9 @@ impl Testbed {
                         let uids: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
                         ctx.send_to_uids(&uids, data);
                     }
-                    _ => ctx.send_to_uid(text(cmd, "uid")?, data),
+                    _ => {
+                        ctx.send_to_uid(text(cmd, "uid")?, data);
+                    }
                 }
                 ok
             }

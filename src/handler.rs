@@ -120,6 +120,23 @@ pub trait Handler: 'static {
     /// sent and in order with that worker's registry changes and deliveries.
     fn on_worker_message(&mut self, ctx: &mut Ctx, from_worker: usize, data: bytes::Bytes) {}
 
+    /// Records that worker `from_worker` meant for this one were lost: this
+    /// worker stalled (stopped, swamped) and fell `bus_peer_buffer_bytes`
+    /// behind, so the sender dropped its backlog. Broadcasts, sends and
+    /// registry requests among them never reached this worker's
+    /// connections. The registry itself is already resynchronised.
+    ///
+    /// Called before anything the sender said after the gap is applied, so
+    /// no connection sees a later message without first hearing of the
+    /// gap. The default closes every open connection this worker accepted
+    /// (WebSocket close 1013 "try again later"; a plain protocol's socket is
+    /// closed) so that clients reconnect and reload what they missed;
+    /// outbound connections are left alone. Override it to resynchronise
+    /// your clients in place instead (send them a "reload" message, say).
+    fn on_gap(&mut self, ctx: &mut Ctx, from_worker: usize) {
+        ctx.close_clients(1013, "try again later");
+    }
+
     /// A job of [`Ctx::spawn_blocking`] finished: `result` holds what it
     /// returned ([`JobResult::downcast`]) or its panic. Results arrive in the
     /// order the jobs finished.

@@ -7,8 +7,9 @@ use std::str::FromStr;
 ///
 /// It names the worker slot that owns the connection, the connection's key in
 /// that worker's table, and a serial number that is never reused for another
-/// connection, not even by a replacement worker in the same slot. A stale id
-/// therefore never reaches a new tenant: sends to it are no-ops.
+/// connection, not even by a replacement worker in the same slot, however
+/// many times the slot is restarted (see [`Serials`]). A stale id therefore
+/// never reaches a new tenant: sends to it are no-ops.
 ///
 /// Its text form, `"{worker}.{key}.{serial}"`, is what [`fmt::Display`] prints
 /// and [`FromStr`] parses.

@@ -181,11 +181,13 @@ pub(crate) struct WorkerReport {
     pub(crate) bus_queued_bytes: usize,
     pub(crate) bus_dropped_bytes: u64,
     pub(crate) bus_relinks: u64,
+    /// Times records from another worker were found lost (`on_gap` calls).
+    pub(crate) bus_gaps: u64,
 }
 
 impl WorkerReport {
     /// The `status` cells from `memory` on.
-    fn cells(&self) -> [String; 9] {
+    fn cells(&self) -> [String; 10] {
         [
             bytes(self.rss_bytes),
             self.conns.to_string(),
@@ -196,6 +198,7 @@ impl WorkerReport {
             bytes(self.bus_queued_bytes as u64),
             bytes(self.bus_dropped_bytes),
             self.bus_relinks.to_string(),
+            self.bus_gaps.to_string(),
         ]
     }
 
@@ -213,6 +216,7 @@ impl WorkerReport {
         self.bus_queued_bytes += r.bus_queued_bytes;
         self.bus_dropped_bytes += r.bus_dropped_bytes;
         self.bus_relinks += r.bus_relinks;
+        self.bus_gaps += r.bus_gaps;
     }
 }
 
@@ -400,6 +404,7 @@ pub(crate) fn status_table(g: &Gathered<WorkerReport>) -> String {
         "bus queued",
         "bus dropped",
         "relinks",
+        "bus gaps",
     ])];
     let mut total = WorkerReport::default();
     for (slot, report) in g.workers() {

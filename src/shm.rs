@@ -66,6 +66,12 @@ struct Cell {
     refused: AtomicU64,
     /// Connections admitted uncounted because their bucket was full.
     uncounted: AtomicU64,
+    /// The next connection serial of the slot. Every worker of a slot, the
+    /// first and each replacement, takes from this one counter, so a slot
+    /// never hands out a serial twice in the life of the master (2^64
+    /// connections), whatever the number of restarts. (Serials used to be
+    /// `incarnation << 40 | n`, which repeated after 2^24 restarts.)
+    serial: AtomicU64,
 }
 
 /// One worker's address table.
@@ -183,6 +189,12 @@ impl Scoreboard {
         self.cell(slot)
             .beat_ms
             .store(monotonic_ms(), Ordering::Relaxed);
+    }
+
+    /// The next connection serial of `slot`: never one handed out before,
+    /// by any worker of that slot.
+    pub(crate) fn next_serial(&self, slot: usize) -> u64 {
+        self.cell(slot).serial.fetch_add(1, Ordering::Relaxed)
     }
 
     /// How long ago `slot` last stamped its heartbeat (zero if never).
@@ -374,5 +386,28 @@ mod tests {
         assert!(stale >= Duration::from_secs(3), "{stale:?}");
         board.beat(0);
         assert!(board.since_beat(0) < stale, "a fresh stamp is younger");
+    }
+
+    #[test]
+    fn serials_never_repeat_across_restarts() {
+        let board = Scoreboard::new(2).expect("map");
+        // The old scheme put the incarnation above bit 40: incarnation 2^24
+        // started again at incarnation 0's serials.
+        assert_eq!((1u64 << 24).wrapping_shl(40), 0);
+        // Every incarnation of a slot takes from one counter: a replacement
+        // continues where the last worker stopped, and `clear` (the master
+        // forgetting a dead worker's connections) does not reset it.
+        let first: Vec<u64> = (0..100).map(|_| board.next_serial(0)).collect();
+        board.clear(0);
+        let restarted = board.clone(); // what a replacement worker holds
+        let later: Vec<u64> = (0..100).map(|_| restarted.next_serial(0)).collect();
+        assert!(first.iter().all(|s| !later.contains(s)));
+        assert_eq!(later[0], 100);
+        // Slots count apart, near the top of the range too.
+        assert_eq!(board.next_serial(1), 0);
+        board.cell(1).serial.store(u64::MAX - 1, Ordering::Relaxed);
+        assert_eq!(board.next_serial(1), u64::MAX - 1);
+        let id = crate::id::ConnId::new(1, 0, board.next_serial(1));
+        assert_eq!(id.to_string().parse::<crate::id::ConnId>(), Ok(id));
     }
 }

@@ -192,7 +192,7 @@ impl ChatWorker {
                     Target::User(to) => {
                         ctx.send_to_uids(&[to.as_str(), message.from.as_str()], frame)
                     }
-                }
+                };
                 ctx.send(conn, reply::ack(message.id, reference.as_deref()));
             }
             Done::History {

@@ -10,6 +10,7 @@ use crate::id::ConnId;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Largest record accepted from a peer; a larger length means a corrupt link.
+/// A sender refuses to queue a record larger than this (see [`fits`]).
 pub(crate) const MAX_RECORD: usize = 1 << 30;
 
 /// Who a delivery is for, resolved by the receiving worker against its own
@@ -26,10 +27,14 @@ pub(crate) enum Target {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Record {
     /// First record on every link: who is talking, and which link this is.
+    /// `seq` numbers the record after it in the sender's count of records
+    /// meant for this receiver (sent, or lost while the link was down or its
+    /// queue was dropped): a receiver that applied fewer missed some.
     Hello {
         slot: u16,
         incarnation: u32,
         epoch: u64,
+        seq: u64,
     },
     Open(ConnId),
     Close(ConnId),
@@ -102,11 +107,13 @@ pub(crate) fn encode(out: &mut BytesMut, rec: &Record) {
             slot,
             incarnation,
             epoch,
+            seq,
         } => {
             out.put_u8(kind::HELLO);
             out.put_u16_le(*slot);
             out.put_u32_le(*incarnation);
             out.put_u64_le(*epoch);
+            out.put_u64_le(*seq);
         }
         Record::Open(id) => {
             out.put_u8(kind::OPEN);
@@ -189,6 +196,51 @@ pub(crate) fn encode(out: &mut BytesMut, rec: &Record) {
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
 
+/// Bytes of one id, and of a length prefix.
+const ID: usize = 14;
+const LEN: usize = 4;
+
+/// The size of a record's body (what its length prefix counts), computed
+/// without encoding it: a huge payload is measured, not copied.
+pub(crate) fn body_len(rec: &Record) -> usize {
+    1 + match rec {
+        Record::Hello { .. } => 2 + 4 + 8 + 8,
+        Record::Open(_) | Record::Close(_) | Record::Unbind(_) => ID,
+        Record::Bind(_, s) | Record::Join(_, s) | Record::Leave(_, s) => ID + LEN + s.len(),
+        Record::Session(_, d) => ID + 1 + d.as_ref().map_or(0, |d| LEN + d.len()),
+        Record::Ungroup(g) => LEN + g.len(),
+        Record::Deliver { target, payload } => deliver_len(target, payload.len()),
+        Record::CloseConn { reason, .. } => ID + 2 + LEN + reason.len(),
+        Record::Request(inner) => LEN + body_len(inner),
+        Record::WorkerMsg(d) => LEN + d.len(),
+    }
+}
+
+/// The body of a `Deliver` record to `target` with a payload of
+/// `payload_len` bytes, less its kind byte.
+fn deliver_len(target: &Target, payload_len: usize) -> usize {
+    let ids = |v: &[ConnId]| LEN + v.len() * ID;
+    let target = 1 + match target {
+        Target::Conn(_) => ID,
+        Target::All { exclude } => ids(exclude),
+        Target::Uids(uids) => LEN + uids.iter().map(|u| LEN + u.len()).sum::<usize>(),
+        Target::Group { group, exclude } => LEN + group.len() + ids(exclude),
+    };
+    target + LEN + payload_len
+}
+
+/// Whether a record is small enough for a peer to accept ([`MAX_RECORD`]).
+pub(crate) fn fits(rec: &Record) -> bool {
+    body_len(rec) <= MAX_RECORD
+}
+
+/// Whether a delivery to `target` of a payload this long would fit in a
+/// record: asked before a message is copied anywhere.
+pub(crate) fn delivery_fits(target: &Target, payload_len: usize) -> bool {
+    // With its kind byte, at most MAX_RECORD.
+    deliver_len(target, payload_len) < MAX_RECORD
+}
+
 /// A record the peer sent was malformed: the link is corrupt and is dropped.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Corrupt;
@@ -259,6 +311,7 @@ pub(crate) fn decode(buf: &mut BytesMut) -> Result<Option<Record>, Corrupt> {
             slot: r.u16()?,
             incarnation: r.u32()?,
             epoch: r.u64()?,
+            seq: r.u64()?,
         },
         kind::OPEN => Record::Open(r.id()?),
         kind::CLOSE => Record::Close(r.id()?),
@@ -327,6 +380,7 @@ mod tests {
                 slot: 3,
                 incarnation: 7,
                 epoch: 9,
+                seq: 11,
             },
             Record::Open(a),
             Record::Close(b),
@@ -384,6 +438,26 @@ mod tests {
         }
         assert_eq!(got, samples());
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn body_len_is_what_encode_writes() {
+        for r in samples() {
+            let mut wire = BytesMut::new();
+            encode(&mut wire, &r);
+            assert_eq!(body_len(&r), wire.len() - 4, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn a_record_over_the_limit_does_not_fit() {
+        let all = Target::All { exclude: vec![] };
+        // kind, target kind, exclude count, payload length.
+        let overhead = 1 + 1 + 4 + 4;
+        assert!(delivery_fits(&all, MAX_RECORD - overhead));
+        assert!(!delivery_fits(&all, MAX_RECORD - overhead + 1));
+        let small = Record::WorkerMsg(Bytes::from_static(b"x"));
+        assert!(fits(&small));
     }
 
     #[test]

@@ -87,8 +87,6 @@ pub(crate) struct Core {
     /// How messages look on the listener's connections.
     pub(crate) wire: Wire,
     pub(crate) conns: Slab<Conn>,
-    /// The next connection's serial (the incarnation in the high bits).
-    pub(crate) serial: u64,
     /// Keys of connections with output to write this turn.
     pub(crate) dirty: Vec<usize>,
     pub(crate) deferred: VecDeque<Deferred>,
@@ -118,7 +116,6 @@ pub(crate) struct Core {
 pub(crate) struct CoreParts {
     pub(crate) cfg: Arc<Config>,
     pub(crate) slot: u16,
-    pub(crate) incarnation: u32,
     pub(crate) bus: Bus,
     pub(crate) waker: Arc<mio::Waker>,
     pub(crate) mio: mio::Registry,
@@ -134,7 +131,6 @@ impl Core {
             count: cfg.count as u16,
             wire: Wire::server(cfg.protocol),
             conns: Slab::new(),
-            serial: (p.incarnation as u64) << 40,
             dirty: Vec::new(),
             deferred: VecDeque::new(),
             keys: Vec::new(),
@@ -152,6 +148,11 @@ impl Core {
             board: p.board,
             cfg,
         }
+    }
+
+    /// A serial no connection of this slot ever had.
+    pub(crate) fn next_serial(&self) -> u64 {
+        self.board.next_serial(self.slot as usize)
     }
 
     pub(crate) fn id_of(&self, key: usize, c: &Conn) -> ConnId {

@@ -18,8 +18,7 @@ use std::io;
 impl Core {
     /// Adds an outbound connection; its first attempt starts this turn.
     pub(crate) fn start_dial(&mut self, dial: Dial, wire: Wire) -> ConnId {
-        let serial = self.serial;
-        self.serial += 1;
+        let serial = self.next_serial();
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let mut life = Lifecycle::connecting(self.now);

@@ -12,6 +12,8 @@ impl Core {
         match item {
             Inbox::SlotGone(slot) | Inbox::SlotReset(slot) => self.registry.clear_worker(slot),
             Inbox::Record(slot, rec) => self.apply_record(slot, rec),
+            // The loop calls the handler's `on_gap`; nothing to apply.
+            Inbox::Gap(..) => {}
         }
     }
 
@@ -86,6 +88,22 @@ impl Core {
             for r in &recs {
                 self.bus.send(slot, r);
             }
+        }
+        self.bus.snapshot_queued(slot);
+    }
+
+    /// What [`crate::Handler::on_gap`] does by default: closes every open
+    /// connection this worker accepted (those registry deliveries reach)
+    /// with `code` and `reason`; outbound connections are left alone.
+    pub(crate) fn close_clients(&mut self, code: u16, reason: &str) {
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.outbound() && c.life.is_open())
+            .map(|(k, _)| k)
+            .collect();
+        for key in keys {
+            self.begin_close(key, code, reason, None);
         }
     }
 

@@ -13,8 +13,9 @@ use std::collections::HashSet;
 
 impl Core {
     /// Sends `frame`, encoded for `wire`, to one connection on any worker.
-    /// False when it is not online (as far as this worker knows), or is an
-    /// outbound connection that is down and does not hold sends.
+    /// False when it is not online (as far as this worker knows), is an
+    /// outbound connection that is down and does not hold sends, or is
+    /// another worker's and the frame is too large for a bus record.
     pub(crate) fn send_frame(&mut self, conn: ConnId, frame: Bytes, wire: Wire) -> bool {
         if conn.worker != self.slot {
             if !self.registry.contains(conn) {
@@ -23,14 +24,13 @@ impl Core {
             let Some(payload) = codec::reframe(wire, frame, self.wire) else {
                 return false;
             };
-            self.bus.send(
+            return self.bus.send(
                 conn.worker,
                 &Record::Deliver {
                     target: Target::Conn(conn),
                     payload,
                 },
             );
-            return true;
         }
         let Some(key) = self.key_of(conn) else {
             return false;
@@ -133,32 +133,27 @@ impl Core {
         }
     }
 
-    /// Delivers `frame` (encoded for the listener) to every listed
-    /// connection of the server but `exclude`.
-    pub(crate) fn send_all(&mut self, frame: Bytes, exclude: &[ConnId]) {
-        self.route(
-            Target::All {
-                exclude: exclude.to_vec(),
-            },
-            frame,
-        );
-    }
-
     /// Delivers `frame` to `target` on every worker: each resolves the target
     /// against its own connections, which it knows exactly. Asking every
     /// worker (one record each, however many recipients) rather than only
     /// those this replica thinks are concerned means a registry change this
     /// worker asked for just before (say a `bind_uid` on another worker's
     /// connection) is always seen by the send that follows it.
-    pub(crate) fn route(&mut self, target: Target, frame: Bytes) {
+    ///
+    /// False, and nothing is sent anywhere, when the record would be larger
+    /// than a peer accepts.
+    pub(crate) fn route(&mut self, target: Target, frame: Bytes) -> bool {
         let rec = Record::Deliver {
             target,
             payload: frame,
         };
-        self.bus.broadcast(&rec);
+        if !self.bus.broadcast(&rec) {
+            return false;
+        }
         if let Record::Deliver { target, payload } = rec {
             self.deliver_local(&target, payload);
         }
+        true
     }
 
     /// Queues `frame` (encoded for the listener) for the local connections

@@ -7,7 +7,7 @@
 
 mod registry;
 
-use crate::cluster::wire::{Record, Target};
+use crate::cluster::wire::{self, Record, Target};
 use crate::config::Config;
 use crate::core::dial::{self, ConnectOptions, Dial};
 use crate::core::pool::{JobId, PoolBusy};
@@ -145,11 +145,15 @@ impl<'a> Ctx<'a> {
     // ----- sending and closing -----
 
     /// Sends a message to one connection on any worker. Returns false when the
-    /// connection is not online (as far as this worker knows), in which case
-    /// nothing is sent. For an outbound connection that is down, see
-    /// [`crate::WhileDown`].
+    /// connection is not online (as far as this worker knows), or is another
+    /// worker's and the message is too large for the bus (see
+    /// [`Ctx::send_to_all`]), in which case nothing is sent. For an outbound
+    /// connection that is down, see [`crate::WhileDown`].
     pub fn send(&mut self, conn: ConnId, msg: impl Into<Message>) -> bool {
         let msg = msg.into();
+        if conn.worker() != self.core.slot as usize && !fits_bus(&Target::Conn(conn), &msg) {
+            return false;
+        }
         let wire = self.wire_of(conn);
         let frame = codec::encode(wire, &msg);
         self.core.send_frame(conn, frame, wire)
@@ -192,9 +196,29 @@ impl<'a> Ctx<'a> {
     /// Sends to every connection on the server except those in `exclude`. The
     /// message is encoded once and crosses the bus once per worker.
     /// Outbound connections are included only once bound to a uid or group.
-    pub fn send_to_all(&mut self, msg: impl Into<Message>, exclude: &[ConnId]) {
-        let frame = codec::encode(self.core.wire, &msg.into());
-        self.core.send_all(frame, exclude);
+    ///
+    /// Returns false, and sends nothing to anyone (not even this worker's
+    /// connections), when the message would make a bus record larger than
+    /// a worker accepts (1 GiB, less the framing and the target's size);
+    /// the refusal is logged. The other sends that cross the bus
+    /// (`send_to_uid(s)`, `send_to_group`, `send` to another worker's
+    /// connection, `send_to_worker(s)`) refuse the same way. Otherwise true.
+    pub fn send_to_all(&mut self, msg: impl Into<Message>, exclude: &[ConnId]) -> bool {
+        let msg = msg.into();
+        let target = Target::All {
+            exclude: exclude.to_vec(),
+        };
+        self.route(target, &msg)
+    }
+
+    /// Encodes `msg` for the listener and delivers it to `target` on every
+    /// worker, unless it is too large for the bus.
+    fn route(&mut self, target: Target, msg: &Message) -> bool {
+        if !fits_bus(&target, msg) {
+            return false;
+        }
+        let frame = codec::encode(self.core.wire, msg);
+        self.core.route(target, frame)
     }
 
     /// Sends to every open connection of this worker only, encoding the
@@ -207,45 +231,58 @@ impl<'a> Ctx<'a> {
         self.core.deliver_local(&everyone, frame);
     }
 
-    /// Sends to every connection of a uid, wherever they are.
-    pub fn send_to_uid(&mut self, uid: &str, msg: impl Into<Message>) {
-        self.send_to_uids(&[uid], msg);
+    /// Sends to every connection of a uid, wherever they are. False if too
+    /// large for the bus (see [`Ctx::send_to_all`]).
+    pub fn send_to_uid(&mut self, uid: &str, msg: impl Into<Message>) -> bool {
+        self.send_to_uids(&[uid], msg)
     }
 
     /// Sends to every connection of each of these uids, once per connection.
-    pub fn send_to_uids(&mut self, uids: &[&str], msg: impl Into<Message>) {
-        let frame = codec::encode(self.core.wire, &msg.into());
+    /// False if too large for the bus (see [`Ctx::send_to_all`]).
+    pub fn send_to_uids(&mut self, uids: &[&str], msg: impl Into<Message>) -> bool {
         let target = Target::Uids(uids.iter().map(|u| u.to_string()).collect());
-        self.core.route(target, frame);
+        self.route(target, &msg.into())
     }
 
-    /// Sends to every member of a group except those in `exclude`.
-    pub fn send_to_group(&mut self, group: &str, msg: impl Into<Message>, exclude: &[ConnId]) {
-        let frame = codec::encode(self.core.wire, &msg.into());
+    /// Sends to every member of a group except those in `exclude`. False if
+    /// too large for the bus (see [`Ctx::send_to_all`]).
+    pub fn send_to_group(
+        &mut self,
+        group: &str,
+        msg: impl Into<Message>,
+        exclude: &[ConnId],
+    ) -> bool {
         let target = Target::Group {
             group: group.to_string(),
             exclude: exclude.to_vec(),
         };
-        self.core.route(target, frame);
+        self.route(target, &msg.into())
     }
 
     /// Sends `data` to the handler of another worker
     /// ([`crate::Handler::on_worker_message`]). Returns false for an unknown
-    /// worker or this one. While that worker is being replaced, the data waits
-    /// for its successor (up to `bus_peer_buffer_bytes`).
+    /// worker or this one, or data too large for the bus (1 GiB). While that
+    /// worker is being replaced, the data waits for its successor (up to
+    /// `bus_peer_buffer_bytes`).
     pub fn send_to_worker(&mut self, worker: usize, data: impl Into<Bytes>) -> bool {
         if worker >= self.core.count as usize || worker == self.core.slot as usize {
             return false;
         }
         self.core
             .bus
-            .send(worker as u16, &Record::WorkerMsg(data.into()));
-        true
+            .send(worker as u16, &Record::WorkerMsg(data.into()))
     }
 
-    /// Sends `data` to the handlers of every other worker.
-    pub fn send_to_workers(&mut self, data: impl Into<Bytes>) {
-        self.core.bus.broadcast(&Record::WorkerMsg(data.into()));
+    /// Sends `data` to the handlers of every other worker. False if it is
+    /// too large for the bus (1 GiB), and then nobody gets it.
+    pub fn send_to_workers(&mut self, data: impl Into<Bytes>) -> bool {
+        self.core.bus.broadcast(&Record::WorkerMsg(data.into()))
+    }
+
+    /// Closes every open connection this worker accepted with `code` and
+    /// `reason`: what [`crate::Handler::on_gap`] does by default.
+    pub(crate) fn close_clients(&mut self, code: u16, reason: &str) {
+        self.core.close_clients(code, reason);
     }
 
     /// Stops reading from a connection of this worker (Workerman's
@@ -378,4 +415,19 @@ impl<'a> Ctx<'a> {
     pub fn respond(&mut self, conn: ConnId, response: Response) -> bool {
         self.core.respond_later(conn, response)
     }
+}
+
+/// Whether `msg` can cross the bus to `target` (its frame is at least as
+/// long as the message); logs a refusal. Asked before the message is
+/// encoded, so a huge one is not copied.
+fn fits_bus(target: &Target, msg: &Message) -> bool {
+    let fits = wire::delivery_fits(target, msg.len());
+    if !fits {
+        log::error!(
+            "refusing a send of {} bytes: it cannot cross the bus (a record holds at most {} bytes)",
+            msg.len(),
+            wire::MAX_RECORD
+        );
+    }
+    fits
 }

@@ -35,7 +35,7 @@ impl<H: Handler> Worker<H> {
         loop {
             if self.core.conns.len() >= self.max_conns {
                 if !self.accept_full {
-                    log::warn!("at max_connections ({}): not accepting", self.max_conns);
+                    self.log_full();
                 }
                 self.accept_full = true;
                 return;
@@ -45,6 +45,7 @@ impl<H: Handler> Worker<H> {
             };
             match listener.accept() {
                 Ok((sock, peer)) => {
+                    self.accept_starved = false;
                     if let Some(counted) = self.limit_per_ip(&sock, peer) {
                         self.admit(sock, peer, counted);
                     }
@@ -53,8 +54,11 @@ impl<H: Handler> Worker<H> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO)) => {}
                 Err(e) => {
-                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: pause instead of spinning.
-                    log::warn!("accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: pause instead of
+                    // spinning, and say so once until an accept works.
+                    if !std::mem::replace(&mut self.accept_starved, true) {
+                        log::warn!("accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?} at a time");
+                    }
                     self.accept_resume = Some(self.core.now + ACCEPT_BACKOFF);
                     return;
                 }
@@ -84,8 +88,7 @@ impl<H: Handler> Worker<H> {
                 }
             },
         };
-        let serial = self.core.serial;
-        self.core.serial += 1;
+        let serial = self.core.board.next_serial(self.core.slot as usize);
         let websocket = self.core.cfg.protocol == Protocol::WebSocket;
         let proto = if websocket {
             Proto::Http(Box::default())
@@ -131,14 +134,39 @@ impl<H: Handler> Worker<H> {
                 if self.core.cfg.protocol == Protocol::WebSocket && self.tls.is_none() {
                     let _ = (&*sock).write(PER_IP_REFUSAL);
                     let _ = sock.shutdown(std::net::Shutdown::Write);
-                    // What the client sent already is read, so that the
-                    // close sends FIN after the answer, not a reset.
+                    // What the client sent already is read (a few KiB at
+                    // most), so that the close sends FIN after the answer,
+                    // not a reset.
                     let mut sink = [0u8; 1024];
-                    while matches!((&*sock).read(&mut sink), Ok(n) if n > 0) {}
+                    for _ in 0..16 {
+                        if !matches!((&*sock).read(&mut sink), Ok(n) if n > 0) {
+                            break;
+                        }
+                    }
                 }
                 log::debug!("{peer}: over max_connections_per_ip ({limit}); refused");
                 None
             }
+        }
+    }
+
+    /// Says, once per episode (until the count drops below again), that
+    /// accepting stopped at the cap, and whether the open-files limit set it.
+    fn log_full(&self) {
+        let limit = super::nofile_limit().unwrap_or(0);
+        if self.max_conns < self.core.cfg.max_connections {
+            log::warn!(
+                "at max_connections: {} connections, all the open-files limit ({limit}) \
+                 allows after its reserve for the bus and the rest (max_connections is {}); \
+                 not accepting until one closes. Raise `ulimit -n` for more",
+                self.max_conns,
+                self.core.cfg.max_connections
+            );
+        } else {
+            log::warn!(
+                "at max_connections ({}): not accepting until one closes",
+                self.max_conns
+            );
         }
     }
 

@@ -5,7 +5,7 @@
 //! the core to the handler as a [`Ctx`] and catches panics.
 
 use super::{panic_text, Worker, LISTENER, SIGNALS, SWEEP, WAKER};
-use crate::cluster::bus::{self, BusToken};
+use crate::cluster::bus::{self, BusToken, Inbox};
 use crate::core::Deferred;
 use crate::ctx::Ctx;
 use crate::error::ConnError;
@@ -53,6 +53,7 @@ impl<H: Handler> Worker<H> {
 
     fn poll_timeout(&mut self) -> Option<Duration> {
         if !self.pending_reads.is_empty()
+            || self.core.bus.has_pending()
             || !self.core.dirty.is_empty()
             || !self.core.deferred.is_empty()
             || !self.core.resumed.is_empty()
@@ -102,23 +103,33 @@ impl<H: Handler> Worker<H> {
                         self.core.link_peers();
                     }
                 }
-                Some(BusToken::In(key)) => {
-                    let mut items = Vec::new();
-                    self.core
-                        .bus
-                        .read(key, &self.core.mio, |item| items.push(item));
-                    for item in items {
-                        self.core.apply(item);
-                        // A worker message reaches the handler with the
-                        // registry as it was when it was sent, before the
-                        // records after it are applied.
-                        if !self.core.deferred.is_empty() {
-                            self.run_deferred();
-                        }
-                    }
-                }
+                Some(BusToken::In(key)) => self.read_bus(key),
                 None => self.conn_event(token.0, event),
             },
+        }
+    }
+
+    /// Reads one inbound bus link (within its budget) and applies what it
+    /// brought, in order.
+    fn read_bus(&mut self, key: usize) {
+        let mut items = Vec::new();
+        self.core
+            .bus
+            .read(key, &self.core.mio, |item| items.push(item));
+        for item in items {
+            if let Inbox::Gap(slot, missed) = item {
+                // Before anything the sender said after the gap.
+                log::warn!("bus: {missed} records from worker {slot} were lost; calling on_gap");
+                self.guard(None, |h, ctx| h.on_gap(ctx, slot as usize));
+                continue;
+            }
+            self.core.apply(item);
+            // A worker message reaches the handler with the
+            // registry as it was when it was sent, before the
+            // records after it are applied.
+            if !self.core.deferred.is_empty() {
+                self.run_deferred();
+            }
         }
     }
 
@@ -149,6 +160,9 @@ impl<H: Handler> Worker<H> {
     fn turn(&mut self) {
         for key in std::mem::take(&mut self.core.resumed) {
             self.defer_read(key);
+        }
+        for key in self.core.bus.take_pending() {
+            self.read_bus(key);
         }
         for _ in 0..self.pending_reads.len() {
             if let Some(key) = self.pending_reads.pop_front() {

@@ -78,6 +78,8 @@ pub(crate) struct Worker<H: Handler> {
     /// Accepting stopped at the connection cap; resume below it.
     accept_full: bool,
     accept_resume: Option<Instant>,
+    /// Accepting ran out of descriptors and said so; quiet until it works.
+    accept_starved: bool,
     next_sweep: Instant,
     stop_deadline: Option<Instant>,
 }
@@ -92,15 +94,32 @@ fn panic_text(p: &Box<dyn Any + Send>) -> String {
     }
 }
 
-/// Descriptors kept for everything but client sockets: the listener, bus
-/// links, epoll, signalfd, the application's own files.
-const FD_RESERVE: usize = 100;
+/// Descriptors a worker holds besides clients and bus links: the standard
+/// streams, the listeners, epoll, signalfd, the waker, a log file.
+const FD_FIXED: usize = 16;
 
-/// The open-files limit caps connections: keep [`FD_RESERVE`] for the rest.
-fn fd_cap() -> usize {
-    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
-        Ok((soft, _)) => (soft as usize).saturating_sub(FD_RESERVE),
-        Err(_) => 1000,
+/// Descriptors kept free of client sockets below an open-files limit of
+/// `limit` with `count` workers: the fixed ones, the bus links (one
+/// outbound and one inbound per other worker, and one more of each while a
+/// link is made again), and a sixteenth of the limit for the application's
+/// own files and outbound connections.
+fn fd_reserve(limit: usize, count: usize) -> usize {
+    FD_FIXED + 2 * count + limit / 16
+}
+
+/// The open-files limit, if it can be read.
+fn nofile_limit() -> Option<usize> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft as usize)
+}
+
+/// The connections the open-files limit leaves room for, after
+/// [`fd_reserve`].
+fn fd_cap(count: usize) -> usize {
+    match nofile_limit() {
+        Some(limit) => limit.saturating_sub(fd_reserve(limit, count)),
+        None => 1000,
     }
 }
 
@@ -133,11 +152,10 @@ impl<H: Handler> Worker<H> {
             cfg.bus_peer_buffer_bytes,
         )?;
         let ws_config = crate::proto::ws::config(cfg.max_frame_bytes, cfg.max_message_bytes);
-        let max_conns = cfg.max_connections.min(fd_cap()).max(1);
+        let max_conns = cfg.max_connections.min(fd_cap(cfg.count)).max(1);
         let core = Core::new(CoreParts {
             cfg,
             slot: setup.slot,
-            incarnation: setup.incarnation,
             bus,
             waker,
             mio: mio_registry,
@@ -159,8 +177,22 @@ impl<H: Handler> Worker<H> {
             max_conns,
             accept_full: false,
             accept_resume: None,
+            accept_starved: false,
             next_sweep,
             stop_deadline: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fd_reserve;
+
+    #[test]
+    fn a_small_limit_keeps_room_for_clients_and_bus_links() {
+        // 64 descriptors, 2 workers: 40 clients each, 24 for the rest.
+        assert_eq!(64 - fd_reserve(64, 2), 40);
+        // The default limit keeps a sixteenth and the bus links.
+        assert_eq!(fd_reserve(20_000, 4), 16 + 8 + 1250);
     }
 }

@@ -86,6 +86,7 @@ impl<H: Handler> Worker<H> {
             bus_queued_bytes: core.bus.queued_bytes(),
             bus_dropped_bytes: core.bus.dropped_bytes,
             bus_relinks: core.bus.relinks,
+            bus_gaps: core.bus.gaps,
         }
     }
 
@@ -96,7 +97,7 @@ impl<H: Handler> Worker<H> {
         log::info!(
             "status: pid {} local connections {} (server {}), uids {}, timers {}, \
              messages in {}, queued output {} B, dropped sends {}, bus queued {} B, \
-             bus dropped {} B, bus relinks {}",
+             bus dropped {} B, bus relinks {}, bus gaps {}",
             r.pid,
             r.conns,
             r.server_conns,
@@ -108,6 +109,7 @@ impl<H: Handler> Worker<H> {
             r.bus_queued_bytes,
             r.bus_dropped_bytes,
             r.bus_relinks,
+            r.bus_gaps,
         );
     }
 }

@@ -184,7 +184,7 @@ impl Server {
     /// yourself) and waits for its `listening on` line.
     #[track_caller]
     pub fn start(name: &str, args: &[&str]) -> Server {
-        Server::start_with_config(name, args, None, &[])
+        Server::start_with_config(&[], name, args, None, &[])
     }
 
     /// Starts example `name` on a free loopback WebSocket port with `count`
@@ -204,24 +204,39 @@ impl Server {
     /// `RUST_LOG`).
     #[track_caller]
     pub fn start_with_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
-        Server::start_with_config(name, args, None, env)
+        Server::start_with_config(&[], name, args, None, env)
     }
 
     /// As [`Server::start`], passing `-c FILE` with `toml` as the config.
     #[track_caller]
     pub fn start_with_toml(name: &str, args: &[&str], toml: &str) -> Server {
-        Server::start_with_config(name, args, Some(TempFile::new("toml", toml)), &[])
+        Server::start_with_config(&[], name, args, Some(TempFile::new("toml", toml)), &[])
+    }
+
+    /// As [`Server::start`], run by the command `prefix` (say `prlimit
+    /// --nofile=64:64`), which then runs the example.
+    #[track_caller]
+    pub fn start_under(prefix: &[&str], name: &str, args: &[&str]) -> Server {
+        Server::start_with_config(prefix, name, args, None, &[])
     }
 
     #[track_caller]
     fn start_with_config(
+        prefix: &[&str],
         name: &str,
         args: &[&str],
         config: Option<TempFile>,
         env: &[(&str, &str)],
     ) -> Server {
         let bin = example(name);
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match prefix.split_first() {
+            Some((run, its_args)) => {
+                let mut c = Command::new(run);
+                c.args(its_args).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         if let Some(c) = &config {
             cmd.arg("-c").arg(&c.path);
         }
