@@ -290,6 +290,9 @@ impl Reader {
     }
 }
 
+/// Most bytes [`decode`] reserves ahead of a record that has not arrived.
+const RESERVE_AHEAD: usize = 256 << 10;
+
 /// Takes one whole record off the front of `buf`, if there is one. Payload
 /// bytes are shared with `buf`'s allocation, not copied.
 pub(crate) fn decode(buf: &mut BytesMut) -> Result<Option<Record>, Corrupt> {
@@ -301,7 +304,9 @@ pub(crate) fn decode(buf: &mut BytesMut) -> Result<Option<Record>, Corrupt> {
         return Err(Corrupt);
     }
     if buf.len() < 4 + len {
-        buf.reserve(4 + len - buf.len());
+        // Room for what is coming, but not all of a huge announced record
+        // before its bytes arrive: the buffer grows as they do.
+        buf.reserve((4 + len - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     buf.advance(4);
@@ -371,6 +376,13 @@ pub(crate) fn decode(buf: &mut BytesMut) -> Result<Option<Record>, Corrupt> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_announced_record_reserves_only_a_bounded_part_of_it() {
+        let mut buf = BytesMut::from(&((MAX_RECORD as u32).to_le_bytes())[..]);
+        assert_eq!(decode(&mut buf), Ok(None));
+        assert!(buf.capacity() <= 4 + RESERVE_AHEAD, "{}", buf.capacity());
+    }
 
     fn samples() -> Vec<Record> {
         let a = ConnId::new(1, 2, 3);

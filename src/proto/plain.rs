@@ -56,7 +56,9 @@ pub(crate) fn decode(
                 return Err(FramingError::TooBig(len));
             }
             if buf.len() < total as usize {
-                buf.reserve(total as usize - buf.len());
+                // Room for what is coming, but never a whole announced
+                // megabyte per connection before its bytes arrive.
+                buf.reserve((total as usize - buf.len()).min(64 << 10));
                 return Ok(None);
             }
             let mut frame = buf.split_to(total as usize);
@@ -86,6 +88,13 @@ fn newline(buf: &[u8], from: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_header_does_not_reserve_all_it_announces() {
+        let mut buf = BytesMut::from(&(1u32 << 20).to_be_bytes()[..]);
+        assert_eq!(decode(Protocol::Frame, &mut buf, 1 << 20, 0), Ok(None));
+        assert!(buf.capacity() <= 4 + (64 << 10), "{}", buf.capacity());
+    }
     use crate::proto::codec::{encode, Wire};
 
     #[test]
