@@ -517,16 +517,17 @@ impl Chunked {
                         let _ = input.split_to(2);
                         self.state = ChunkState::Size;
                     }
-                    [b'\n', ..] => {
-                        let _ = input.split_to(1);
-                        self.state = ChunkState::Size;
-                    }
+                    // Only CRLF: a lenient reading here is what request
+                    // smuggling between two parsers is made of.
                     [] | [b'\r'] => return Ok(None),
                     _ => return Err(400),
                 },
                 ChunkState::Trailers => {
                     let room = MAX_HEAD_BYTES.saturating_sub(self.trailers);
-                    let Some(line) = self.line(input, room).map_err(|_| 431u16)? else {
+                    let line = self.line(input, room);
+                    // Too long is 431; a bad line end stays 400.
+                    let line = line.map_err(|e| if input.len() > room { 431 } else { e });
+                    let Some(line) = line? else {
                         return Ok(None);
                     };
                     if line.is_empty() {
@@ -540,7 +541,7 @@ impl Chunked {
 
     /// The next line off the front of `input`, without its line end;
     /// `Ok(None)` until its `\n` is in (searched for in new bytes only);
-    /// 400 when it is longer than `max`.
+    /// 400 when it is longer than `max` or does not end in CRLF.
     fn line(&mut self, input: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, u16> {
         let from = self.scanned.min(input.len());
         match input[from..].iter().position(|b| *b == b'\n') {
@@ -553,9 +554,11 @@ impl Chunked {
                 self.scanned = 0;
                 let mut line = input.split_to(from + p + 1);
                 line.truncate(from + p);
-                if line.last() == Some(&b'\r') {
-                    line.truncate(line.len() - 1);
+                // Chunk-size and trailer lines end in CRLF, never a bare LF.
+                if line.last() != Some(&b'\r') {
+                    return Err(400);
                 }
+                line.truncate(line.len() - 1);
                 Ok(Some(line))
             }
         }
@@ -569,7 +572,11 @@ fn chunk_size(line: &[u8]) -> Result<usize, u16> {
         .iter()
         .position(|b| !b.is_ascii_hexdigit())
         .unwrap_or(line.len());
-    let rest = line[digits..].trim_ascii_start();
+    let blank = line[digits..]
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count();
+    let rest = &line[digits + blank..];
     if digits == 0 || !(rest.is_empty() || rest[0] == b';') {
         return Err(400);
     }
@@ -793,6 +800,26 @@ mod tests {
         assert_eq!(Chunked::new().decode(&mut big, 10), Err(413));
         let mut bad = BytesMut::from(&b"zz\r\n"[..]);
         assert_eq!(Chunked::new().decode(&mut bad, 10), Err(400));
+    }
+
+    #[test]
+    fn chunked_framing_takes_crlf_only() {
+        // Shapes another parser in front of us could read differently.
+        for wire in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5\r\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\n",
+        ] {
+            let mut input = BytesMut::from(wire);
+            let got = Chunked::new().decode(&mut input, 100);
+            assert_eq!(got, Err(400), "{:?}", String::from_utf8_lossy(wire));
+        }
+        let mut ok = BytesMut::from(&b"5 \t;x\r\nhello\r\n0\r\n\r\n"[..]);
+        assert_eq!(
+            Chunked::new().decode(&mut ok, 100),
+            Ok(Some(Bytes::from_static(b"hello")))
+        );
     }
 
     #[test]

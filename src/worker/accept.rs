@@ -76,7 +76,7 @@ impl<H: Handler> Worker<H> {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::error!("register: {e}");
-            return;
+            return self.unadmit(peer, per_ip);
         }
         let io = match &self.tls {
             None => Transport::Plain(sock),
@@ -84,7 +84,7 @@ impl<H: Handler> Worker<H> {
                 Ok(session) => Transport::tls(sock, session),
                 Err(e) => {
                     log::error!("TLS session for {peer}: {e}");
-                    return;
+                    return self.unadmit(peer, per_ip);
                 }
             },
         };
@@ -147,6 +147,14 @@ impl<H: Handler> Worker<H> {
                 log::debug!("{peer}: over max_connections_per_ip ({limit}); refused");
                 None
             }
+        }
+    }
+
+    /// Gives back the place `limit_per_ip` counted for a connection that
+    /// could not be set up.
+    fn unadmit(&mut self, peer: std::net::SocketAddr, per_ip: bool) {
+        if per_ip {
+            self.core.board.release(self.core.slot as usize, peer.ip());
         }
     }
 

@@ -151,6 +151,12 @@ impl<H: Handler> Worker<H> {
         };
         if let Proto::Http(h) = &mut c.proto {
             if std::mem::take(&mut h.held) {
+                // The hold's pause ends with it: `try_head` pauses again if
+                // output is still over the cap. (Left set, a partial head
+                // would leave the socket unread with nothing to resume it.)
+                if !h.responding() {
+                    c.marks.paused = false;
+                }
                 self.try_head(key);
             }
         }
