@@ -224,7 +224,7 @@ pub fn bus_record(data: &[u8]) {
 /// The WebSocket read path of an accepted connection: the first chunk of
 /// `data` comes with the upgrade request (tungstenite gets it when it takes
 /// the stream), the rest arrives in chunks; tungstenite's server-role
-/// context reads through [`WsIo`] under the server's default limits, as the
+/// context reads through `WsIo` under the server's default limits, as the
 /// worker's `feed_ws` runs it. Every message it gives passes through the
 /// send path's reframing to every wire and back.
 pub fn websocket(data: &[u8]) {

@@ -8,7 +8,8 @@ use std::str::FromStr;
 /// It names the worker slot that owns the connection, the connection's key in
 /// that worker's table, and a serial number that is never reused for another
 /// connection, not even by a replacement worker in the same slot, however
-/// many times the slot is restarted (see [`Serials`]). A stale id therefore
+/// many times the slot is restarted (one counter per slot, in memory the
+/// master shares with its workers). A stale id therefore
 /// never reaches a new tenant: sends to it are no-ops.
 ///
 /// Its text form, `"{worker}.{key}.{serial}"`, is what [`fmt::Display`] prints
