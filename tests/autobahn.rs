@@ -15,7 +15,7 @@ use common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// The case groups a full run without compression covers (there is no 8).
@@ -182,23 +182,32 @@ fn fresh_report_dir(outdir: &Path) -> ((PathBuf, Stdio), (PathBuf, Stdio)) {
     (log("stdout"), log("stderr"))
 }
 
+/// Starts kosoku with `args` (a server to test, or fuzzingserver mode), the
+/// cases we run and a fresh report in `outdir`; its stdout and stderr go to
+/// the files whose paths come back with it.
+fn spawn_kosoku(kosoku: &Path, args: &[&str], outdir: &Path) -> (Child, PathBuf, PathBuf) {
+    let ((out_path, out), (err_path, err)) = fresh_report_dir(outdir);
+    let child = Command::new(kosoku)
+        .args(args)
+        .args(["-x", "12.*", "-x", "13.*", "-o"])
+        .arg(outdir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {}: {e}", kosoku.display()));
+    (child, out_path, err_path)
+}
+
 fn run_conformance(name: &str, extra_args: &[&str]) {
     let kosoku = kosoku();
     let server = Server::start_ws("echo", 2, extra_args, Some(BIG_LIMITS));
     server.wait_workers(2, REPLY_TIMEOUT);
 
     let outdir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("autobahn-{name}"));
-    let ((out_path, out), (err_path, err)) = fresh_report_dir(&outdir);
     let started = Instant::now();
-    let mut child = Command::new(&kosoku)
-        .arg(format!("ws://{}", server.addr))
-        .args(["-x", "12.*", "-x", "13.*", "-o"])
-        .arg(&outdir)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("run {}: {e}", kosoku.display()));
+    let target = format!("ws://{}", server.addr);
+    let (mut child, out_path, err_path) = spawn_kosoku(&kosoku, &[&target], &outdir);
     let status = wait_child(&mut child, RUN_TIMEOUT, "kosoku");
     let stdout = std::fs::read_to_string(out_path).unwrap_or_default();
     let stderr = std::fs::read_to_string(err_path).unwrap_or_default();
@@ -280,17 +289,9 @@ fn outbound_client_passes_autobahn() {
     const AGENT: &str = "foreman";
     let kosoku = kosoku();
     let outdir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("autobahn-client");
-    let ((out_path, out), (err_path, err)) = fresh_report_dir(&outdir);
     let started = Instant::now();
-    let mut child = Command::new(&kosoku)
-        .args(["-m", "fuzzingserver", "127.0.0.1:0"])
-        .args(["-x", "12.*", "-x", "13.*", "-o"])
-        .arg(&outdir)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("run {}: {e}", kosoku.display()));
+    let mode = ["-m", "fuzzingserver", "127.0.0.1:0"];
+    let (mut child, out_path, err_path) = spawn_kosoku(&kosoku, &mode, &outdir);
     // kosoku prints the port it bound: `fuzzingserver listening on ws://H:P`.
     let listening = poll_until(REPLY_TIMEOUT, "kosoku's listening line", || {
         let text = std::fs::read_to_string(&err_path).unwrap_or_default();

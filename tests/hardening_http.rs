@@ -22,6 +22,19 @@ fn head(method: &str, path: &str, extra: &str) -> Vec<u8> {
     format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n").into_bytes()
 }
 
+/// A `POST /echo` with `extra` headers and then `body`, on a connection of
+/// its own: answered with `status` (the first answer: no `100 Continue`
+/// before it), then closed.
+fn refused_post(server: &Server, extra: &str, body: &str, status: u16) {
+    let mut c = Client::connect(server.addr);
+    let mut request = head("POST", "/echo", extra);
+    request.extend_from_slice(body.as_bytes());
+    c.send(&request);
+    let r = c.reply();
+    assert_eq!(r.status, status, "{extra:?}: {r:?}");
+    c.expect_closed();
+}
+
 fn post(path: &str, body: &str, extra: &str) -> Vec<u8> {
     let mut h = head(
         "POST",
@@ -229,21 +242,10 @@ fn a_chunked_body_is_decoded_and_bounded() {
     assert_eq!(c.reply().body_text(), "after");
 
     // Past max_http_body_bytes: 413 and closed.
-    let mut c = Client::connect(server.addr);
-    c.send(&head("POST", "/echo", "Transfer-Encoding: chunked\r\n"));
-    c.send(format!("65\r\n{}\r\n0\r\n\r\n", "x".repeat(101)).as_bytes());
-    assert_eq!(c.reply().status, 413);
-    c.expect_closed();
-
+    let body = format!("65\r\n{}\r\n0\r\n\r\n", "x".repeat(101));
+    refused_post(&server, "Transfer-Encoding: chunked\r\n", &body, 413);
     // Another coding before chunked: 501.
-    let mut c = Client::connect(server.addr);
-    c.send(&head(
-        "POST",
-        "/echo",
-        "Transfer-Encoding: gzip, chunked\r\n",
-    ));
-    assert_eq!(c.reply().status, 501);
-    c.expect_closed();
+    refused_post(&server, "Transfer-Encoding: gzip, chunked\r\n", "", 501);
 }
 
 #[test]
@@ -262,24 +264,10 @@ fn expect_100_continue_is_answered_before_the_body() {
     assert_eq!((r.status, r.body_text()), (200, "body".into()), "{r:?}");
 
     // Over the limit: 413 at once, no 100.
-    let mut c = Client::connect(server.addr);
-    c.send(&head(
-        "POST",
-        "/echo",
-        "Content-Length: 101\r\nExpect: 100-continue\r\n",
-    ));
-    assert_eq!(c.reply().status, 413);
-    c.expect_closed();
-
+    let over = "Content-Length: 101\r\nExpect: 100-continue\r\n";
+    refused_post(&server, over, "", 413);
     // An expectation we cannot meet: 417.
-    let mut c = Client::connect(server.addr);
-    c.send(&head(
-        "POST",
-        "/echo",
-        "Content-Length: 4\r\nExpect: teapot\r\n",
-    ));
-    assert_eq!(c.reply().status, 417);
-    c.expect_closed();
+    refused_post(&server, "Content-Length: 4\r\nExpect: teapot\r\n", "", 417);
 }
 
 #[test]
