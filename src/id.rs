@@ -12,10 +12,16 @@ use std::str::FromStr;
 /// master shares with its workers). A stale id therefore
 /// never reaches a new tenant: sends to it are no-ops.
 ///
-/// Its text form, `"{worker}.{key}.{serial}"`, is what [`fmt::Display`] prints
-/// and [`FromStr`] parses.
+/// On a cluster (`[cluster]` in the config) it also names the node: a
+/// 32-bit number derived from the node's name ([`crate::Ctx::node`]), never
+/// 0; on a single server the node number is 0.
+///
+/// Its text form, `"{worker}.{key}.{serial}"` on a single server and
+/// `"{node}.{worker}.{key}.{serial}"` on a cluster, is what [`fmt::Display`]
+/// prints and [`FromStr`] parses.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId {
+    pub(crate) node: u32,
     pub(crate) worker: u16,
     pub(crate) key: u32,
     pub(crate) serial: u64,
@@ -23,11 +29,21 @@ pub struct ConnId {
 
 impl ConnId {
     pub(crate) fn new(worker: u16, key: u32, serial: u64) -> Self {
+        ConnId::on_node(0, worker, key, serial)
+    }
+
+    pub(crate) fn on_node(node: u32, worker: u16, key: u32, serial: u64) -> Self {
         ConnId {
+            node,
             worker,
             key,
             serial,
         }
+    }
+
+    /// The node that owns this connection: 0 on a single server.
+    pub fn node(&self) -> u32 {
+        self.node
     }
 
     /// The worker slot (0 to count - 1) that owns this connection.
@@ -38,6 +54,9 @@ impl ConnId {
 
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.node != 0 {
+            write!(f, "{}.", self.node)?;
+        }
         write!(f, "{}.{}.{}", self.worker, self.key, self.serial)
     }
 }
@@ -50,7 +69,7 @@ impl fmt::Debug for ConnId {
 
 /// The text was not of the form `worker.key.serial`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a connection id (expected worker.key.serial): {0:?}")]
+#[error("not a connection id (expected worker.key.serial or node.worker.key.serial): {0:?}")]
 pub struct ParseConnIdError(String);
 
 impl FromStr for ConnId {
@@ -58,14 +77,22 @@ impl FromStr for ConnId {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || ParseConnIdError(s.chars().take(64).collect());
-        let mut parts = s.split('.');
-        let worker = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-        let key = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-        let serial = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-        if parts.next().is_some() {
-            return Err(bad());
-        }
-        Ok(ConnId::new(worker, key, serial))
+        let parts: Vec<&str> = s.split('.').collect();
+        let (node, rest) = match parts.len() {
+            3 => (0, &parts[..]),
+            4 => {
+                let node: u32 = parts[0].parse().map_err(|_| bad())?;
+                if node == 0 {
+                    return Err(bad());
+                }
+                (node, &parts[1..])
+            }
+            _ => return Err(bad()),
+        };
+        let worker = rest[0].parse().map_err(|_| bad())?;
+        let key = rest[1].parse().map_err(|_| bad())?;
+        let serial = rest[2].parse().map_err(|_| bad())?;
+        Ok(ConnId::on_node(node, worker, key, serial))
     }
 }
 
@@ -94,11 +121,14 @@ mod tests {
     fn conn_id_round_trips_through_text() {
         let id = ConnId::new(3, 17, 1 << 41);
         assert_eq!(id.to_string().parse::<ConnId>(), Ok(id));
+        let id = ConnId::on_node(4_000_000_000, 3, 17, 9);
+        assert_eq!(id.to_string(), "4000000000.3.17.9");
+        assert_eq!(id.to_string().parse::<ConnId>(), Ok(id));
     }
 
     #[test]
     fn conn_id_rejects_malformed_text() {
-        for bad in ["", "1", "1.2", "1.2.3.4", "a.b.c", "70000.1.1", "-1.0.0"] {
+        for bad in ["", "1", "1.2", "0.1.2.3", "1.2.3.4.5", "a.b.c", "70000.1.1", "-1.0.0"] {
             assert!(bad.parse::<ConnId>().is_err(), "{bad:?} parsed");
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! A record is `u32 length (LE, of what follows) | u8 kind | body`. Integers
 //! are little-endian, strings and byte strings are `u32 length | bytes`, a
-//! [`ConnId`] is `u16 worker | u32 key | u64 serial`. Payloads of deliveries are
+//! [`ConnId`] is `u32 node | u16 worker | u32 key | u64 serial`. Payloads of deliveries are
 //! already encoded for the listener's protocol (a whole WebSocket frame, say),
 //! so the receiving worker queues them as they are, shared among recipients.
 
@@ -81,6 +81,7 @@ mod kind {
 }
 
 fn put_id(out: &mut BytesMut, id: ConnId) {
+    out.put_u32_le(id.node);
     out.put_u16_le(id.worker);
     out.put_u32_le(id.key);
     out.put_u64_le(id.serial);
@@ -197,7 +198,7 @@ pub(crate) fn encode(out: &mut BytesMut, rec: &Record) {
 }
 
 /// Bytes of one id, and of a length prefix.
-const ID: usize = 14;
+const ID: usize = 18;
 const LEN: usize = 4;
 
 /// The size of a record's body (what its length prefix counts), computed
@@ -273,7 +274,12 @@ impl Reader {
         Ok(self.0.get_u64_le())
     }
     fn id(&mut self) -> Result<ConnId, Corrupt> {
-        Ok(ConnId::new(self.u16()?, self.u32()?, self.u64()?))
+        Ok(ConnId::on_node(
+            self.u32()?,
+            self.u16()?,
+            self.u32()?,
+            self.u64()?,
+        ))
     }
     fn bytes(&mut self) -> Result<Bytes, Corrupt> {
         let n = self.u32()? as usize;
@@ -285,7 +291,7 @@ impl Reader {
     }
     fn ids(&mut self) -> Result<Vec<ConnId>, Corrupt> {
         let n = self.u32()? as usize;
-        self.need(n.saturating_mul(14))?;
+        self.need(n.saturating_mul(ID))?;
         (0..n).map(|_| self.id()).collect()
     }
 }

@@ -33,7 +33,7 @@ impl Core {
         if !c.life.open() {
             return None;
         }
-        let id = ConnId::new(self.slot, key as u32, c.serial);
+        let id = ConnId::on_node(self.node, self.slot, key as u32, c.serial);
         match c.dial.as_mut() {
             Some(dial) => dial.reset_backoff(),
             None => self.list(key),
@@ -49,7 +49,7 @@ impl Core {
             return;
         }
         c.marks.listed = true;
-        let id = ConnId::new(self.slot, key as u32, c.serial);
+        let id = ConnId::on_node(self.node, self.slot, key as u32, c.serial);
         self.registry.open(id);
         self.bus.broadcast(&Record::Open(id));
     }
@@ -140,7 +140,7 @@ impl Core {
     /// peer's close frame, if that is what ended it).
     fn forget(&mut self, key: usize, error: Option<ConnError>, peer: Option<CloseFrame>) {
         let c = &mut self.conns[key];
-        let id = ConnId::new(self.slot, key as u32, c.serial);
+        let id = ConnId::on_node(self.node, self.slot, key as u32, c.serial);
         if c.marks.listed {
             c.marks.listed = false;
             self.registry.close(id);
@@ -167,7 +167,7 @@ impl Core {
         if c.life.is_waiting() {
             return;
         }
-        let id = ConnId::new(self.slot, key as u32, c.serial);
+        let id = ConnId::on_node(self.node, self.slot, key as u32, c.serial);
         if c.life.is_open() {
             c.life.close(self.now);
             self.forget(key, error, None);

@@ -83,6 +83,8 @@ pub(crate) struct Stats {
 pub(crate) struct Core {
     pub(crate) cfg: Arc<Config>,
     pub(crate) slot: u16,
+    /// This node's number in [`ConnId`]s: 0 without a cluster.
+    pub(crate) node: u32,
     pub(crate) count: u16,
     /// How messages look on the listener's connections.
     pub(crate) wire: Wire,
@@ -128,6 +130,7 @@ impl Core {
         let pool = Pool::new(cfg.blocking_threads, cfg.blocking_queue, p.waker.clone());
         Core {
             slot: p.slot,
+            node: cfg.cluster.as_ref().map_or(0, |c| c.node_number()),
             count: cfg.count as u16,
             wire: Wire::server(cfg.protocol),
             conns: Slab::new(),
@@ -156,12 +159,27 @@ impl Core {
     }
 
     pub(crate) fn id_of(&self, key: usize, c: &Conn) -> ConnId {
-        ConnId::new(self.slot, key as u32, c.serial)
+        self.make_id(key, c.serial)
+    }
+
+    /// The id of this worker's connection with slab key `key`.
+    pub(crate) fn make_id(&self, key: usize, serial: u64) -> ConnId {
+        ConnId::on_node(self.node, self.slot, key as u32, serial)
+    }
+
+    /// Whether a connection is this worker's (whatever its state).
+    pub(crate) fn is_mine(&self, conn: ConnId) -> bool {
+        conn.worker == self.slot && conn.node == self.node
+    }
+
+    /// Whether a connection is on this node (any worker of this server).
+    pub(crate) fn on_this_node(&self, conn: ConnId) -> bool {
+        conn.node == self.node
     }
 
     /// The slab key of a local connection with this id, whatever its phase.
     pub(crate) fn key_of(&self, conn: ConnId) -> Option<usize> {
-        if conn.worker != self.slot {
+        if !self.is_mine(conn) {
             return None;
         }
         let key = conn.key as usize;

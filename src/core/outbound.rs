@@ -36,7 +36,7 @@ impl Core {
             dial: Some(Box::new(dial)),
         });
         self.redials.push(Reverse((self.now, key, serial)));
-        ConnId::new(self.slot, key as u32, serial)
+        self.make_id(key, serial)
     }
 
     /// Queues the next attempt of a connection that was just dropped and

@@ -91,6 +91,12 @@ impl<'a> Ctx<'a> {
         self.core.count as usize
     }
 
+    /// This node's name on a cluster (`[cluster] node`); `None` on a single
+    /// server. Its number is [`ConnId::node`] of this node's connections.
+    pub fn node(&self) -> Option<&str> {
+        self.core.cfg.cluster.as_ref().map(|c| c.node.as_str())
+    }
+
     /// The configuration the server runs with.
     pub fn config(&self) -> &Config {
         &self.core.cfg

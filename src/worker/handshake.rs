@@ -64,7 +64,7 @@ impl<H: Handler> Worker<H> {
         let Some(c) = self.core.conns.get_mut(key) else {
             return Next::Wait;
         };
-        let id = crate::id::ConnId::new(self.core.slot, key as u32, c.serial);
+        let id = crate::id::ConnId::on_node(self.core.node, self.core.slot, key as u32, c.serial);
         let (peer, out_len) = (c.peer, c.out.len());
         let Proto::Http(h) = &mut c.proto else {
             return Next::Wait;

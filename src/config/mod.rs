@@ -5,6 +5,10 @@
 //! optional) -> [`Config::from_section`] (defaults, validation). A bad file
 //! stops start-up with a message naming the key and the problem.
 
+mod cluster;
+
+pub use cluster::{ClusterConfig, ClusterSection, RedisUrl};
+
 use crate::error::{Error, Result};
 use crate::proto::Protocol;
 use serde::Deserialize;
@@ -179,6 +183,9 @@ pub struct Config {
     /// Most HTTP requests answered on one kept-alive connection; the last one
     /// says `Connection: close`. Default 1000.
     pub max_requests_per_connection: usize,
+    /// The `[cluster]` table: `None` (default) for a single node. See
+    /// [`ClusterConfig`].
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -212,6 +219,7 @@ impl Default for Config {
             handler_timeout: Some(Duration::from_secs(10)),
             keepalive_timeout: Some(Duration::from_secs(5)),
             max_requests_per_connection: 1000,
+            cluster: None,
         }
     }
 }
@@ -245,12 +253,15 @@ impl Config {
         })
     }
 
-    /// Builds the config from the `[server]` table of TOML text.
+    /// Builds the config from the `[server]` and `[cluster]` tables of TOML
+    /// text.
     pub fn from_toml_str(text: &str) -> Result<Config> {
         #[derive(Deserialize)]
         struct File {
             #[serde(default)]
             server: Option<toml::Value>,
+            #[serde(default)]
+            cluster: Option<toml::Value>,
         }
         let file: File = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
         let section = match file.server {
@@ -258,7 +269,20 @@ impl Config {
             Some(v) => ServerSection::deserialize(v)
                 .map_err(|e| Error::Config(format!("[server]: {e}")))?,
         };
-        Config::from_section(&section)
+        let mut config = Config::from_section(&section)?;
+        if let Some(v) = file.cluster {
+            let cluster = ClusterSection::deserialize(v)
+                .map_err(|e| Error::Config(format!("[cluster]: {e}")))?;
+            config.set_cluster(&cluster)?;
+        }
+        Ok(config)
+    }
+
+    /// Validates a `[cluster]` table into [`Config::cluster`] (`None` when
+    /// it has no `redis_url`). Errors name the key.
+    pub fn set_cluster(&mut self, section: &ClusterSection) -> Result<()> {
+        self.cluster = ClusterConfig::from_section(section)?;
+        Ok(())
     }
 
     /// Fills defaults for absent keys and validates.
@@ -511,6 +535,19 @@ mod tests {
         assert!(e.to_string().contains("count"), "{e}");
         let e = Config::from_toml_str("[server]\nlisten = \"nohost\"").unwrap_err();
         assert!(e.to_string().contains("host:port"), "{e}");
+    }
+
+    #[test]
+    fn the_cluster_table_is_read() {
+        let c = Config::from_toml_str(
+            "[cluster]\nredis_url = \"redis://127.0.0.1:7/1\"\nnode = \"a\"\npresence_ttl_ms = 900",
+        )
+        .unwrap();
+        let cl = c.cluster.unwrap();
+        assert_eq!((cl.node.as_str(), cl.redis.port, cl.redis.db), ("a", 7, 1));
+        let e = Config::from_toml_str("[cluster]\nredis = 1").unwrap_err();
+        assert!(e.to_string().contains("[cluster]"), "{e}");
+        assert!(Config::from_toml_str("").unwrap().cluster.is_none());
     }
 
     #[test]
