@@ -6,7 +6,9 @@
 #   scripts/test.sh                  everything
 #   scripts/test.sh --quick [ARGS]   `cargo test ARGS` only, no conformance run
 #
-# Idempotent; installs what it needs (scripts/setup-conformance.sh).
+# Idempotent; installs what it needs: redis-server for the cluster tests
+# (scripts/setup-redis.sh, also with --quick), kosoku for the conformance run
+# (scripts/setup-conformance.sh).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,6 +41,7 @@ step() {
     timings+=("$(printf '%-24s %5ds  %s' "$name" $((SECONDS - start)) "$verdict")")
 }
 
+step "setup-redis" scripts/setup-redis.sh
 if [ "$quick" = 0 ]; then
     step "setup-conformance" scripts/setup-conformance.sh
 fi

@@ -53,9 +53,19 @@ pub fn neighbour_and_stranger(server: &Server) -> (Peer, Peer, Peer) {
 
 /// Peer indexes by worker slot.
 pub fn by_worker(peers: &[Peer]) -> BTreeMap<usize, Vec<usize>> {
-    let mut out: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    group_peers(peers, |p| p.worker)
+}
+
+/// Peer indexes by unit (node, worker): on a cluster, the workers of one
+/// node come next to each other.
+pub fn by_unit(peers: &[Peer]) -> BTreeMap<(u32, usize), Vec<usize>> {
+    group_peers(peers, Peer::unit)
+}
+
+fn group_peers<K: Ord>(peers: &[Peer], key: impl Fn(&Peer) -> K) -> BTreeMap<K, Vec<usize>> {
+    let mut out: BTreeMap<K, Vec<usize>> = BTreeMap::new();
     for (i, p) in peers.iter().enumerate() {
-        out.entry(p.worker).or_default().push(i);
+        out.entry(key(p)).or_default().push(i);
     }
     out
 }
@@ -63,15 +73,38 @@ pub fn by_worker(peers: &[Peer]) -> BTreeMap<usize, Vec<usize>> {
 /// Asserts that the peers landed on all `count` workers; returns them by worker.
 #[track_caller]
 pub fn spread(peers: &[Peer], count: usize) -> BTreeMap<usize, Vec<usize>> {
-    let w = by_worker(peers);
-    let sizes: Vec<(usize, usize)> = w.iter().map(|(k, v)| (*k, v.len())).collect();
+    assert_spread(by_worker(peers), count, "workers")
+}
+
+/// Asserts that the peers landed on all `count` units (every worker of every
+/// node); returns them by unit.
+#[track_caller]
+pub fn spread_units(peers: &[Peer], count: usize) -> BTreeMap<(u32, usize), Vec<usize>> {
+    assert_spread(by_unit(peers), count, "units (node, worker)")
+}
+
+#[track_caller]
+fn assert_spread<K: Ord + std::fmt::Debug + Clone>(
+    w: BTreeMap<K, Vec<usize>>,
+    count: usize,
+    what: &str,
+) -> BTreeMap<K, Vec<usize>> {
+    let sizes: Vec<(K, usize)> = w.iter().map(|(k, v)| (k.clone(), v.len())).collect();
+    let n: usize = w.values().map(Vec::len).sum();
     assert_eq!(
         w.len(),
         count,
-        "{} clients should land on all {count} workers: {sizes:?}",
-        peers.len()
+        "{n} clients should land on all {count} {what}: {sizes:?}"
     );
     w
+}
+
+/// Where a peer lives, for messages: `worker W`, or `node N worker W`.
+pub fn place_of(peer: &Peer) -> String {
+    match peer.node {
+        0 => format!("worker {}", peer.worker),
+        n => format!("node {n} worker {}", peer.worker),
+    }
 }
 
 /// What the registry should say, kept by the test.
@@ -249,12 +282,12 @@ pub fn converge(peers: &mut [Peer], reps: &[usize], truth: &Truth, timeout: Dura
     loop {
         let mut diffs = Vec::new();
         for &r in reps {
-            let w = peers[r].worker;
+            let w = place_of(&peers[r]);
             diffs.extend(
                 truth
                     .diff(&mut peers[r])
                     .into_iter()
-                    .map(|d| format!("worker {w}: {d}")),
+                    .map(|d| format!("{w}: {d}")),
             );
         }
         if diffs.is_empty() {
@@ -296,9 +329,9 @@ pub fn expect_pushes_until(
         assert_eq!(
             got,
             expected(i),
-            "peer {i} ({}, worker {}) before {marker:?}",
+            "peer {i} ({}, {}) before {marker:?}",
             peers[i].conn,
-            peers[i].worker
+            place_of(&peers[i])
         );
     }
 }

@@ -10,7 +10,9 @@ pub mod cert;
 pub mod cluster;
 pub mod dialer;
 pub mod http;
+pub mod nodes;
 pub mod procfs;
+pub mod redis;
 pub mod sockdiag;
 pub mod ws;
 
@@ -29,7 +31,9 @@ use std::time::{Duration, Instant};
 
 pub use cluster::*;
 pub use http::*;
+pub use nodes::*;
 pub use procfs::*;
+pub use redis::*;
 pub use ws::*;
 
 /// Polls `cond` until it holds or `timeout` passes; panics naming `what`.
@@ -361,10 +365,11 @@ impl Server {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-}
 
-impl Drop for Server {
-    fn drop(&mut self) {
+    /// SIGKILLs the master and every process below it at once (a machine
+    /// that loses power, as far as the others can tell) and reaps the
+    /// master. Does nothing if it has already exited.
+    pub fn kill_all(&mut self) {
         // A master already reaped has given its pid (and process group id)
         // back to the system: signalling it now could hit an unrelated
         // process. Its workers died with it (PR_SET_PDEATHSIG).
@@ -376,8 +381,14 @@ impl Drop for Server {
             for p in pids {
                 let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
             }
-            let _ = self.child.wait();
+            self.exited = self.child.wait().ok();
         }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill_all();
         if std::thread::panicking() {
             let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
             let tail: VecDeque<_> = log.iter().rev().take(80).collect();

@@ -161,8 +161,12 @@ pub fn connect_many(addr: SocketAddr, path: &str, n: usize) -> Vec<Ws> {
 /// connection sent here, a timer tick) and is kept in order in `pushes`.
 pub struct Peer {
     pub ws: Ws,
-    /// This connection's id as the server prints it (`worker.key.serial`).
+    /// This connection's id as the server prints it (`worker.key.serial`,
+    /// `node.worker.key.serial` on a cluster).
     pub conn: String,
+    /// The node number of a cluster (the first part of a four-part `conn`);
+    /// 0 on a single server.
+    pub node: u32,
     /// The worker slot it landed on.
     pub worker: usize,
     /// The pid of that worker process.
@@ -194,6 +198,7 @@ impl Peer {
         Peer {
             ws,
             conn: String::new(),
+            node: 0,
             worker: usize::MAX,
             pid: 0,
             pushes: VecDeque::new(),
@@ -204,6 +209,12 @@ impl Peer {
     #[track_caller]
     fn identify(&mut self, me: &Value) {
         self.conn = me["conn"].as_str().expect("whoami.conn").to_string();
+        let parts: Vec<&str> = self.conn.split('.').collect();
+        self.node = match parts.len() {
+            3 => 0,
+            4 => parts[0].parse().expect("whoami.conn: a node number"),
+            _ => panic!("whoami.conn {:?}: not a connection id", self.conn),
+        };
         self.worker = me["worker"].as_u64().expect("whoami.worker") as usize;
         self.pid = me["pid"].as_i64().expect("whoami.pid") as i32;
     }
@@ -232,10 +243,21 @@ impl Peer {
         id
     }
 
+    /// The worker this connection is on, and its node: where it lives.
+    pub fn unit(&self) -> (u32, usize) {
+        (self.node, self.worker)
+    }
+
     /// Waits for the reply to command `id`, keeping pushes that come first.
     #[track_caller]
     pub fn reply(&mut self, id: u64) -> Value {
-        let deadline = Instant::now() + REPLY_TIMEOUT;
+        self.reply_within(id, REPLY_TIMEOUT)
+    }
+
+    /// As [`Peer::reply`], failing if the reply takes longer than `timeout`.
+    #[track_caller]
+    pub fn reply_within(&mut self, id: u64, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
         loop {
             match self.ws.recv_until(deadline) {
                 Recv::Text(t) => {
@@ -249,7 +271,10 @@ impl Peer {
                     }
                     self.pushes.push_back(t);
                 }
-                other => panic!("{}: no reply to command {id}: {other:?}", self.conn),
+                other => panic!(
+                    "{}: no reply to command {id} within {timeout:?}: {other:?}",
+                    self.conn
+                ),
             }
         }
     }
@@ -304,8 +329,15 @@ pub fn strings(v: &Value) -> Vec<String> {
 /// Connects `n` testbed peers (the `whoami` round trips overlap).
 #[track_caller]
 pub fn connect_peers(addr: SocketAddr, n: usize) -> Vec<Peer> {
+    connect_peers_across(&[addr], n)
+}
+
+/// Connects `n` testbed peers, peer `i` to `addrs[i % addrs.len()]` (the
+/// nodes of a cluster, taken in turn).
+#[track_caller]
+pub fn connect_peers_across(addrs: &[SocketAddr], n: usize) -> Vec<Peer> {
     let mut peers: Vec<Peer> = (0..n)
-        .map(|_| Peer::unidentified(Ws::connect(addr, "/")))
+        .map(|i| Peer::unidentified(Ws::connect(addrs[i % addrs.len()], "/")))
         .collect();
     let ids: Vec<u64> = peers
         .iter_mut()
