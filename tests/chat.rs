@@ -197,31 +197,7 @@ fn say_is_stored_acked_and_checked() {
 
 #[test]
 fn users_lists_distinct_names_sorted() {
-    let server = ChatServer::start("users", 2, "");
-    let mut zed = Client::login(&server, "zed");
-    let mut al = Client::login(&server, "al");
-    let _al2 = Client::login(&server, "al");
-    let _b = Client::login(&server, "B");
-    let _anon = Client::connect(&server);
-    zed.join("r");
-    al.join("r");
-    al.send(json!({"type": "users", "ref": "u"}));
-    // Registry changes reach other workers within moments: wait for them.
-    let all = al.wait_for("all users", |v| v["type"] == "users" && v["count"] == 3);
-    assert_eq!(
-        all,
-        json!({"type": "users", "users": ["B", "al", "zed"], "count": 3, "ref": "u"})
-    );
-    al.send(json!({"type": "users", "room": "r"}));
-    let r = al.expect("users");
-    assert_eq!(
-        r,
-        json!({"type": "users", "room": "r", "users": ["al", "zed"], "count": 2})
-    );
-    al.send(json!({"type": "users", "room": "empty"}));
-    assert_eq!(al.expect("users")["count"], 0);
-    al.send(json!({"type": "users", "room": "bad room"}));
-    al.expect_error("bad_name");
+    chat_util::scenarios::users_lists_distinct_names_sorted(chat_util::Deployment::one);
 }
 
 #[test]

@@ -17,7 +17,8 @@ pub struct Client {
     ws: WebSocket<TcpStream>,
     /// The user after `login`.
     pub user: String,
-    /// The connection id from `welcome` (`worker.key.serial`).
+    /// The connection id from `welcome` (`worker.key.serial`, or
+    /// `node.worker.key.serial` on a cluster).
     pub conn: String,
 }
 
@@ -76,13 +77,17 @@ impl Client {
         }
     }
 
-    /// The worker serving this connection.
+    /// The worker serving this connection: the first part of a
+    /// `worker.key.serial` conn, the second of a cluster's
+    /// `node.worker.key.serial`.
+    #[track_caller]
     pub fn worker(&self) -> usize {
-        self.conn
-            .split('.')
-            .next()
-            .and_then(|w| w.parse().ok())
-            .expect("conn id")
+        let parts: Vec<&str> = self.conn.split('.').collect();
+        parts
+            .len()
+            .checked_sub(3)
+            .and_then(|at| parts[at].parse().ok())
+            .unwrap_or_else(|| panic!("conn id {:?}", self.conn))
     }
 
     /// Sends a JSON frame.

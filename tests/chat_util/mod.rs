@@ -9,8 +9,12 @@
 #![allow(dead_code)]
 
 mod client;
+mod deploy;
+pub mod scenarios;
 #[allow(unused_imports)]
 pub use client::{Client, Event};
+#[allow(unused_imports)]
+pub use deploy::Deployment;
 
 use crate::common::{self, http_get, is_alive, run_to_exit, Server};
 use hmac::{Hmac, Mac};
@@ -189,6 +193,14 @@ impl ChatServer {
             self.server.wait_exit(WAIT);
         }
         wait_gone(&workers);
+    }
+
+    /// SIGKILLs the master and its workers at once: nothing of it says
+    /// goodbye.
+    pub fn kill_all(&mut self) {
+        self.server.kill_all();
+        let seen = std::mem::take(&mut self.seen_workers);
+        wait_gone(&seen);
     }
 
     /// Stops the server gracefully (SIGTERM), killing what is left after a
