@@ -4,4 +4,5 @@
 
 pub(crate) mod bus;
 pub(crate) mod registry;
+pub(crate) mod resp;
 pub(crate) mod wire;
