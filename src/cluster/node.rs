@@ -33,7 +33,7 @@
 //! is dropped: a dead node vanishes from every other node's answers within
 //! `presence_ttl` plus one heartbeat.
 //!
-//! When its command link comes up, a unit *asserts* its state: a new random
+//! When its command link comes up, a unit *asserts* its state: a new, greater
 //! epoch, the hash rewritten from scratch, a heartbeat; every replica then
 //! reads it again. So nothing it did while Redis was away is lost from the
 //! others' view once Redis is back, and nothing is replayed.
@@ -582,7 +582,10 @@ impl Cluster {
     /// Writes this unit's whole state under a new epoch (the command link
     /// just came up) and asks for every other unit's.
     pub(crate) fn assert_state(&mut self, registry: &Registry, own: &[ConnId], now: Instant) {
-        self.epoch = crate::entropy::next_u64() | 1;
+        // Epochs grow (wall-clock ms, with random low bits against two
+        // asserts in one ms), so a message of an older epoch that arrives
+        // late is told apart from a newer one and ignored.
+        self.epoch = (wall_ms() << 16 | crate::entropy::next_u64() & 0xffff).max(self.epoch + 1);
         self.seq = 0;
         self.batch.clear();
         self.changed.clear();
@@ -765,11 +768,9 @@ impl Cluster {
 
     /// Queues `rec` for every other node. False if any part cannot go.
     pub(crate) fn send_all_nodes(&mut self, rec: &Record, now: Instant) -> bool {
-        if self.nodes.is_empty() {
-            return self.connected() || self.fail(now, 0);
-        }
         if !self.connected() {
-            let n = self.nodes.len();
+            // Other nodes may exist that this worker cannot know of now.
+            let n = self.nodes.len().max(1);
             return self.fail(now, n);
         }
         let mut one = BytesMut::new();
@@ -987,9 +988,13 @@ impl Cluster {
         let Some(r) = self.remotes.get_mut(&key) else {
             return;
         };
-        if m.epoch != r.epoch {
+        if m.epoch < r.epoch {
+            // From before the unit last asserted its state: stale.
+            return;
+        }
+        if m.epoch > r.epoch {
             if m.kind == kind::BYE {
-                return;
+                return self.forget(m.node, m.slot, out);
             }
             // Restarted or reconnected: it asserted a new state.
             return self.fetch(m.node, m.slot, now, vec![m]);
@@ -1156,5 +1161,179 @@ impl Cluster {
         if overflow {
             self.fetch(node, slot, now, Vec::new());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClusterSection;
+
+    fn cluster() -> Cluster {
+        let cfg = ClusterConfig::from_section(&ClusterSection {
+            redis_url: Some("redis://127.0.0.1:1".into()),
+            node: Some("me".into()),
+            ..Default::default()
+        })
+        .unwrap()
+        .unwrap();
+        Cluster::new(&cfg, 0, 1 << 20, Instant::now())
+    }
+
+    const THEM: &str = "them";
+
+    fn msg(kind: u8, epoch: u64, seq: u64, recs: &[Record]) -> Value {
+        let node = crate::config::node_number(THEM);
+        let mut b = BytesMut::new();
+        b.put_u8(kind);
+        b.put_u32_le(node);
+        b.put_u16_le(1);
+        b.put_u64_le(epoch);
+        b.put_u64_le(seq);
+        b.put_u16_le(THEM.len() as u16);
+        b.put_slice(THEM.as_bytes());
+        for r in recs {
+            wire::encode(&mut b, r);
+        }
+        let bulk = |x: &[u8]| Value::Bulk(Some(Bytes::copy_from_slice(x)));
+        Value::Array(Some(vec![bulk(b"message"), bulk(b"foreman:reg"), bulk(&b)]))
+    }
+
+    fn id(key: u32) -> ConnId {
+        ConnId::on_node(crate::config::node_number(THEM), 1, key, key as u64)
+    }
+
+    fn fetching(c: &Cluster) -> Option<u64> {
+        let key = (crate::config::node_number(THEM), 1);
+        c.remotes.get(&key)?.fetching.as_ref().map(|f| f.0)
+    }
+
+    /// The hash of unit `them:1` as `HGETALL` answers it.
+    fn hash(epoch: u64, seq: u64, conns: &[(ConnId, &[Record])]) -> Value {
+        let bulk = |x: &[u8]| Value::Bulk(Some(Bytes::copy_from_slice(x)));
+        let mut items = vec![bulk(b"~"), bulk(format!("{epoch} {seq}").as_bytes())];
+        for (c, recs) in conns {
+            let mut b = BytesMut::new();
+            for r in *recs {
+                wire::encode(&mut b, r);
+            }
+            items.push(bulk(&field(*c)));
+            items.push(bulk(&b));
+        }
+        Value::Array(Some(items))
+    }
+
+    fn applied(out: &[Incoming]) -> Vec<String> {
+        out.iter().map(|i| format!("{i:?}")).collect()
+    }
+
+    #[test]
+    fn a_replica_is_read_then_kept_current_by_numbered_batches() {
+        let mut c = cluster();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        // Batch 5 of a unit never seen: its hash is read, the batch kept.
+        c.on_push(
+            msg(kind::BATCH, 7, 5, &[Record::Open(id(2))]),
+            now,
+            &mut out,
+        );
+        let n = fetching(&c).expect("reading the unit");
+        assert!(out.is_empty());
+        // Batch 6 arrives while the hash is read.
+        let bind = Record::Bind(id(2), "ann".into());
+        c.on_push(msg(kind::BATCH, 7, 6, std::slice::from_ref(&bind)), now, &mut out);
+        // The hash was written at seq 5: batch 5 is in it, batch 6 is not.
+        let v = hash(7, 5, &[(id(1), &[]), (id(2), &[])]);
+        c.on_snapshot(crate::config::node_number(THEM), 1, n, v, now, &mut out);
+        let got = applied(&out);
+        assert!(got[0].starts_with("ClearUnit"), "{got:?}");
+        assert_eq!(
+            got.iter().filter(|g| g.contains("Open")).count(),
+            2,
+            "{got:?}"
+        );
+        assert_eq!(
+            got.last().unwrap(),
+            &format!("{:?}", Incoming::Apply(id(2).node, 1, bind))
+        );
+        assert!(fetching(&c).is_none());
+        // The next batch applies; one that skips a number makes it read again.
+        out.clear();
+        c.on_push(
+            msg(kind::BATCH, 7, 7, &[Record::Close(id(1))]),
+            now,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        c.on_push(
+            msg(kind::BATCH, 7, 9, &[Record::Close(id(2))]),
+            now,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "a batch after a gap is not applied");
+        assert!(
+            fetching(&c).is_some(),
+            "a gap makes the replica read the hash again"
+        );
+    }
+
+    #[test]
+    fn epochs_order_restarts_and_goodbyes_drop_at_once() {
+        let mut c = cluster();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        c.on_push(msg(kind::BEAT, 10, 0, &[]), now, &mut out);
+        let n = fetching(&c).unwrap();
+        c.on_snapshot(id(0).node, 1, n, hash(10, 0, &[]), now, &mut out);
+        out.clear();
+        // A late message of an older epoch is ignored.
+        c.on_push(
+            msg(kind::BATCH, 9, 1, &[Record::Open(id(3))]),
+            now,
+            &mut out,
+        );
+        assert!(out.is_empty() && fetching(&c).is_none());
+        // A newer epoch (the unit reconnected) is read again.
+        c.on_push(msg(kind::BEAT, 11, 0, &[]), now, &mut out);
+        let n = fetching(&c).expect("read again");
+        // Its hash is gone (it expired): the unit is forgotten.
+        c.on_snapshot(id(0).node, 1, n, Value::Array(Some(vec![])), now, &mut out);
+        assert!(applied(&out)[0].starts_with("ClearUnit"));
+        assert!(c.nodes.is_empty());
+        // Goodbye of a live unit.
+        out.clear();
+        c.on_push(msg(kind::BEAT, 12, 0, &[]), now, &mut out);
+        let n = fetching(&c).unwrap();
+        c.on_snapshot(id(0).node, 1, n, hash(12, 0, &[]), now, &mut out);
+        out.clear();
+        c.on_push(msg(kind::BYE, 12, 0, &[]), now, &mut out);
+        assert_eq!(applied(&out), vec![format!("ClearUnit({}, 1)", id(0).node)]);
+        assert!(c.remotes.is_empty());
+    }
+
+    #[test]
+    fn a_unit_not_heard_from_within_the_ttl_is_dropped() {
+        let mut c = cluster();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        c.on_push(msg(kind::BEAT, 1, 0, &[]), t0, &mut out);
+        let n = fetching(&c).unwrap();
+        c.on_snapshot(id(0).node, 1, n, hash(1, 0, &[]), t0, &mut out);
+        out.clear();
+        let poll = mio::Poll::new().unwrap();
+        let later = t0 + c.cfg.presence_ttl + Duration::from_millis(1);
+        c.next_beat = later;
+        c.tick(poll.registry(), later, &mut out);
+        assert_eq!(applied(&out), vec![format!("ClearUnit({}, 1)", id(0).node)]);
+    }
+
+    #[test]
+    fn sends_fail_and_count_while_not_connected() {
+        let mut c = cluster();
+        let rec = Record::Ungroup("g".into());
+        assert!(!c.send_all_nodes(&rec, Instant::now()));
+        assert!(!c.send_node(5, &rec, Instant::now()));
+        assert_eq!(c.stats.dropped, 2);
     }
 }
