@@ -269,6 +269,13 @@ pub(crate) fn describe(registry: &Registry, id: ConnId, out: &mut BytesMut) {
     }
 }
 
+/// Reads one cluster message as the subscriber does, for the fuzzer: how
+/// many records it holds, or `None` if it is malformed.
+pub(crate) fn read_message(b: Bytes) -> Option<usize> {
+    let m = Cluster::parse(b)?;
+    decode_records(&m.body).ok().map(|r| r.len())
+}
+
 fn decode_records(body: &Bytes) -> Result<Vec<Record>, wire::Corrupt> {
     let mut buf = BytesMut::from(&body[..]);
     let mut out = Vec::new();
@@ -1242,7 +1249,11 @@ mod tests {
         assert!(out.is_empty());
         // Batch 6 arrives while the hash is read.
         let bind = Record::Bind(id(2), "ann".into());
-        c.on_push(msg(kind::BATCH, 7, 6, std::slice::from_ref(&bind)), now, &mut out);
+        c.on_push(
+            msg(kind::BATCH, 7, 6, std::slice::from_ref(&bind)),
+            now,
+            &mut out,
+        );
         // The hash was written at seq 5: batch 5 is in it, batch 6 is not.
         let v = hash(7, 5, &[(id(1), &[]), (id(2), &[])]);
         c.on_snapshot(crate::config::node_number(THEM), 1, n, v, now, &mut out);
