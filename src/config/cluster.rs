@@ -89,6 +89,23 @@ impl RedisUrl {
     }
 }
 
+impl RedisUrl {
+    /// The URL again, password included (for building a config from one).
+    pub fn to_url(&self) -> String {
+        let auth = match (&self.username, &self.password) {
+            (Some(u), Some(p)) => format!("{u}:{p}@"),
+            (None, Some(p)) => format!(":{p}@"),
+            _ => String::new(),
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("redis://{auth}{host}:{}/{}", self.port, self.db)
+    }
+}
+
 /// Prints the URL with the password hidden, as logs and `status` show it.
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -131,8 +148,7 @@ pub struct ClusterConfig {
 
 fn name_ok(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
@@ -161,7 +177,9 @@ impl ClusterConfig {
         let bad = |m: String| Err(Error::Config(m));
         let Some(url) = &s.redis_url else {
             if s.node.is_some() || s.presence_ttl_ms.is_some() || s.prefix.is_some() {
-                return bad("cluster: redis_url is missing (without it the other keys do nothing)".into());
+                return bad(
+                    "cluster: redis_url is missing (without it the other keys do nothing)".into(),
+                );
             }
             return Ok(None);
         };
@@ -240,10 +258,17 @@ mod tests {
         assert_eq!(u.username.as_deref(), Some("ann"));
         assert_eq!(u.password.as_deref(), Some("s3cr@t"));
         assert_eq!(u.to_string(), "redis://ann:***@h:6379/0");
+        assert_eq!(RedisUrl::parse(&u.to_url()).unwrap(), u);
         let u = RedisUrl::parse("redis://:pw@[::1]:7000").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 7000));
         assert_eq!(u.password.as_deref(), Some("pw"));
-        for bad in ["http://x", "redis://", "redis://h:port", "redis://h/x", "rediss://h"] {
+        for bad in [
+            "http://x",
+            "redis://",
+            "redis://h:port",
+            "redis://h/x",
+            "rediss://h",
+        ] {
             assert!(RedisUrl::parse(bad).is_err(), "{bad}");
         }
     }
