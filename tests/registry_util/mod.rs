@@ -68,7 +68,6 @@ impl Fleet {
 
 /// `send_to_all` from each unit, with and without exclusions, reaches every
 /// client exactly once and in order.
-#[track_caller]
 pub fn send_to_all_reaches_all_exactly_once(f: Fleet) {
     let (mut peers, by, _, _) = f.into_parts();
     let n = peers.len();
@@ -98,7 +97,6 @@ pub fn send_to_all_reaches_all_exactly_once(f: Fleet) {
 /// `send` between every ordered pair of units (and within one), from one
 /// client to every client, and `send_to_uid(s)` to uids with connections on
 /// several units: each reaches exactly its targets, once.
-#[track_caller]
 pub fn direct_sends_and_send_to_uid_cross_units(f: Fleet) {
     let (mut peers, by, reps, within) = f.into_parts();
     let n = peers.len();
@@ -207,7 +205,6 @@ pub fn direct_sends_and_send_to_uid_cross_units(f: Fleet) {
 
 /// `send_to_group` (with exclusions, after leaves, after `ungroup`) reaches
 /// exactly the members, once each.
-#[track_caller]
 pub fn send_to_group_reaches_exactly_the_members(f: Fleet) {
     let (mut peers, by, reps, within) = f.into_parts();
     let n = peers.len();
@@ -291,7 +288,6 @@ pub fn send_to_group_reaches_exactly_the_members(f: Fleet) {
 /// Binds, joins, leaves, unbinds, closes by the client and closes by the
 /// server (issued on another worker of the connection's node): every unit's
 /// counts and lists equal the truth.
-#[track_caller]
 pub fn counts_and_lists_equal_the_truth_after_joins_leaves_and_closes(f: Fleet) {
     let unit_of: Vec<usize> = (0..f.peers.len()).map(|i| f.unit_of(i)).collect();
     let reps = f.reps();
