@@ -49,9 +49,7 @@ fn watch_and_mark(server: &ChatServer) -> (Client, Client) {
     let mut watch = Client::login_on(server, "watch", 0);
     watch.join("r");
     let mut mark = Client::login_on(server, "mark", 1);
-    // (`wait_for`: events of the room may come before `joined`.)
-    mark.send(json!({"type": "join", "room": "r"}));
-    mark.wait_for("joined", |v| v["type"] == "joined");
+    mark.join("r");
     assert_eq!(watch.expect("presence")["user"], "mark");
     (watch, mark)
 }

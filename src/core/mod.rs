@@ -8,10 +8,12 @@
 //!   local connections or across the bus;
 //! - `peers.rs`: what other workers say, applied to this core;
 //! - `dial.rs`: outbound connections' options and state;
+//! - `hold.rs`: output held back from a connection ([`crate::Ctx::hold_output`]);
 //! - `timer.rs`, `pool.rs`: timers and the blocking-work pool.
 
 pub(crate) mod conn;
 pub(crate) mod dial;
+mod hold;
 mod lifecycle;
 pub(crate) mod membership;
 mod outbound;

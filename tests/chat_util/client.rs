@@ -220,27 +220,20 @@ impl Client {
         }
     }
 
-    /// Joins a room and returns the `joined` reply. The connection is in the
-    /// room from the moment the server reads the request, while `joined`
-    /// waits for the database; a `presence` event sent to the room meanwhile
-    /// (even one about a change just before, still crossing from another
-    /// worker) may come first, and is skipped. Anything else fails.
+    /// Joins a room and returns the `joined` reply, which must be the next
+    /// frame (protocol 1.1: nothing of the room comes before it; the test
+    /// has nothing else in flight).
     #[track_caller]
     pub fn join(&mut self, room: &str) -> Value {
         self.send(json!({"type": "join", "room": room}));
-        loop {
-            let v = self.recv();
-            if v["type"] == "presence" && v["room"] == room {
-                continue;
-            }
-            assert_eq!(
-                v["type"], "joined",
-                "{}: expected joined, got {v}",
-                self.user
-            );
-            assert_eq!(v["room"], room);
-            return v;
-        }
+        let v = self.recv();
+        assert_eq!(
+            v["type"], "joined",
+            "{}: expected joined, got {v}",
+            self.user
+        );
+        assert_eq!(v["room"], room);
+        v
     }
 
     /// Waits until the server has closed the connection and the socket (the
