@@ -30,6 +30,7 @@ use crate::rate::{Bucket, Verdict};
 use crate::reply;
 use crate::request::{self, ErrorCode, Frame, Gate, Refusal, Request, Target};
 use crate::store::{self, Done, Job, Store, Writer};
+use crate::store_redis::RedisStore;
 use bytes::Bytes;
 use foreman::{
     ConnError, ConnId, Ctx, Handler, Message, Request as HttpRequest, Response, TimerId,
@@ -326,11 +327,22 @@ impl ChatWorker {
 impl Handler for ChatWorker {
     fn on_worker_start(&mut self, ctx: &mut Ctx) {
         let c = &self.config;
-        let (path, busy) = (c.database.clone(), c.busy_timeout);
-        let open = move || Store::open(&path, busy);
         let waker = ctx.waker();
+        let wake = move || waker.wake();
         let name = format!("chat-writer-{}", ctx.worker_id());
-        let writer = match Writer::spawn(open, c.max_batch, name, move || waker.wake()) {
+        let writer = match &c.server.cluster {
+            Some(cluster) => {
+                let (cluster, slot) = (cluster.clone(), ctx.worker_id());
+                let open = move || RedisStore::new(&cluster, slot);
+                Writer::spawn(open, c.max_batch, name, wake)
+            }
+            None => {
+                let (path, busy) = (c.database.clone(), c.busy_timeout);
+                let open = move || Store::open(&path, busy);
+                Writer::spawn(open, c.max_batch, name, wake)
+            }
+        };
+        let writer = match writer {
             Ok(writer) => writer,
             Err(e) => {
                 log::error!("chat: cannot start the writer thread: {e}");
