@@ -60,3 +60,20 @@ mod tests {
         assert_eq!(registry_churn(1000, 7), 1000);
     }
 }
+
+/// The cluster link's RESP2 codec, for `benches/redis_link.rs`.
+pub mod resp {
+    pub use crate::cluster::resp::Value;
+    use bytes::BytesMut;
+
+    /// Appends one command (an array of bulk strings) to `out`.
+    pub fn encode<A: AsRef<[u8]>>(out: &mut BytesMut, args: &[A]) {
+        crate::cluster::resp::encode(out, args)
+    }
+
+    /// Takes one complete reply off the front of `buf`; `Ok(None)` while it
+    /// is incomplete, `Err` when the bytes are not RESP2.
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<Value>, String> {
+        crate::cluster::resp::decode(buf).map_err(|e| e.0.to_string())
+    }
+}
