@@ -1,12 +1,13 @@
-//! Protocol 1.1's ordering, against the real chat with two workers: a
-//! connection receives `joined` before any `message` or `presence` of the
-//! room, and misses no message stored after its join, while another worker
-//! floods the room and a third connection keeps joining and leaving it.
+//! Protocol 1.1's ordering, against the real chat with two workers, with
+//! its SQLite store and on a cluster (the Redis store): a connection
+//! receives `joined` before any `message` or `presence` of the room, and
+//! misses no message stored after its join, while another worker floods the
+//! room and a third connection keeps joining and leaving it.
 
 mod chat_util;
 mod common;
 
-use chat_util::{ChatServer, Client};
+use chat_util::{ChatServer, Client, Redis};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,12 +70,26 @@ struct Round {
 }
 
 #[test]
-fn joined_comes_before_the_rooms_events_and_nothing_after_it_is_missed() {
-    let server = ChatServer::start("order", 2, "");
-    let mut flooder = Client::login_on(&server, "flood", 0);
+fn joined_comes_first_and_nothing_after_it_is_missed_on_one_node() {
+    joined_comes_first(&ChatServer::start("order", 2, ""));
+}
+
+#[test]
+fn joined_comes_first_and_nothing_after_it_is_missed_on_a_cluster() {
+    let redis = Redis::start("order");
+    let toml = format!("[cluster]\nredis_url = \"{}\"\nnode = \"a\"\n", redis.url());
+    joined_comes_first(&ChatServer::start("order-cluster", 2, &toml));
+}
+
+/// Over [`ROUNDS`] joins of a watched connection on worker 1, while a
+/// flooder on worker 0 says into the room and a churner there joins and
+/// leaves it: each `joined` comes before any event of the room, and every
+/// message stored after the join arrives once.
+fn joined_comes_first(server: &ChatServer) {
+    let mut flooder = Client::login_on(server, "flood", 0);
     flooder.join("r");
-    let churner = Client::login_on(&server, "churn", 0);
-    let mut watch = Client::login_on(&server, "watch", 1);
+    let churner = Client::login_on(server, "churn", 0);
+    let mut watch = Client::login_on(server, "watch", 1);
     let stop = Arc::new(AtomicBool::new(false));
     let flooding = flood(flooder, "r", stop.clone());
     let churning = churn(churner, "r", stop.clone());

@@ -33,7 +33,8 @@ pub struct ConnInfo {
     /// Its protocol: the listener's, or the scheme an outbound connection
     /// was opened with.
     pub protocol: Protocol,
-    /// Bytes queued for it, not yet written to the socket.
+    /// Bytes queued for it, not yet written to the socket (with those held
+    /// back by [`Ctx::hold_output`]).
     pub queued_bytes: usize,
     /// The worker opened it with [`Ctx::connect`].
     pub outbound: bool,
@@ -122,7 +123,7 @@ impl<'a> Ctx<'a> {
         Some(ConnInfo {
             peer: c.peer,
             protocol: c.wire.protocol,
-            queued_bytes: c.out.len() + c.dial.as_ref().map_or(0, |d| d.held.len()),
+            queued_bytes: c.queued() + c.dial.as_ref().map_or(0, |d| d.held.len()),
             outbound: c.outbound(),
             tls: matches!(c.io, Some(crate::net::Transport::Tls(_)))
                 || c.dial.as_ref().is_some_and(|d| d.tls.is_some()),

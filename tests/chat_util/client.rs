@@ -17,7 +17,7 @@ pub struct Client {
     ws: WebSocket<TcpStream>,
     /// The user after `login`.
     pub user: String,
-    /// The connection id from `welcome` (`worker.key.serial`).
+    /// The connection id from `welcome` (`[node.]worker.key.serial`).
     pub conn: String,
 }
 
@@ -76,11 +76,12 @@ impl Client {
         }
     }
 
-    /// The worker serving this connection.
+    /// The worker serving this connection (`worker.key.serial`, or
+    /// `node.worker.key.serial` on a cluster).
     pub fn worker(&self) -> usize {
         self.conn
-            .split('.')
-            .next()
+            .rsplit('.')
+            .nth(2)
             .and_then(|w| w.parse().ok())
             .expect("conn id")
     }

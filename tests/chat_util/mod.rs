@@ -9,8 +9,11 @@
 #![allow(dead_code)]
 
 mod client;
+mod redis;
 #[allow(unused_imports)]
 pub use client::{Client, Event};
+#[allow(unused_imports)]
+pub use redis::Redis;
 
 use crate::common::{self, http_get, is_alive, run_to_exit, Server};
 use hmac::{Hmac, Mac};
