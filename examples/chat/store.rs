@@ -7,6 +7,12 @@
 //! hands the [`Done`]s back and wakes the loop. So a message is on disk before
 //! anyone receives it or its `ack`, and its id comes from the database.
 //!
+//! The writer runs its batches on a [`Backend`]: this file's SQLite
+//! [`Store`], or on a cluster the Redis store (`store_redis.rs`), under the
+//! same contract. The Redis store also has work of its own (its heartbeat
+//! and the reaping of dead workers), which the writer runs between batches
+//! when due ([`Backend::housekeep`]), waking up for it if no job comes.
+//!
 //! # Back-pressure
 //!
 //! The queue is bounded by the worker, not by the channel (the loop must never

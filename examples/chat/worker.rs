@@ -1,10 +1,12 @@
 //! [`ChatWorker`]: the chat's [`Handler`], one per worker process.
 //!
-//! Requests that need the database (`join`, `leave`, `say`, `history`) go to
+//! Requests that need the store (`join`, `leave`, `say`, `history`) go to
 //! the worker's [`Writer`] and are answered from [`Handler::on_wake`] when
 //! their batch has committed, in the order they were sent; or with `busy`
 //! (the database stayed locked, see [`crate::store`]) or `unavailable` (it
-//! failed), and the connection stays open. `login` and `users`
+//! failed, or on a cluster Redis is unreachable: [`crate::store_redis`]),
+//! and the connection stays open. The store is SQLite, or Redis when the
+//! config has a `[cluster]`. `login` and `users`
 //! are answered at once from the registry. Room membership is a foreman group
 //! per room (`room:NAME`), joined and left as the request arrives, so a
 //! connection never misses a message stored after its `join` (it may see one
