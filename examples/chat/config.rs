@@ -5,7 +5,7 @@
 //! every key optional) -> [`ChatConfig::from_file`] (defaults, validation). A
 //! bad key or value stops start-up with a message naming it.
 
-use foreman::{Config, Error, ServerSection};
+use foreman::{ClusterSection, Config, Error, ServerSection};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,6 +33,9 @@ pub struct ChatFile {
     /// Login tokens.
     #[serde(default)]
     pub auth: AuthSection,
+    /// Several chat servers as one through Redis: then history, ids and
+    /// presence live there (see `store_redis.rs`), not in SQLite.
+    pub cluster: Option<ClusterSection>,
 }
 
 /// `[chat]` as written.
@@ -165,7 +168,10 @@ impl ChatConfig {
         let frame = s.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES);
         s.max_message_bytes
             .get_or_insert(frame.max(DEFAULT_MAX_FRAME_BYTES));
-        let server = Config::from_section(s)?;
+        let mut server = Config::from_section(s)?;
+        if let Some(cluster) = &file.cluster {
+            server.set_cluster(cluster)?;
+        }
 
         let c = &file.chat;
         let tick = in_range(
@@ -271,6 +277,19 @@ mod tests {
         let c = parse(text).unwrap();
         assert_eq!(c.server.listen_url(), "websocket://127.0.0.1:8000");
         assert_eq!(c.database, PathBuf::from("/srv/chat.db"));
+        // The [cluster] table is there, commented out, with its keys and
+        // the Redis durability advice.
+        assert!(c.server.cluster.is_none());
+        for key in [
+            "# [cluster]",
+            "# redis_url",
+            "# node",
+            "# presence_ttl_ms",
+            "# prefix",
+            "appendfsync always",
+        ] {
+            assert!(text.contains(key), "{key}");
+        }
     }
 
     #[test]
@@ -300,6 +319,33 @@ mod tests {
             ("[server]\nlisten = \"nohost\"", "listen"),
             ("[history]\ndatabase = \"\"", "history.database"),
             ("[auth]\nsecret = \"\"", "auth.secret"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_cluster_table_is_read_and_checked() {
+        assert!(parse("").unwrap().server.cluster.is_none());
+        let c = parse(
+            "[cluster]\nredis_url = \"redis://127.0.0.1:7000/2\"\nnode = \"n1\"\n\
+             presence_ttl_ms = 900\nprefix = \"p\"",
+        )
+        .unwrap();
+        let cluster = c.server.cluster.expect("cluster");
+        assert_eq!((cluster.redis.port, cluster.redis.db), (7000, 2));
+        assert_eq!(cluster.node, "n1");
+        assert_eq!(cluster.presence_ttl, Duration::from_millis(900));
+        assert_eq!(cluster.prefix, "p");
+        for (text, key) in [
+            ("[cluster]\nredis_url = \"http://x\"", "cluster.redis_url"),
+            (
+                "[cluster]\nredis_url = \"redis://h\"\nnode = \"a b\"",
+                "cluster.node",
+            ),
+            ("[cluster]\nnode = \"a\"", "redis_url"),
+            ("[cluster]\nredis = \"x\"", "redis"),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(key), "{text:?}: {e}");

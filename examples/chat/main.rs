@@ -1,6 +1,7 @@
 //! The chat server: rooms, direct messages, presence and history over
-//! WebSocket, on foreman. It speaks `shared/chat-protocol.md` (version 1) and
-//! serves its own page at `/`.
+//! WebSocket, on foreman. It speaks `shared/chat-protocol.md` (version 1.1)
+//! and serves its own page at `/`. With a `[cluster]` table, several chat
+//! servers share one Redis and serve the same rooms.
 //!
 //! ```text
 //! cargo run --release --example chat                 # reads ./chat.toml
@@ -11,7 +12,8 @@
 //! Then open <http://127.0.0.1:8000/>.
 //!
 //! Files: `config` (chat.toml), `request` (one type per command, error
-//! precedence), `reply` (frames out), `store` (SQLite writer thread), `auth`
+//! precedence), `reply` (frames out), `store` (the writer thread, SQLite),
+//! `store_redis` (the store on a cluster, with `store_redis.lua`), `auth`
 //! (login tokens, over the shared JWT verifier `../common/jwt.rs`), `rate`
 //! (token bucket), `worker` (the handler), `page.html`.
 
@@ -23,6 +25,7 @@ mod rate;
 mod reply;
 mod request;
 mod store;
+mod store_redis;
 mod worker;
 
 use clap::{Parser, Subcommand};
@@ -113,8 +116,13 @@ fn run() -> Result<(), Error> {
 
 /// Creates the database and its schema now, so a bad path stops start-up
 /// (or a reload) here with a message; the connection is closed again before
-/// any fork (workers open their own).
+/// any fork (workers open their own). On a cluster the store is Redis,
+/// which may be down at start (requests are answered `unavailable` until it
+/// is up): nothing to check.
 fn check_database(config: &ChatConfig) -> Result<(), Error> {
+    if config.server.cluster.is_some() {
+        return Ok(());
+    }
     store::Store::open(&config.database, config.busy_timeout)
         .map(drop)
         .map_err(|e| {

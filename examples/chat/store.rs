@@ -7,6 +7,12 @@
 //! hands the [`Done`]s back and wakes the loop. So a message is on disk before
 //! anyone receives it or its `ack`, and its id comes from the database.
 //!
+//! The writer runs its batches on a [`Backend`]: this file's SQLite
+//! [`Store`], or on a cluster the Redis store (`store_redis.rs`), under the
+//! same contract. The Redis store also has work of its own (its heartbeat
+//! and the reaping of dead workers), which the writer runs between batches
+//! when due ([`Backend::housekeep`]), waking up for it if no job comes.
+//!
 //! # Back-pressure
 //!
 //! The queue is bounded by the worker, not by the channel (the loop must never
@@ -59,7 +65,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages(
@@ -188,9 +194,116 @@ impl Job {
 
     /// Whether the job must be done whatever it takes: nobody would send
     /// it again (the connection is gone, or it is the worker's own).
-    fn kept(&self) -> bool {
+    pub fn kept(&self) -> bool {
         matches!(self, Job::Closed { .. } | Job::Reap { .. })
     }
+
+    /// Appends this job's results, from what the store `found` doing it
+    /// (which must be of this job's kind: anything else is a bug, logged).
+    pub fn finish(&self, found: Found, done: &mut Vec<Done>) {
+        match (self, found) {
+            (
+                Job::Say {
+                    conn,
+                    reference,
+                    from,
+                    target,
+                    text,
+                },
+                Found::Said { id, time },
+            ) => done.push(Done::Said {
+                conn: *conn,
+                reference: reference.clone(),
+                message: StoredMessage {
+                    id,
+                    from: from.clone(),
+                    target: target.clone(),
+                    text: text.clone(),
+                    time,
+                },
+            }),
+            (
+                Job::History {
+                    conn,
+                    reference,
+                    target,
+                    ..
+                },
+                Found::Page(messages),
+            ) => done.push(Done::History {
+                conn: *conn,
+                reference: reference.clone(),
+                target: target.clone(),
+                messages,
+            }),
+            (
+                Job::Join {
+                    conn,
+                    reference,
+                    user,
+                    room,
+                    ..
+                },
+                Found::Joined { first, history },
+            ) => done.push(Done::Joined {
+                conn: *conn,
+                reference: reference.clone(),
+                user: user.clone(),
+                room: room.clone(),
+                first,
+                history,
+            }),
+            (
+                Job::Leave {
+                    conn,
+                    reference,
+                    user,
+                    room,
+                },
+                Found::Left { last },
+            ) => done.push(Done::Left {
+                conn: *conn,
+                reference: reference.clone(),
+                user: user.clone(),
+                room: room.clone(),
+                last,
+            }),
+            (Job::Closed { .. } | Job::Reap { .. }, Found::Gone(gone)) => done.extend(
+                gone.into_iter()
+                    .map(|(room, user)| Done::Gone { user, room }),
+            ),
+            (job, found) => log::error!("chat store: {found:?} does not answer {job:?}"),
+        }
+    }
+}
+
+/// What a store found doing a job, for [`Job::finish`] to turn into the
+/// job's results (the same for every store).
+#[derive(Debug)]
+pub enum Found {
+    /// A `say` is stored with this id, at this time.
+    Said {
+        /// The new id.
+        id: i64,
+        /// Milliseconds since the Unix epoch.
+        time: i64,
+    },
+    /// A page of history, oldest first.
+    Page(Vec<StoredMessage>),
+    /// A join is recorded.
+    Joined {
+        /// The user's first connection in the room.
+        first: bool,
+        /// The room's last messages, oldest first.
+        history: Vec<StoredMessage>,
+    },
+    /// A leave is recorded.
+    Left {
+        /// The user's last connection in the room left.
+        last: bool,
+    },
+    /// Rooms a user is gone from: `(room, user)`.
+    Gone(Vec<(String, String)>),
 }
 
 /// A finished job, for the event loop.
@@ -261,6 +374,35 @@ pub enum Done {
         /// What SQLite said.
         error: String,
     },
+}
+
+/// What a [`Writer`] runs its batches on: the SQLite [`Store`], or the Redis
+/// store of a cluster ([`crate::store_redis::RedisStore`]). Both keep the
+/// same contract: results only once the batch is durable in the store, in
+/// job order; nothing done for a job answered [`Done::Busy`] or
+/// [`Done::Failed`]; a [`Job::kept`] job that could not be done comes back
+/// as [`Done::Busy`], and the writer tries it again.
+pub trait Backend {
+    /// Runs one batch (see [`Store::run`]).
+    fn run(&mut self, jobs: &[Job]) -> Vec<Done>;
+
+    /// When [`Backend::housekeep`] is due next; `None`: never.
+    fn housekeeping_due(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Work of its own, between batches (the Redis store's heartbeat and
+    /// its reaping of dead workers): what it finds is reported like a
+    /// batch's results.
+    fn housekeep(&mut self) -> Vec<Done> {
+        Vec::new()
+    }
+}
+
+impl Backend for Store {
+    fn run(&mut self, jobs: &[Job]) -> Vec<Done> {
+        Store::run(self, jobs)
+    }
 }
 
 /// Whether SQLite gave up waiting for another connection's lock.
@@ -366,13 +508,9 @@ impl Store {
 }
 
 fn apply(db: &Connection, job: &Job, done: &mut Vec<Done>) -> rusqlite::Result<()> {
-    match job {
+    let found = match job {
         Job::Say {
-            conn,
-            reference,
-            from,
-            target,
-            text,
+            from, target, text, ..
         } => {
             let time = now_ms();
             let (room, to, dm) = match target {
@@ -384,37 +522,24 @@ fn apply(db: &Connection, job: &Job, done: &mut Vec<Done>) -> rusqlite::Result<(
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![room, from, to, dm, text, time])?;
-            done.push(Done::Said {
-                conn: *conn,
-                reference: reference.clone(),
-                message: StoredMessage {
-                    id: db.last_insert_rowid(),
-                    from: from.clone(),
-                    target: target.clone(),
-                    text: text.clone(),
-                    time,
-                },
-            });
+            Found::Said {
+                id: db.last_insert_rowid(),
+                time,
+            }
         }
         Job::History {
-            conn,
-            reference,
             user,
             target,
             before,
             limit,
-        } => done.push(Done::History {
-            conn: *conn,
-            reference: reference.clone(),
-            target: target.clone(),
-            messages: page(db, user, target, *before, *limit as usize)?,
-        }),
+            ..
+        } => Found::Page(page(db, user, target, *before, *limit as usize)?),
         Job::Join {
             conn,
-            reference,
             user,
             room,
             history,
+            ..
         } => {
             let inserted = db
                 .prepare_cached("INSERT OR IGNORE INTO members VALUES (?1, ?2, ?3, ?4)")?
@@ -425,32 +550,17 @@ fn apply(db: &Connection, job: &Job, done: &mut Vec<Done>) -> rusqlite::Result<(
             } else {
                 Vec::new()
             };
-            done.push(Done::Joined {
-                conn: *conn,
-                reference: reference.clone(),
-                user: user.clone(),
-                room: room.clone(),
-                first,
-                history,
-            });
+            Found::Joined { first, history }
         }
         Job::Leave {
-            conn,
-            reference,
-            user,
-            room,
+            conn, user, room, ..
         } => {
             let deleted = db
                 .prepare_cached("DELETE FROM members WHERE room = ?1 AND conn = ?2")?
                 .execute(params![room, conn.to_string()])?;
-            let last = deleted == 1 && rows_of(db, room, user)? == 0;
-            done.push(Done::Left {
-                conn: *conn,
-                reference: reference.clone(),
-                user: user.clone(),
-                room: room.clone(),
-                last,
-            });
+            Found::Left {
+                last: deleted == 1 && rows_of(db, room, user)? == 0,
+            }
         }
         Job::Closed { conn, user } => {
             let conn = conn.to_string();
@@ -458,17 +568,16 @@ fn apply(db: &Connection, job: &Job, done: &mut Vec<Done>) -> rusqlite::Result<(
                 .prepare_cached("DELETE FROM members WHERE conn = ?1 RETURNING room")?
                 .query_map([&conn], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
+            let mut gone = Vec::new();
             for room in rooms {
                 if rows_of(db, &room, user)? == 0 {
-                    done.push(Done::Gone {
-                        user: user.clone(),
-                        room,
-                    });
+                    gone.push((room, user.clone()));
                 }
             }
+            Found::Gone(gone)
         }
         Job::Reap { worker, count } => {
-            let pairs: Vec<(String, String)> = db
+            let mut pairs: Vec<(String, String)> = db
                 .prepare_cached(
                     "DELETE FROM members WHERE worker = ?1 OR worker >= ?2 RETURNING room, user",
                 )?
@@ -476,16 +585,18 @@ fn apply(db: &Connection, job: &Job, done: &mut Vec<Done>) -> rusqlite::Result<(
                     Ok((r.get(0)?, r.get(1)?))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
-            let mut pairs = pairs;
             pairs.sort();
             pairs.dedup();
+            let mut gone = Vec::new();
             for (room, user) in pairs {
                 if rows_of(db, &room, &user)? == 0 {
-                    done.push(Done::Gone { user, room });
+                    gone.push((room, user));
                 }
             }
+            Found::Gone(gone)
         }
-    }
+    };
+    job.finish(found, done);
     Ok(())
 }
 
@@ -565,8 +676,8 @@ impl Writer {
     /// opening never runs on the event loop; a failure is logged and ends the
     /// worker process, which the master replaces). `notify` runs after each
     /// batch's results are queued (the worker passes its waker).
-    pub fn spawn(
-        open: impl FnOnce() -> rusqlite::Result<Store> + Send + 'static,
+    pub fn spawn<B: Backend, E: std::fmt::Display>(
+        open: impl FnOnce() -> Result<B, E> + Send + 'static,
         max_batch: usize,
         name: String,
         notify: impl Fn() + Send + 'static,
@@ -583,13 +694,14 @@ impl Writer {
                     std::process::exit(1);
                 }
             };
-            // Starts each round with the kept jobs of a locked-out batch.
+            // Starts each round with the kept jobs of a batch that could
+            // not be done.
             let mut batch = Vec::with_capacity(max_batch);
             loop {
-                let first = if batch.is_empty() {
-                    job_rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
-                } else {
-                    job_rx.recv_timeout(RETRY_PAUSE)
+                let retry = (!batch.is_empty()).then(|| Instant::now() + RETRY_PAUSE);
+                let first = match retry.into_iter().chain(store.housekeeping_due()).min() {
+                    None => job_rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                    Some(at) => job_rx.recv_deadline(at),
                 };
                 match first {
                     Ok(job) => batch.push(job),
@@ -607,9 +719,18 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
-                let results = store.run(&batch);
+                let mut results = Vec::new();
                 let ran = batch.len();
-                batch.clear();
+                if ran > 0 {
+                    results = store.run(&batch);
+                    batch.clear();
+                }
+                if store
+                    .housekeeping_due()
+                    .is_some_and(|at| at <= Instant::now())
+                {
+                    results.extend(store.housekeep());
+                }
                 for done in results {
                     match done {
                         Done::Busy(job) if job.kept() => batch.push(job),
@@ -667,4 +788,4 @@ impl Drop for Writer {
 
 #[cfg(test)]
 #[path = "store_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -1,4 +1,6 @@
 //! Unit tests of the store: ids, paging, presence decisions, several writers.
+//! The helpers that build jobs and read results serve the Redis store's
+//! tests too.
 
 use super::*;
 use std::path::PathBuf;
@@ -21,11 +23,11 @@ fn open(path: &Path) -> Store {
     Store::open(path, Duration::from_secs(5)).unwrap()
 }
 
-fn conn(text: &str) -> ConnId {
+pub(crate) fn conn(text: &str) -> ConnId {
     text.parse().unwrap()
 }
 
-fn say(c: &str, from: &str, target: Target, text: &str) -> Job {
+pub(crate) fn say(c: &str, from: &str, target: Target, text: &str) -> Job {
     Job::Say {
         conn: conn(c),
         reference: None,
@@ -35,11 +37,11 @@ fn say(c: &str, from: &str, target: Target, text: &str) -> Job {
     }
 }
 
-fn room(r: &str) -> Target {
+pub(crate) fn room(r: &str) -> Target {
     Target::Room(r.into())
 }
 
-fn ids(done: &[Done]) -> Vec<i64> {
+pub(crate) fn ids(done: &[Done]) -> Vec<i64> {
     done.iter()
         .filter_map(|d| match d {
             Done::Said { message, .. } => Some(message.id),
@@ -49,8 +51,8 @@ fn ids(done: &[Done]) -> Vec<i64> {
         .collect()
 }
 
-fn history(
-    store: &mut Store,
+pub(crate) fn history(
+    store: &mut impl Backend,
     user: &str,
     target: Target,
     before: Option<i64>,
@@ -115,7 +117,7 @@ fn direct_conversations_are_shared_by_both_sides() {
     );
 }
 
-fn join(c: &str, user: &str, r: &str) -> Job {
+pub(crate) fn join(c: &str, user: &str, r: &str) -> Job {
     Job::Join {
         conn: conn(c),
         reference: None,
@@ -125,7 +127,7 @@ fn join(c: &str, user: &str, r: &str) -> Job {
     }
 }
 
-fn leave(c: &str, user: &str, r: &str) -> Job {
+pub(crate) fn leave(c: &str, user: &str, r: &str) -> Job {
     Job::Leave {
         conn: conn(c),
         reference: None,
@@ -134,7 +136,7 @@ fn leave(c: &str, user: &str, r: &str) -> Job {
     }
 }
 
-fn first(done: &[Done]) -> Vec<bool> {
+pub(crate) fn first(done: &[Done]) -> Vec<bool> {
     done.iter()
         .filter_map(|d| match d {
             Done::Joined { first, .. } => Some(*first),

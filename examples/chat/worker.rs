@@ -1,14 +1,30 @@
 //! [`ChatWorker`]: the chat's [`Handler`], one per worker process.
 //!
-//! Requests that need the database (`join`, `leave`, `say`, `history`) go to
+//! Requests that need the store (`join`, `leave`, `say`, `history`) go to
 //! the worker's [`Writer`] and are answered from [`Handler::on_wake`] when
 //! their batch has committed, in the order they were sent; or with `busy`
 //! (the database stayed locked, see [`crate::store`]) or `unavailable` (it
-//! failed), and the connection stays open. `login` and `users`
+//! failed, or on a cluster Redis is unreachable: [`crate::store_redis`]),
+//! and the connection stays open. The store is SQLite, or Redis when the
+//! config has a `[cluster]`. `login` and `users`
 //! are answered at once from the registry. Room membership is a foreman group
 //! per room (`room:NAME`), joined and left as the request arrives, so a
 //! connection never misses a message stored after its `join` (it may see one
 //! both live and in the `joined` history; ids tell them apart).
+//!
+//! # `joined` comes first (protocol 1.1)
+//!
+//! Between the group join and the store's answer, the room's messages and
+//! presence events already reach the connection. So a `join` also holds the
+//! connection's output ([`Ctx::hold_output`]), and the store's answer
+//! releases it with `joined` (or the `join`'s error) put first
+//! ([`Ctx::release_output`]): the client sees `joined` before anything of
+//! the room. Holds count, one per `join` waiting for the store: with several
+//! joins of one connection in flight (any rooms), its output flows again
+//! when the last is answered; each `joined` goes before everything held up
+//! to its own answer, so before all of its room's events. (A `join` the store
+//! could not do leaves the group, but what the room sent while it waited,
+//! rare since the store was failing, still follows the error.)
 
 use crate::auth;
 use crate::config::ChatConfig;
@@ -16,6 +32,7 @@ use crate::rate::{Bucket, Verdict};
 use crate::reply;
 use crate::request::{self, ErrorCode, Frame, Gate, Refusal, Request, Target};
 use crate::store::{self, Done, Job, Store, Writer};
+use crate::store_redis::RedisStore;
 use bytes::Bytes;
 use foreman::{
     ConnError, ConnId, Ctx, Handler, Message, Request as HttpRequest, Response, TimerId,
@@ -121,8 +138,12 @@ impl ChatWorker {
                 ctx.send(conn, text);
             }
             Request::Join(join) => {
+                // In the group at once, so nothing stored from now on is
+                // missed; but held back until `joined` is ready, so nothing
+                // of the room comes before it (see the module docs).
                 session.rooms.insert(join.room.clone());
                 ctx.join_group(conn, &group(&join.room));
+                ctx.hold_output(conn);
                 let history = self.config.history_on_join;
                 let job = Job::Join {
                     conn,
@@ -218,10 +239,8 @@ impl ChatWorker {
                 let mut users = ctx.group_uids(&g);
                 users.sort();
                 users.dedup();
-                ctx.send(
-                    conn,
-                    reply::joined(&room, &users, &history, reference.as_deref()),
-                );
+                let joined = reply::joined(&room, &users, &history, reference.as_deref());
+                ctx.release_output(conn, Some(Message::from(joined)));
                 if first {
                     // Not to the user's own connections: it knows it joined
                     // (another of its connections may already be a member
@@ -259,9 +278,15 @@ impl ChatWorker {
 
     /// A request the store could not do: undoes what the loop did ahead of
     /// the store (the group of a `join`, and of a `leave`), so the
-    /// connection is where it was, and answers `code`. The connection stays
+    /// connection is where it was, and answers `code` (a `join`'s answer
+    /// releases its hold on the output, going first). The connection stays
     /// open: a locked or failing database is never the client's fault.
     fn not_stored(&mut self, ctx: &mut Ctx, job: Job, code: ErrorCode, message: &str) {
+        let refusal = |reference| Refusal {
+            code,
+            message: message.into(),
+            reference,
+        };
         let (conn, reference) = match job {
             Job::Say {
                 conn, reference, ..
@@ -278,8 +303,10 @@ impl ChatWorker {
                 if let Some(session) = self.sessions.get_mut(&conn) {
                     session.rooms.remove(&room);
                     ctx.leave_group(conn, &group(&room));
+                    let error = reply::error(&refusal(reference));
+                    ctx.release_output(conn, Some(Message::from(error)));
                 }
-                (conn, reference)
+                return;
             }
             Job::Leave {
                 conn,
@@ -295,23 +322,29 @@ impl ChatWorker {
             }
             Job::Closed { .. } | Job::Reap { .. } => return,
         };
-        let refusal = Refusal {
-            code,
-            message: message.into(),
-            reference,
-        };
-        Self::refuse(ctx, conn, &refusal);
+        Self::refuse(ctx, conn, &refusal(reference));
     }
 }
 
 impl Handler for ChatWorker {
     fn on_worker_start(&mut self, ctx: &mut Ctx) {
         let c = &self.config;
-        let (path, busy) = (c.database.clone(), c.busy_timeout);
-        let open = move || Store::open(&path, busy);
         let waker = ctx.waker();
+        let wake = move || waker.wake();
         let name = format!("chat-writer-{}", ctx.worker_id());
-        let writer = match Writer::spawn(open, c.max_batch, name, move || waker.wake()) {
+        let writer = match &c.server.cluster {
+            Some(cluster) => {
+                let (cluster, slot) = (cluster.clone(), ctx.worker_id());
+                let open = move || RedisStore::new(&cluster, slot);
+                Writer::spawn(open, c.max_batch, name, wake)
+            }
+            None => {
+                let (path, busy) = (c.database.clone(), c.busy_timeout);
+                let open = move || Store::open(&path, busy);
+                Writer::spawn(open, c.max_batch, name, wake)
+            }
+        };
+        let writer = match writer {
             Ok(writer) => writer,
             Err(e) => {
                 log::error!("chat: cannot start the writer thread: {e}");

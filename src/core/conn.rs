@@ -227,6 +227,18 @@ pub(crate) struct Conn {
     pub(crate) last_read: Instant,
     /// What an outbound connection was asked to reach, and how to retry.
     pub(crate) dial: Option<Box<Dial>>,
+    /// Output held back from the socket ([`crate::Ctx::hold_output`]).
+    pub(crate) held: Option<Box<Held>>,
+}
+
+/// Frames sent to a connection while its output is held
+/// ([`crate::Ctx::hold_output`]), and how many holds are not released yet.
+#[derive(Default)]
+pub(crate) struct Held {
+    /// Holds taken and not yet released; the frames go out at 0.
+    pub(crate) count: u32,
+    /// The frames, in the order they were sent.
+    pub(crate) out: OutQueue,
 }
 
 impl Conn {
@@ -251,7 +263,13 @@ impl Conn {
             marks: Marks::default(),
             last_read: now,
             dial: None,
+            held: None,
         }
+    }
+
+    /// Bytes queued for the socket or held back: what the output cap counts.
+    pub(crate) fn queued(&self) -> usize {
+        self.out.len() + self.held.as_ref().map_or(0, |h| h.out.len())
     }
 
     /// Whether the worker opened it (`ctx.connect`).

@@ -9,10 +9,12 @@
 //! - `peers.rs`: what other workers say, applied to this core;
 //! - `nodes.rs`: the same for other nodes of a cluster, through Redis;
 //! - `dial.rs`: outbound connections' options and state;
+//! - `hold.rs`: output held back from a connection ([`crate::Ctx::hold_output`]);
 //! - `timer.rs`, `pool.rs`: timers and the blocking-work pool.
 
 pub(crate) mod conn;
 pub(crate) mod dial;
+mod hold;
 mod lifecycle;
 pub(crate) mod membership;
 mod nodes;

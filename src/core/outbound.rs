@@ -34,6 +34,7 @@ impl Core {
             marks: Marks::default(),
             last_read: self.now,
             dial: Some(Box::new(dial)),
+            held: None,
         });
         self.redials.push(Reverse((self.now, key, serial)));
         self.make_id(key, serial)

@@ -65,12 +65,18 @@ impl Core {
         }
     }
 
-    /// Queues an encoded frame for a local connection, under the output cap.
+    /// Queues an encoded frame for a local connection, under the output cap
+    /// (which counts what is held back too); while its output is held, the
+    /// frame waits with the held ones.
     pub(crate) fn queue(&mut self, key: usize, frame: Bytes) -> bool {
         let c = &mut self.conns[key];
-        if c.out.len() >= self.cfg.max_output_bytes {
+        if c.queued() >= self.cfg.max_output_bytes {
             self.overflow(key, 1);
             return false;
+        }
+        if let Some(held) = c.held.as_mut() {
+            held.out.push(frame);
+            return true;
         }
         c.out.push(frame);
         self.note_full(key);

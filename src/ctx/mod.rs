@@ -33,7 +33,8 @@ pub struct ConnInfo {
     /// Its protocol: the listener's, or the scheme an outbound connection
     /// was opened with.
     pub protocol: Protocol,
-    /// Bytes queued for it, not yet written to the socket.
+    /// Bytes queued for it, not yet written to the socket (with those held
+    /// back by [`Ctx::hold_output`]).
     pub queued_bytes: usize,
     /// The worker opened it with [`Ctx::connect`].
     pub outbound: bool,
@@ -122,7 +123,7 @@ impl<'a> Ctx<'a> {
         Some(ConnInfo {
             peer: c.peer,
             protocol: c.wire.protocol,
-            queued_bytes: c.out.len() + c.dial.as_ref().map_or(0, |d| d.held.len()),
+            queued_bytes: c.queued() + c.dial.as_ref().map_or(0, |d| d.held.len()),
             outbound: c.outbound(),
             tls: matches!(c.io, Some(crate::net::Transport::Tls(_)))
                 || c.dial.as_ref().is_some_and(|d| d.tls.is_some()),
@@ -193,6 +194,45 @@ impl<'a> Ctx<'a> {
     /// Returns false when the connection is not online.
     pub fn send_prepared(&mut self, conn: ConnId, msg: &Prepared) -> bool {
         self.core.send_frame(conn, msg.bytes.clone(), msg.wire)
+    }
+
+    /// Holds back output to a connection of this worker: what is sent to it
+    /// from now on (by this worker or across the bus, to it, its uid, its
+    /// groups or everyone) is kept in order and not written until
+    /// [`Ctx::release_output`]. What was queued before keeps being written.
+    /// Held frames count against `max_output_bytes` with the same
+    /// [`crate::OverflowPolicy`] as queued ones. A connection that closes
+    /// while held drops what was held.
+    ///
+    /// Holds count: each one is released by one `release_output`, and the
+    /// output flows again when the last one is. The use it is made for: a
+    /// connection joins a group at once (so it misses nothing sent to the
+    /// group), holds its output, and releases it with its answer first once
+    /// the slow part of the join (a database) is done; so the client sees
+    /// the answer before anything sent to the group.
+    ///
+    /// Returns false (and holds nothing) when the connection is not an open
+    /// connection this worker accepted.
+    pub fn hold_output(&mut self, conn: ConnId) -> bool {
+        match self.core.local_key(conn) {
+            Some(key) => self.core.hold_output(key),
+            None => false,
+        }
+    }
+
+    /// Releases one hold of [`Ctx::hold_output`]: `first` (if any) is put
+    /// before everything held so far, and once no hold is left, all of it is
+    /// queued, in order, behind what was queued before the first hold, and
+    /// written. `first` counts against `max_output_bytes` like any send.
+    /// Returns false when the connection's output was not held (or it is
+    /// not this worker's, or closed).
+    pub fn release_output(&mut self, conn: ConnId, first: Option<Message>) -> bool {
+        let Some(key) = self.core.local_key(conn) else {
+            return false;
+        };
+        let wire = self.core.conns[key].wire;
+        let first = first.map(|m| codec::encode(wire, &m));
+        self.core.release_output(key, first)
     }
 
     /// Closes a connection on any worker (WebSocket code 1000).

@@ -17,8 +17,7 @@ pub struct Client {
     ws: WebSocket<TcpStream>,
     /// The user after `login`.
     pub user: String,
-    /// The connection id from `welcome` (`worker.key.serial`, or
-    /// `node.worker.key.serial` on a cluster).
+    /// The connection id from `welcome` (`[node.]worker.key.serial`).
     pub conn: String,
 }
 
@@ -77,17 +76,14 @@ impl Client {
         }
     }
 
-    /// The worker serving this connection: the first part of a
-    /// `worker.key.serial` conn, the second of a cluster's
-    /// `node.worker.key.serial`.
-    #[track_caller]
+    /// The worker serving this connection (`worker.key.serial`, or
+    /// `node.worker.key.serial` on a cluster).
     pub fn worker(&self) -> usize {
-        let parts: Vec<&str> = self.conn.split('.').collect();
-        parts
-            .len()
-            .checked_sub(3)
-            .and_then(|at| parts[at].parse().ok())
-            .unwrap_or_else(|| panic!("conn id {:?}", self.conn))
+        self.conn
+            .rsplit('.')
+            .nth(2)
+            .and_then(|w| w.parse().ok())
+            .expect("conn id")
     }
 
     /// Sends a JSON frame.
@@ -225,27 +221,20 @@ impl Client {
         }
     }
 
-    /// Joins a room and returns the `joined` reply. The connection is in the
-    /// room from the moment the server reads the request, while `joined`
-    /// waits for the database; a `presence` event sent to the room meanwhile
-    /// (even one about a change just before, still crossing from another
-    /// worker) may come first, and is skipped. Anything else fails.
+    /// Joins a room and returns the `joined` reply, which must be the next
+    /// frame (protocol 1.1: nothing of the room comes before it; the test
+    /// has nothing else in flight).
     #[track_caller]
     pub fn join(&mut self, room: &str) -> Value {
         self.send(json!({"type": "join", "room": room}));
-        loop {
-            let v = self.recv();
-            if v["type"] == "presence" && v["room"] == room {
-                continue;
-            }
-            assert_eq!(
-                v["type"], "joined",
-                "{}: expected joined, got {v}",
-                self.user
-            );
-            assert_eq!(v["room"], room);
-            return v;
-        }
+        let v = self.recv();
+        assert_eq!(
+            v["type"], "joined",
+            "{}: expected joined, got {v}",
+            self.user
+        );
+        assert_eq!(v["room"], room);
+        v
     }
 
     /// Waits until the server has closed the connection and the socket (the
