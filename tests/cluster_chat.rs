@@ -62,8 +62,7 @@ fn the_users_of_a_killed_node_leave() {
     // on both nodes. All in room r.
     let (mut watch, mut mark) = (d.login_on("watch", 0), d.login_on("mark", 2));
     watch.join("r");
-    mark.send(json!({"type": "join", "room": "r"}));
-    mark.wait_for("joined", |v| v["type"] == "joined");
+    mark.join("r");
     assert_eq!(watch.expect("presence")["user"], "mark");
     let gone: BTreeSet<String> = (0..5).map(|i| format!("b{i}")).collect();
     let mut on_b = Vec::new();
@@ -86,14 +85,16 @@ fn the_users_of_a_killed_node_leave() {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    users_until(&mut watch, json!({"type": "users", "ref": "all"}), |v| {
+    // (both_a asks, since users_until skips what else comes: watch must
+    // see every presence event.)
+    users_until(&mut both_a, json!({"type": "users", "ref": "all"}), |v| {
         v["users"] == json!(everyone)
     });
 
     let killed = Instant::now();
     d.servers[1].kill_all();
     drop((on_b, both_b));
-    let left = users_until(&mut watch, json!({"type": "users", "ref": "after"}), |v| {
+    let left = users_until(&mut both_a, json!({"type": "users", "ref": "after"}), |v| {
         v["users"].as_array().is_some_and(|u| {
             !u.iter()
                 .any(|n| n.as_str().is_some_and(|n| gone.contains(n)))

@@ -13,7 +13,7 @@
 mod chat_util;
 mod common;
 
-use chat_util::scenarios::users_until;
+use chat_util::scenarios::{settle, users_until};
 use chat_util::{Client, Deployment, Event, WAIT};
 use common::*;
 use serde_json::{json, Value};
@@ -225,6 +225,8 @@ fn testbed_loops_do_not_block_while_redis_hangs() {
             let e = slowest.entry("push").or_default();
             *e = (*e).max(t.elapsed());
         }
+        // Nothing else comes (and the next round waits a moment).
+        assert_eq!(peers[0].push(Duration::from_millis(10)), None);
         rounds += 1;
     }
     // A change during the hang, for the other node to learn afterwards.
@@ -293,8 +295,10 @@ fn al_and_bo(d: &Deployment) -> (Client, Client) {
     let mut al = d.login_on("al", 0);
     let mut bo = d.login_on("bo", 1);
     al.join("r");
+    // (al's presence must not reach bo after its joined: see `settle`.)
+    assert_eq!(settle(&mut al, &mut bo), (vec![], vec![]));
     bo.join("r");
-    al.wait_for("bo's presence", |v| v["type"] == "presence");
+    assert_eq!(al.expect("presence")["user"], "bo");
     (al, bo)
 }
 
@@ -397,8 +401,9 @@ fn worker_pids_of(d: &mut Deployment) -> Vec<Vec<i32>> {
 }
 
 /// The chat on two nodes, Redis SIGSTOPped for 5 s: `users` keeps being
-/// answered on both nodes within [`LOOP_DEADLINE`]; after SIGCONT messages
-/// flow both ways again.
+/// answered on both nodes within [`LOOP_DEADLINE`] (listing at least the
+/// node's own user); after SIGCONT both nodes list both users again and
+/// messages flow both ways.
 #[test]
 fn chat_answers_while_redis_hangs_and_recovers() {
     let mut d = Deployment::two("redis-stop", "");
@@ -409,7 +414,7 @@ fn chat_answers_while_redis_hangs_and_recovers() {
 
     d.redis().stop();
     let hung = Instant::now();
-    let mut slowest = Duration::ZERO;
+    let (mut slowest, mut seen_both) = (Duration::ZERO, Duration::ZERO);
     let mut k = 0;
     while hung.elapsed() < HUNG {
         for c in [&mut al, &mut bo] {
@@ -427,14 +432,34 @@ fn chat_answers_while_redis_hangs_and_recovers() {
                 (Some("users"), Some(r.as_str())),
                 "{v}"
             );
-            assert_eq!(v["users"], json!(["al", "bo"]), "{v}");
+            // Its own user at least; the other node's drops out once it
+            // has not been heard from for presence_ttl_ms (1.5 s < 5 s).
+            let users = v["users"].as_array().expect("users");
+            assert!(users.contains(&json!(c.user)), "{}: {v}", c.user);
+            if users.len() == 2 {
+                seen_both = seen_both.max(hung.elapsed());
+            }
             slowest = slowest.max(t.elapsed());
+            // Nothing else comes (and the next question waits a moment).
+            match c.next_event(Duration::from_millis(10)) {
+                Event::Timeout => {}
+                Event::Frame(v) => panic!("{}: unexpected {v}", c.user),
+                Event::Closed(code) => panic!("{}: closed {code:?}", c.user),
+            }
         }
     }
-    eprintln!("while Redis hung for {HUNG:?}: {k} users answers, the slowest in {slowest:?}");
+    eprintln!(
+        "while Redis hung for {HUNG:?}: {k} users answers, the slowest in {slowest:?}; \
+         both users listed until {seen_both:?}"
+    );
 
     d.redis().cont();
     let back = Instant::now();
+    for c in [&mut al, &mut bo] {
+        users_until(c, json!({"type": "users", "ref": "again"}), |v| {
+            v["users"] == json!(["al", "bo"])
+        });
+    }
     wait_messages_flow(&mut al, &mut bo, "ab");
     wait_messages_flow(&mut bo, &mut al, "ba");
     eprintln!(

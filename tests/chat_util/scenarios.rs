@@ -43,6 +43,57 @@ pub fn before_marker(watch: &mut Client, marker: &mut Client, room: &str) -> Vec
     }
 }
 
+/// Makes sure that what `from`'s worker sent so far has reached `to`'s
+/// worker: `from` sends `to`'s user a direct message, which takes the same
+/// path (the bus, or its node's channel through Redis) after everything
+/// `from`'s worker sent before, and `to` waits for it. Returns what else
+/// `from` and `to` received meanwhile.
+///
+/// A room's members are resolved where the event arrives, so an event sent
+/// before a connection joined (a presence, a message) can still reach it
+/// after its `joined` if it was in flight. A test that orders a join after
+/// an event by its own clock settles first, so that its checks do not
+/// depend on how fast the event travels.
+#[track_caller]
+pub fn settle(from: &mut Client, to: &mut Client) -> (Vec<Value>, Vec<Value>) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let text = format!("settle {}", N.fetch_add(1, Ordering::SeqCst));
+    let deadline = Instant::now() + WAIT;
+    let mut from_other = Vec::new();
+    'sent: loop {
+        from.send(json!({"type": "say", "to": to.user, "text": text, "ref": text}));
+        loop {
+            let v = from.recv();
+            if v["ref"] == text.as_str() {
+                if v["type"] == "ack" {
+                    break 'sent;
+                }
+                // `to` logged in just now: its node may not have told
+                // `from`'s yet.
+                assert_eq!(v["code"], "unknown_user", "{}: {v}", from.user);
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never saw {} online",
+                    from.user,
+                    to.user
+                );
+                continue 'sent;
+            }
+            if v["type"] != "message" || v["text"] != text.as_str() {
+                from_other.push(v);
+            }
+        }
+    }
+    let mut to_other = Vec::new();
+    loop {
+        let v = to.recv();
+        if v["type"] == "message" && v["text"] == text.as_str() {
+            return (from_other, to_other);
+        }
+        to_other.push(v);
+    }
+}
+
 /// Reads `watch`'s `presence` events until each of `users` has left once;
 /// a join, or a leave of anyone else or of someone twice, fails (`what`
 /// says in which case).
@@ -66,9 +117,7 @@ pub fn watch_and_mark(d: &Deployment) -> (Client, Client) {
     let mut watch = d.login_on("watch", 0);
     watch.join("r");
     let mut mark = d.login_on("mark", 1);
-    // (`wait_for`: events of the room may come before `joined`.)
-    mark.send(json!({"type": "join", "room": "r"}));
-    mark.wait_for("joined", |v| v["type"] == "joined");
+    mark.join("r");
     assert_eq!(watch.expect("presence")["user"], "mark");
     (watch, mark)
 }
@@ -81,8 +130,9 @@ pub fn a_room_message_reaches_members_elsewhere(start: Start) {
     let mut bo = d.login_on("bo", 1);
     let mut outsider = d.login_on("cy", 1);
     al.join("r");
+    assert_eq!(settle(&mut al, &mut bo), (vec![], vec![]));
     bo.join("r");
-    al.wait_for("bo's presence", |v| v["type"] == "presence");
+    assert_eq!(al.expect("presence")["user"], "bo");
     al.send(json!({"type": "say", "room": "r", "text": "hi bo", "ref": "1"}));
     let seen = bo.expect("message");
     assert_eq!(seen["from"], "al");
@@ -193,6 +243,7 @@ pub fn presence_on_first_join_and_last_leave(start: Start) {
 
     // Explicit leave of the only connection, seen from the other slot.
     let mut cy = d.login_on("cy", 1);
+    assert_eq!(settle(&mut watch, &mut cy), (vec![], vec![]));
     cy.join("r");
     assert_eq!(watch.expect("presence")["event"], "join");
     cy.send(json!({"type": "leave", "room": "r", "ref": "bye"}));
@@ -225,6 +276,7 @@ pub fn history_pages_backwards_without_gaps(start: Start) {
     }
     // A member elsewhere reads it.
     let mut bo = d.login_on("bo", 1);
+    assert_eq!(settle(&mut al, &mut bo), (vec![], vec![]));
     let joined = bo.join("r");
     assert_eq!(ids(&joined["history"]), sent[115..]);
     bo.send(json!({"type": "history", "room": "r", "ref": "h"}));
@@ -322,6 +374,11 @@ pub fn simultaneous_joins_and_leaves_of_one_user_make_one_event_each(start: Star
     for round in 0..5 {
         let mut a = d.login_on("bo", 0);
         let mut b = d.login_on("bo", 1);
+        // Each worker knows the other connection is bo's (so neither gets a
+        // presence about its own user).
+        let none = (vec![], vec![]);
+        assert_eq!(settle(&mut a, &mut b), none, "round {round}");
+        assert_eq!(settle(&mut b, &mut a), none, "round {round}");
         // Both joins leave before either reply is read.
         a.send(json!({"type": "join", "room": "r"}));
         b.send(json!({"type": "join", "room": "r"}));
