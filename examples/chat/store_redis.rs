@@ -44,7 +44,11 @@
 //! cut off from Redis that long): the script runs alone, so each leave is
 //! found, and announced ([`Done::Gone`]), by exactly one worker in the
 //! cluster. A restarted node's workers register again with their first
-//! batch.
+//! batch. A worker that was only cut off (from Redis, longer than the TTL)
+//! finds its `alive` key gone when it is back: it reports
+//! [`Done::Revived`], and its worker puts its connections back in their
+//! rooms ([`Job::Rejoin`]), announcing those users again where the others
+//! had been told they left.
 //!
 //! [`ConnId`]: foreman::ConnId
 
@@ -85,6 +89,10 @@ pub struct RedisStore {
     next_beat: Instant,
     /// The script.
     script: redis::Script,
+    /// A call has succeeded: from then on the unit is expected alive.
+    registered: bool,
+    /// A call found the unit expired: [`Done::Revived`] is owed.
+    revived: bool,
 }
 
 /// A connection and how far Redis's clock is ahead of ours.
@@ -122,6 +130,8 @@ impl RedisStore {
             ttl: cluster.presence_ttl,
             next_beat: Instant::now(),
             script: redis::Script::new(SCRIPT),
+            registered: false,
+            revived: false,
         })
     }
 
@@ -161,13 +171,28 @@ impl RedisStore {
         for op in ops {
             call.arg(op);
         }
-        let answers = match call.invoke::<Value>(&mut link.con) {
-            Ok(Value::Array(answers)) if answers.len() == count => answers,
+        let (was_alive, answers) = match call.invoke::<Value>(&mut link.con) {
+            Ok(Value::Array(answer)) => match <[Value; 2]>::try_from(answer) {
+                Ok([Value::Int(was), Value::Array(answers)]) if answers.len() == count => {
+                    (was == 1, answers)
+                }
+                Ok([Value::Int(was), Value::Nil]) if count == 0 => (was == 1, Vec::new()),
+                other => return Err(format!("unexpected answer {other:?}")),
+            },
             Ok(other) => return Err(format!("unexpected answer {other:?}")),
             Err(e) => return Err(e.to_string()),
         };
+        // Alive before, unless this is the first call: else the unit
+        // expired in between, and may have been reaped.
+        self.revived |= self.registered && !was_alive;
+        self.registered = true;
         self.next_beat = Instant::now() + self.ttl / 3;
         Ok(answers)
+    }
+
+    /// [`Done::Revived`], once, if a call found the unit expired.
+    fn revived(&mut self) -> Option<Done> {
+        std::mem::take(&mut self.revived).then_some(Done::Revived)
     }
 
     fn try_run(&mut self, jobs: &[Job]) -> Result<Vec<Done>, Failure> {
@@ -181,6 +206,7 @@ impl RedisStore {
         for ((job, answer), time) in jobs.iter().zip(answers).zip(times) {
             job.finish(decode(job, answer, time)?, &mut done);
         }
+        done.extend(self.revived());
         Ok(done)
     }
 
@@ -224,6 +250,12 @@ impl RedisStore {
             Job::Leave {
                 conn, user, room, ..
             } => ops.extend(["leave".into(), room.clone(), user.clone(), conn.to_string()]),
+            Job::Rejoin { conn, user, room } => ops.extend([
+                "rejoin".into(),
+                room.clone(),
+                user.clone(),
+                conn.to_string(),
+            ]),
             Job::Closed { conn, user } => {
                 ops.extend(["closed".into(), conn.to_string(), user.clone()])
             }
@@ -274,6 +306,7 @@ impl Backend for RedisStore {
             Ok(gone) => gone
                 .into_iter()
                 .map(|(room, user)| Done::Gone { user, room })
+                .chain(self.revived())
                 .collect(),
             Err(error) => {
                 self.link = None;
@@ -312,6 +345,10 @@ fn decode(job: &Job, answer: Value, time: i64) -> Result<Found, Failure> {
                 history: messages(items.collect())?,
             }
         }
+        Job::Rejoin { .. } => Found::Joined {
+            first: array(answer)?.first().map_or(Ok(0), int)? == 1,
+            history: Vec::new(),
+        },
         Job::Leave { .. } => Found::Left {
             last: int(&answer)? == 1,
         },
