@@ -93,6 +93,8 @@ pub struct RedisStore {
     registered: bool,
     /// A call found the unit expired: [`Done::Revived`] is owed.
     revived: bool,
+    /// The last call failed.
+    failing: bool,
 }
 
 /// A connection and how far Redis's clock is ahead of ours.
@@ -132,6 +134,7 @@ impl RedisStore {
             script: redis::Script::new(SCRIPT),
             registered: false,
             revived: false,
+            failing: false,
         })
     }
 
@@ -188,6 +191,29 @@ impl RedisStore {
         self.registered = true;
         self.next_beat = Instant::now() + self.ttl / 3;
         Ok(answers)
+    }
+
+    /// A call failed: the link goes (the next call connects anew), the
+    /// heartbeat waits a while (so a batch that just failed is not followed
+    /// at once by a heartbeat that fails too), and the first failure of a
+    /// spell is logged as a warning (the others, every retry, at debug).
+    fn failed(&mut self, what: &str, error: &str) {
+        self.link = None;
+        self.next_beat = Instant::now() + (self.ttl / 3).min(TIMEOUT);
+        if std::mem::replace(&mut self.failing, true) {
+            log::debug!("chat store: Redis: {what}: {error}");
+        } else {
+            log::warn!(
+                "chat store: Redis: {what}: {error}; answering `unavailable` until it is back"
+            );
+        }
+    }
+
+    /// A call succeeded: the end of a spell of failures is logged.
+    fn recovered(&mut self) {
+        if std::mem::take(&mut self.failing) {
+            log::info!("chat store: Redis is back");
+        }
     }
 
     /// [`Done::Revived`], once, if a call found the unit expired.
@@ -275,13 +301,12 @@ impl Backend for RedisStore {
     /// dropped and nothing was done (see the module docs).
     fn run(&mut self, jobs: &[Job]) -> Vec<Done> {
         match self.try_run(jobs) {
-            Ok(done) => done,
+            Ok(done) => {
+                self.recovered();
+                done
+            }
             Err(error) => {
-                self.link = None;
-                log::warn!(
-                    "chat store: Redis failed a batch of {}: {error}",
-                    jobs.len()
-                );
+                self.failed(&format!("a batch of {} failed", jobs.len()), &error);
                 jobs.iter()
                     .map(|job| match job.kept() {
                         true => Done::Busy(job.clone()),
@@ -303,16 +328,15 @@ impl Backend for RedisStore {
     fn housekeep(&mut self) -> Vec<Done> {
         let answer = self.call(&["dead".into()], 1);
         match answer.and_then(|a| gone_pairs(a.into_iter().next())) {
-            Ok(gone) => gone
-                .into_iter()
-                .map(|(room, user)| Done::Gone { user, room })
-                .chain(self.revived())
-                .collect(),
+            Ok(gone) => {
+                self.recovered();
+                gone.into_iter()
+                    .map(|(room, user)| Done::Gone { user, room })
+                    .chain(self.revived())
+                    .collect()
+            }
             Err(error) => {
-                self.link = None;
-                // Try again in a while, not at once.
-                self.next_beat = Instant::now() + (self.ttl / 3).min(TIMEOUT);
-                log::warn!("chat store: Redis heartbeat failed: {error}");
+                self.failed("the heartbeat failed", &error);
                 Vec::new()
             }
         }
