@@ -128,7 +128,16 @@ mod tests {
 
     #[test]
     fn conn_id_rejects_malformed_text() {
-        for bad in ["", "1", "1.2", "0.1.2.3", "1.2.3.4.5", "a.b.c", "70000.1.1", "-1.0.0"] {
+        for bad in [
+            "",
+            "1",
+            "1.2",
+            "0.1.2.3",
+            "1.2.3.4.5",
+            "a.b.c",
+            "70000.1.1",
+            "-1.0.0",
+        ] {
             assert!(bad.parse::<ConnId>().is_err(), "{bad:?} parsed");
         }
     }

@@ -131,8 +131,7 @@ pub struct ClusterConfig {
 
 fn name_ok(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
@@ -161,7 +160,9 @@ impl ClusterConfig {
         let bad = |m: String| Err(Error::Config(m));
         let Some(url) = &s.redis_url else {
             if s.node.is_some() || s.presence_ttl_ms.is_some() || s.prefix.is_some() {
-                return bad("cluster: redis_url is missing (without it the other keys do nothing)".into());
+                return bad(
+                    "cluster: redis_url is missing (without it the other keys do nothing)".into(),
+                );
             }
             return Ok(None);
         };
@@ -243,7 +244,13 @@ mod tests {
         let u = RedisUrl::parse("redis://:pw@[::1]:7000").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 7000));
         assert_eq!(u.password.as_deref(), Some("pw"));
-        for bad in ["http://x", "redis://", "redis://h:port", "redis://h/x", "rediss://h"] {
+        for bad in [
+            "http://x",
+            "redis://",
+            "redis://h:port",
+            "redis://h/x",
+            "rediss://h",
+        ] {
             assert!(RedisUrl::parse(bad).is_err(), "{bad}");
         }
     }

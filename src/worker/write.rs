@@ -41,7 +41,8 @@ impl<H: Handler> Worker<H> {
                 Ok(true) => {
                     if c.marks.full {
                         c.marks.full = false;
-                        let id = ConnId::on_node(self.core.node, self.core.slot, key as u32, c.serial);
+                        let id =
+                            ConnId::on_node(self.core.node, self.core.slot, key as u32, c.serial);
                         self.core.deferred.push_back(Deferred::BufferDrain(id));
                     }
                     if c.life.is_closing() && c.close_done() {
