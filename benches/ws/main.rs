@@ -17,14 +17,20 @@
 //! skipped. Options:
 //!
 //! - `--full`: 10 s windows, 3 runs per pair (median), adds `idle-36k`.
-//! - `--servers LIST`: among `foreman`, `foreman1` (count 1), `tokio`, `uws`, `ws`.
+//! - `--servers LIST`: among `foreman`, `foreman1` (count 1), `tokio`, `uws`, `ws`,
+//!   `foreman-cluster` (2 nodes x count 1 joined by a `redis-server` the bench
+//!   starts; it runs only `cluster-fanout`).
 //! - `--scenarios LIST`: among `idle-10k`, `idle-36k`, `echo`, `fanout-sat`,
-//!   `fanout-rate`, `churn`.
+//!   `fanout-rate`, `churn`, `cluster-fanout` (`fanout-sat`'s load against
+//!   `foreman-cluster` and one `foreman` node with count 2).
 //! - `--runs N`, `--measure-ms N`, `--conns N`: override the profile.
 //! - `--no-build`: use the examples as they are in `target/release/examples`.
 
+mod cluster;
 mod hist;
 mod nofile;
+#[path = "../common/redis_server.rs"]
+mod redis_server;
 
 pub use nofile::raise_nofile_limit;
 mod loadgen;
@@ -109,6 +115,7 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
         senders: 0,
         rate: 0.0,
         clients,
+        cluster: false,
         warm,
         measure,
     };
@@ -130,6 +137,14 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
         ..base("fanout-rate", Kind::Fanout, 1000, 2)
     });
     v.push(base("churn", Kind::Churn, 64, 2));
+    // Issue 11: the same saturation load over 2 nodes x 1 worker joined by
+    // Redis (the servers of `foreman-cluster`; each load generator holds one
+    // node's half) and over one node with count = 2 (`foreman`).
+    v.push(Scenario {
+        senders: 10,
+        cluster: true,
+        ..base("cluster-fanout", Kind::Fanout, 1000, 2)
+    });
     if let Some(n) = o.conns {
         for sc in &mut v {
             sc.conns = n;
@@ -142,39 +157,17 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
 /// Which servers run which scenarios.
 fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
     let servers = [
+        ("foreman", ServerSpec::single("foreman", 2)),
+        ("foreman1", ServerSpec::single("foreman", 1)),
+        ("tokio", ServerSpec::single("tokio", 2)),
+        ("uws", ServerSpec::single("uws", 1)),
+        ("ws", ServerSpec::single("ws", 1)),
         (
-            "foreman",
+            "foreman-cluster",
             ServerSpec {
                 name: "foreman",
-                count: 2,
-            },
-        ),
-        (
-            "foreman1",
-            ServerSpec {
-                name: "foreman",
                 count: 1,
-            },
-        ),
-        (
-            "tokio",
-            ServerSpec {
-                name: "tokio",
-                count: 2,
-            },
-        ),
-        (
-            "uws",
-            ServerSpec {
-                name: "uws",
-                count: 1,
-            },
-        ),
-        (
-            "ws",
-            ServerSpec {
-                name: "ws",
-                count: 1,
+                nodes: 2,
             },
         ),
     ];
@@ -189,7 +182,13 @@ fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
         }
         for (key, spec) in &servers {
             // count=1 of ours only in fanout, where the issue compares it.
-            if *key == "foreman1" && sc.kind != Kind::Fanout {
+            if *key == "foreman1" && (sc.kind != Kind::Fanout || sc.cluster) {
+                continue;
+            }
+            // The cluster runs only its scenario, which compares it with one
+            // node of count 2 alone.
+            let cluster_pair = matches!(*key, "foreman" | "foreman-cluster");
+            if (sc.cluster && !cluster_pair) || (*key == "foreman-cluster" && !sc.cluster) {
                 continue;
             }
             if wanted(&o.servers, key) {
