@@ -9,6 +9,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,6 +37,18 @@ fn binary() -> PathBuf {
     }
 }
 
+/// Keeps the calling process (its threads to come) on CPU `cpu`; false if
+/// the kernel refused.
+pub fn pin_to(cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and
+    // sched_setaffinity get valid pointers to it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
 fn free_port() -> Result<u16, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("free port: {e}"))?;
     l.local_addr()
@@ -57,19 +70,38 @@ impl RedisServer {
     /// Starts one and waits (at most 10 s) until it answers `PING`. The
     /// error says "not installed" when there is no binary to run.
     pub fn start() -> Result<RedisServer, String> {
+        RedisServer::start_on(None)
+    }
+
+    /// [`RedisServer::start`], with the server and all its threads kept on
+    /// CPU `cpu` if given.
+    pub fn start_on(cpu: Option<usize>) -> Result<RedisServer, String> {
         let port = free_port()?;
         let dir =
             std::env::temp_dir().join(format!("foreman-bench-redis-{}-{port}", std::process::id()));
         fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let child = Command::new(binary())
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        let mut cmd = Command::new(binary());
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+            .stderr(Stdio::null());
+        if let Some(cpu) = cpu {
+            // SAFETY: the closure runs in the forked child before exec and
+            // only calls sched_setaffinity, which is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if pin_to(cpu) {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = cmd.spawn();
         let child = match child {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -4,7 +4,15 @@
 //! cargo bench --bench redis_link                  # 3 runs, about 40 s
 //! cargo bench --bench redis_link -- --runs 5 --measure-ms 2000
 //! cargo bench --bench redis_link -- --only pub1,ping   # pub1 pub10 pub100 ping hset
+//! cargo bench --bench redis_link -- --pin split        # same (default), split, none
 //! ```
+//!
+//! `--pin same` keeps the client (every thread) and Redis on CPU 0: the
+//! figures then show what each design costs, not where the scheduler put
+//! the processes. Unpinned (`none`) on a small VM, a wakeup across cores
+//! costs tens of µs, and whether the client and Redis share a core flips
+//! from case to case, so burst-1 figures jump by 5x between runs. `split`
+//! keeps the client on CPU 0 and Redis on CPU 1: every hop crosses cores.
 //!
 //! Starts its own `redis-server` on a free port, then drives the same
 //! workloads through two designs, as a worker's loop would use them:
@@ -29,7 +37,9 @@
 //! the loop; PING/HSET: until the reply is), the client process's CPU per
 //! 100k commands (getrusage user+sys, and the loop thread's share), and
 //! Redis's CPU per 100k (from `/proc/PID/stat`). Medians over the runs; the
-//! designs alternate in order from run to run.
+//! designs alternate in order from run to run, and the workloads rotate.
+//! `other CPU %` is what the rest of the machine took meanwhile (of 200% on
+//! two cores): noise to read the figures against.
 
 mod bridge;
 mod in_loop;
@@ -376,7 +386,24 @@ fn main() {
     let runs: usize = arg(&args, "--runs").unwrap_or(3).max(1);
     let measure = Duration::from_millis(arg(&args, "--measure-ms").unwrap_or(1000));
     let warm = Duration::from_millis(200);
-    let redis = match RedisServer::start() {
+    // Where the client and Redis run (see the module docs).
+    let pin: String = arg(&args, "--pin").unwrap_or_else(|| "same".into());
+    let (client_cpu, redis_cpu) = match pin.as_str() {
+        "same" => (Some(0), Some(0)),
+        "split" => (Some(0), Some(1)),
+        "none" => (None, None),
+        other => {
+            eprintln!("redis_link: --pin {other}: expected same, split or none");
+            std::process::exit(2);
+        }
+    };
+    if let Some(cpu) = client_cpu {
+        if !redis_server::pin_to(cpu) {
+            eprintln!("redis_link: cannot pin to CPU {cpu}");
+            std::process::exit(1);
+        }
+    }
+    let redis = match RedisServer::start_on(redis_cpu) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("redis_link: {e}");
@@ -403,7 +430,12 @@ fn main() {
     let mut results = vec![vec![Vec::<Figures>::new(); designs.len()]; works.len()];
     for run in 0..runs {
         eprintln!("redis_link: run {}/{runs} ...", run + 1);
-        for (w, work) in works.iter().enumerate() {
+        // Rotate the workloads too: the scheduler's placement of the client
+        // and Redis on the two cores lingers after a heavy case and slows
+        // the next one, so no case always follows the same one.
+        for j in 0..works.len() {
+            let w = (j + run) % works.len();
+            let work = &works[w];
             for k in 0..designs.len() {
                 // Alternate which design goes first.
                 let di = (k + run) % designs.len();
@@ -422,7 +454,7 @@ fn main() {
         }
     }
     println!(
-        "\n## Redis client designs (redis-server 127.0.0.1:{}, {runs} run(s), {} ms windows, medians; took {:.0} s)\n",
+        "\n## Redis client designs (redis-server 127.0.0.1:{}, --pin {pin}, {runs} run(s), {} ms windows, medians; took {:.0} s)\n",
         redis.port,
         measure.as_millis(),
         t0.elapsed().as_secs_f64()
