@@ -69,6 +69,7 @@ fn answers_ping(addr: SocketAddr) -> bool {
 impl RedisServer {
     /// Starts one and waits (at most 10 s) until it answers `PING`. The
     /// error says "not installed" when there is no binary to run.
+    #[allow(dead_code)] // not every including bench needs it
     pub fn start() -> Result<RedisServer, String> {
         RedisServer::start_on(None)
     }
