@@ -132,12 +132,46 @@ pub struct Flags {
         default_missing_value = "true"
     )]
     pub reuse_port: Option<bool>,
+    /// Where the master writes its pid (instead of the config's pid_file)
+    #[arg(long, value_name = "FILE", global = true)]
+    pub pid_file: Option<String>,
+    /// Join a cluster through this Redis (redis://host:port/db), instead of
+    /// the config's [cluster] redis_url
+    #[arg(long, value_name = "URL", global = true)]
+    pub redis_url: Option<String>,
+    /// This node's name in the cluster (instead of [cluster] node)
+    #[arg(long, value_name = "NAME", global = true)]
+    pub node: Option<String>,
 }
 
 impl Flags {
-    /// Applies `--listen`, `--count` and `--reuse-port` to a config, and
-    /// validates the result.
+    /// Applies `--listen`, `--count`, `--reuse-port`, `--pid-file`,
+    /// `--redis-url` and `--node` to a config, and validates the result.
     pub fn apply(&self, config: &mut Config) -> Result<()> {
+        if let Some(p) = &self.pid_file {
+            config.pid_file = Some(p.clone());
+        }
+        if self.redis_url.is_some() || self.node.is_some() {
+            let current = config.cluster.as_ref();
+            let section = crate::ClusterSection {
+                redis_url: self
+                    .redis_url
+                    .clone()
+                    .or_else(|| current.map(|c| c.redis.to_url())),
+                node: self
+                    .node
+                    .clone()
+                    .or_else(|| current.map(|c| c.node.clone())),
+                presence_ttl_ms: current.map(|c| c.presence_ttl.as_millis() as u64),
+                prefix: current.map(|c| c.prefix.clone()),
+            };
+            if section.redis_url.is_none() {
+                return Err(crate::Error::Config(
+                    "--node needs a cluster: give --redis-url or [cluster] redis_url".into(),
+                ));
+            }
+            config.set_cluster(&section)?;
+        }
         if let Some(l) = &self.listen {
             config.set_listen(l)?;
         }
@@ -235,6 +269,30 @@ mod tests {
         assert_eq!(before.verb(), Command::Stop { graceful: true });
         assert_eq!(before.flags.config, Some("x.toml".into()));
         assert_eq!(before.flags.count, Some(3));
+    }
+
+    #[test]
+    fn cluster_flags_set_the_cluster() {
+        let a = parse(&["--redis-url", "redis://127.0.0.1:7/2", "--node", "n1"]).unwrap();
+        let c = a.flags.config().unwrap().cluster.expect("a cluster");
+        assert_eq!((c.node.as_str(), c.redis.port, c.redis.db), ("n1", 7, 2));
+        let e = parse(&["--node", "n1"])
+            .unwrap()
+            .flags
+            .config()
+            .unwrap_err();
+        assert!(e.to_string().contains("--redis-url"), "{e}");
+        let e = parse(&["--redis-url", "http://x"])
+            .unwrap()
+            .flags
+            .config()
+            .unwrap_err();
+        assert!(e.to_string().contains("cluster.redis_url"), "{e}");
+        let a = parse(&["--pid-file", "/tmp/x.pid"]).unwrap();
+        assert_eq!(
+            a.flags.config().unwrap().pid_file.as_deref(),
+            Some("/tmp/x.pid")
+        );
     }
 
     #[test]

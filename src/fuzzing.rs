@@ -8,6 +8,7 @@
 //! size), and must find the same messages both times: a socket can split its
 //! bytes anywhere.
 
+use crate::cluster::resp;
 use crate::cluster::wire::{self as bus_wire, Record};
 use crate::config::Config;
 use crate::id::ConnId;
@@ -221,6 +222,30 @@ pub fn bus_record(data: &[u8]) {
     }
 }
 
+/// Replies from Redis (RESP2), whole and in chunks; every bulk string is
+/// also read as a cluster message (a batch, heartbeat or delivery from
+/// another node), as the subscriber link reads the third element of each
+/// push.
+pub fn resp(data: &[u8]) {
+    let (chunk, stream) = chunked(data);
+    let run = decode_both_ways(stream, chunk, |buf, _| resp::decode(buf));
+    for (v, _) in &run.items {
+        let mut bulks = Vec::new();
+        collect_bulks(v, &mut bulks);
+        for b in bulks {
+            crate::cluster::node::read_message(b);
+        }
+    }
+}
+
+fn collect_bulks(v: &resp::Value, out: &mut Vec<Bytes>) {
+    match v {
+        resp::Value::Bulk(Some(b)) => out.push(b.clone()),
+        resp::Value::Array(Some(items)) => items.iter().for_each(|i| collect_bulks(i, out)),
+        _ => {}
+    }
+}
+
 /// The WebSocket read path of an accepted connection: the first chunk of
 /// `data` comes with the upgrade request (tungstenite gets it when it takes
 /// the stream), the rest arrives in chunks; tungstenite's server-role
@@ -397,6 +422,18 @@ mod tests {
     #[test]
     fn the_frame_seeds_pass() {
         seeds("frame", frame);
+    }
+
+    #[test]
+    fn the_resp_seeds_pass() {
+        seeds("resp", resp);
+        let batch =
+            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/resp/batch"))
+                .expect("seed");
+        let mut buf = BytesMut::from(&batch[1..]);
+        let v = resp::decode(&mut buf).expect("RESP").expect("whole");
+        let payload = v.items()[2].bytes().expect("bulk").clone();
+        assert_eq!(crate::cluster::node::read_message(payload), Some(1));
     }
 
     #[test]

@@ -109,6 +109,7 @@ mod shm;
 mod signals;
 mod worker;
 
+pub use crate::cluster::node::ClusterStats;
 pub use crate::core::dial::{ConnectOptions, Reconnect, WhileDown};
 pub use crate::core::membership::MAX_SESSION_BYTES;
 pub use crate::core::pool::{JobId, JobResult, PoolBusy};

@@ -183,6 +183,65 @@ pub(crate) struct WorkerReport {
     pub(crate) bus_relinks: u64,
     /// Times records from another worker were found lost (`on_gap` calls).
     pub(crate) bus_gaps: u64,
+    /// The worker's part of a cluster, with `[cluster]`.
+    #[serde(default)]
+    pub(crate) cluster: Option<ClusterReport>,
+}
+
+/// A worker's cluster figures.
+#[derive(Serialize, Deserialize, Debug, Default, Clone)]
+pub(crate) struct ClusterReport {
+    pub(crate) node: String,
+    pub(crate) redis: String,
+    pub(crate) connected: bool,
+    /// When `connected` last changed, in ms since the Unix epoch.
+    pub(crate) since_ms: u64,
+    pub(crate) dropped: u64,
+    pub(crate) nodes: usize,
+    pub(crate) remote_conns: usize,
+    pub(crate) disconnects: u64,
+}
+
+/// How long ago a wall-clock time (ms since the Unix epoch) was.
+fn age(ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    duration(now.saturating_sub(ms))
+}
+
+/// `status`'s cluster line: whether every worker is connected to Redis and
+/// since when, the other nodes seen, and the cross-node sends dropped.
+fn cluster_line(reports: &[&WorkerReport]) -> String {
+    let parts: Vec<&ClusterReport> = reports.iter().filter_map(|r| r.cluster.as_ref()).collect();
+    let Some(first) = parts.first() else {
+        return String::new();
+    };
+    let up = parts.iter().filter(|c| c.connected).count();
+    let state = if up == parts.len() {
+        let since = parts.iter().map(|c| c.since_ms).max().unwrap_or(0);
+        format!("connected for {}", age(since))
+    } else {
+        let down: Vec<String> = reports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let c = r.cluster.as_ref()?;
+                (!c.connected).then(|| format!("worker {i} for {}", age(c.since_ms)))
+            })
+            .collect();
+        format!("NOT connected: {}", down.join(", "))
+    };
+    format!(
+        "cluster: node {} on {}, {state}; {} other nodes, {} of their connections; \
+         cross-node sends dropped {}; Redis links lost {}\n",
+        first.node,
+        first.redis,
+        parts.iter().map(|c| c.nodes).max().unwrap_or(0),
+        parts.iter().map(|c| c.remote_conns).max().unwrap_or(0),
+        parts.iter().map(|c| c.dropped).sum::<u64>(),
+        parts.iter().map(|c| c.disconnects).sum::<u64>(),
+    )
 }
 
 impl WorkerReport {
@@ -407,6 +466,7 @@ pub(crate) fn status_table(g: &Gathered<WorkerReport>) -> String {
         "bus gaps",
     ])];
     let mut total = WorkerReport::default();
+    let mut answered = Vec::new();
     for (slot, report) in g.workers() {
         let pid = slot.pid.map_or("-".into(), |p| p.to_string());
         let Some(r) = report else {
@@ -422,6 +482,7 @@ pub(crate) fn status_table(g: &Gathered<WorkerReport>) -> String {
         row.extend(r.cells());
         rows.push(row);
         total.add(r);
+        answered.push(r);
     }
     let mut row = vec!["total".into(), String::new(), String::new()];
     row.extend(total.cells());
@@ -431,6 +492,7 @@ pub(crate) fn status_table(g: &Gathered<WorkerReport>) -> String {
         "registry: {} connections, {} uids\n",
         total.server_conns, total.uids
     ));
+    out.push_str(&cluster_line(&answered));
     out.push_str(&limits_line(&m.workers));
     out
 }

@@ -184,6 +184,16 @@ impl Scoreboard {
         unsafe { &*m.base.as_ptr().add(m.tables).cast::<Table>().add(slot) }
     }
 
+    /// Starts every slot's serials at `first` (before any fork). A cluster
+    /// node starts them at its start time in ms shifted left by 20 bits,
+    /// so a node that restarts under the same name never hands out an id
+    /// that another node may still hold for one of its earlier connections.
+    pub(crate) fn start_serials_at(&self, first: u64) {
+        for slot in 0..self.0.slots {
+            self.cell(slot).serial.store(first, Ordering::Relaxed);
+        }
+    }
+
     /// Stamps `slot`'s heartbeat with now.
     pub(crate) fn beat(&self, slot: usize) {
         self.cell(slot)

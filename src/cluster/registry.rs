@@ -135,12 +135,13 @@ impl Registry {
         }
     }
 
-    /// Forgets every connection of one worker slot (it died or resynchronises).
-    pub(crate) fn clear_worker(&mut self, worker: u16) {
+    /// Forgets every connection of one worker slot of one node (it died or
+    /// resynchronises).
+    pub(crate) fn clear_unit(&mut self, node: u32, worker: u16) {
         let gone: Vec<ConnId> = self
             .conns
             .keys()
-            .filter(|c| c.worker == worker)
+            .filter(|c| c.worker == worker && c.node == node)
             .copied()
             .collect();
         for id in gone {
@@ -150,6 +151,11 @@ impl Registry {
 
     pub(crate) fn contains(&self, id: ConnId) -> bool {
         self.conns.contains_key(&id)
+    }
+
+    /// Connections of nodes other than `node`.
+    pub(crate) fn remote_count(&self, node: u32) -> usize {
+        self.conns.keys().filter(|c| c.node != node).count()
     }
 
     pub(crate) fn conn_count(&self) -> usize {
@@ -248,7 +254,7 @@ mod tests {
             r.open(id((k % 2) as u16, k));
             r.join(id((k % 2) as u16, k), "g");
         }
-        r.clear_worker(1);
+        r.clear_unit(0, 1);
         assert_eq!(r.conn_count(), 5);
         assert!(r.group_members("g").all(|c| c.worker == 0));
     }

@@ -89,6 +89,23 @@ impl RedisUrl {
     }
 }
 
+impl RedisUrl {
+    /// The URL again, password included (for building a config from one).
+    pub fn to_url(&self) -> String {
+        let auth = match (&self.username, &self.password) {
+            (Some(u), Some(p)) => format!("{u}:{p}@"),
+            (None, Some(p)) => format!(":{p}@"),
+            _ => String::new(),
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("redis://{auth}{host}:{}/{}", self.port, self.db)
+    }
+}
+
 /// Prints the URL with the password hidden, as logs and `status` show it.
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -241,6 +258,7 @@ mod tests {
         assert_eq!(u.username.as_deref(), Some("ann"));
         assert_eq!(u.password.as_deref(), Some("s3cr@t"));
         assert_eq!(u.to_string(), "redis://ann:***@h:6379/0");
+        assert_eq!(RedisUrl::parse(&u.to_url()).unwrap(), u);
         let u = RedisUrl::parse("redis://:pw@[::1]:7000").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 7000));
         assert_eq!(u.password.as_deref(), Some("pw"));

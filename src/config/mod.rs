@@ -7,6 +7,7 @@
 
 mod cluster;
 
+pub(crate) use cluster::node_number;
 pub use cluster::{ClusterConfig, ClusterSection, RedisUrl};
 
 use crate::error::{Error, Result};

@@ -51,7 +51,7 @@ impl Core {
         c.marks.listed = true;
         let id = ConnId::on_node(self.node, self.slot, key as u32, c.serial);
         self.registry.open(id);
-        self.bus.broadcast(&Record::Open(id));
+        self.announce(Record::Open(id));
     }
 
     /// After `on_connect`: what was held while an outbound connection was
@@ -144,7 +144,7 @@ impl Core {
         if c.marks.listed {
             c.marks.listed = false;
             self.registry.close(id);
-            self.bus.broadcast(&Record::Close(id));
+            self.announce(Record::Close(id));
         }
         self.deferred.push_back(Deferred::Closed(id, error, peer));
     }

@@ -28,7 +28,7 @@ impl Core {
             return self.ask_owner(Record::Bind(conn, uid.to_string()));
         }
         if self.registry.bind(conn, uid) {
-            self.bus.broadcast(&Record::Bind(conn, uid.to_string()));
+            self.announce(Record::Bind(conn, uid.to_string()));
         }
     }
 
@@ -37,7 +37,7 @@ impl Core {
             return self.ask_owner(Record::Unbind(conn));
         }
         if self.registry.unbind(conn).is_some() {
-            self.bus.broadcast(&Record::Unbind(conn));
+            self.announce(Record::Unbind(conn));
         }
     }
 
@@ -46,7 +46,7 @@ impl Core {
             return self.ask_owner(Record::Join(conn, group.to_string()));
         }
         if self.registry.join(conn, group) {
-            self.bus.broadcast(&Record::Join(conn, group.to_string()));
+            self.announce(Record::Join(conn, group.to_string()));
         }
     }
 
@@ -55,7 +55,7 @@ impl Core {
             return self.ask_owner(Record::Leave(conn, group.to_string()));
         }
         if self.registry.leave(conn, group) {
-            self.bus.broadcast(&Record::Leave(conn, group.to_string()));
+            self.announce(Record::Leave(conn, group.to_string()));
         }
     }
 
@@ -71,13 +71,21 @@ impl Core {
             | Record::Session(c, _) => *c,
             _ => unreachable!("only registry changes are requested"),
         };
-        if conn.worker != self.slot && self.registry.contains(conn) {
-            self.bus.send(conn.worker, &Record::Request(Box::new(rec)));
+        if self.is_mine(conn) || !self.registry.contains(conn) {
+            return;
+        }
+        let rec = Record::Request(Box::new(rec));
+        if self.on_this_node(conn) {
+            self.bus.send(conn.worker, &rec);
+        } else {
+            self.send_owner_node(conn, &rec);
         }
     }
 
     pub(crate) fn ungroup(&mut self, group: &str) {
-        self.bus.broadcast(&Record::Ungroup(group.to_string()));
+        let rec = Record::Ungroup(group.to_string());
+        self.bus.broadcast(&rec);
+        self.send_other_nodes(&rec);
         self.ungroup_local(group);
     }
 
@@ -85,7 +93,7 @@ impl Core {
         let mine: Vec<ConnId> = self
             .registry
             .group_members(group)
-            .filter(|c| c.worker == self.slot)
+            .filter(|c| self.is_mine(*c))
             .collect();
         for c in mine {
             self.leave_group(c, group);
@@ -105,7 +113,7 @@ impl Core {
             return true;
         }
         if self.registry.set_session(conn, data.clone()) {
-            self.bus.broadcast(&Record::Session(conn, data));
+            self.announce(Record::Session(conn, data));
             return true;
         }
         false

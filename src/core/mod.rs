@@ -7,6 +7,7 @@
 //! - `route.rs`: sends, encoded once and queued under the output cap, to
 //!   local connections or across the bus;
 //! - `peers.rs`: what other workers say, applied to this core;
+//! - `nodes.rs`: the same for other nodes of a cluster, through Redis;
 //! - `dial.rs`: outbound connections' options and state;
 //! - `timer.rs`, `pool.rs`: timers and the blocking-work pool.
 
@@ -14,6 +15,7 @@ pub(crate) mod conn;
 pub(crate) mod dial;
 mod lifecycle;
 pub(crate) mod membership;
+mod nodes;
 mod outbound;
 mod peers;
 pub(crate) mod pool;
@@ -21,6 +23,7 @@ mod route;
 pub(crate) mod timer;
 
 use crate::cluster::bus::Bus;
+use crate::cluster::node::Cluster;
 use crate::cluster::registry::Registry;
 use crate::config::Config;
 use crate::error::ConnError;
@@ -101,6 +104,8 @@ pub(crate) struct Core {
     redials: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     pub(crate) registry: Registry,
     pub(crate) bus: Bus,
+    /// The links to other nodes, with `[cluster]`.
+    pub(crate) cluster: Option<Box<Cluster>>,
     pub(crate) timers: Timers,
     pub(crate) pool: Pool,
     pub(crate) waker: Waker,
@@ -141,6 +146,14 @@ impl Core {
             redials: BinaryHeap::new(),
             registry: Registry::default(),
             bus: p.bus,
+            cluster: cfg.cluster.as_ref().map(|c| {
+                Box::new(Cluster::new(
+                    c,
+                    p.slot,
+                    cfg.bus_peer_buffer_bytes,
+                    Instant::now(),
+                ))
+            }),
             timers: Timers::default(),
             pool,
             waker: Waker(p.waker),

@@ -10,7 +10,9 @@ impl Core {
     /// Applies what a peer worker said.
     pub(crate) fn apply(&mut self, item: Inbox) {
         match item {
-            Inbox::SlotGone(slot) | Inbox::SlotReset(slot) => self.registry.clear_worker(slot),
+            Inbox::SlotGone(slot) | Inbox::SlotReset(slot) => {
+                self.registry.clear_unit(self.node, slot)
+            }
             Inbox::Record(slot, rec) => self.apply_record(slot, rec),
             // The loop calls the handler's `on_gap`; nothing to apply.
             Inbox::Gap(..) => {}
@@ -18,7 +20,8 @@ impl Core {
     }
 
     fn apply_record(&mut self, slot: u16, rec: Record) {
-        let theirs = |id: &ConnId| id.worker == slot;
+        let node = self.node;
+        let theirs = |id: &ConnId| id.worker == slot && id.node == node;
         match rec {
             Record::Open(id) if theirs(&id) => self.registry.open(id),
             Record::Close(id) if theirs(&id) => self.registry.close(id),
@@ -38,17 +41,7 @@ impl Core {
                 self.registry.set_session(id, data);
             }
             Record::Ungroup(g) => self.ungroup_local(&g),
-            Record::Request(inner) => match *inner {
-                Record::Bind(id, uid) if self.owns(id) => self.bind_uid(id, &uid),
-                Record::Unbind(id) if self.owns(id) => self.unbind_uid(id),
-                Record::Join(id, g) if self.owns(id) => self.join_group(id, &g),
-                Record::Leave(id, g) if self.owns(id) => self.leave_group(id, &g),
-                Record::Session(id, data) if self.owns(id) => {
-                    self.set_session(id, data);
-                }
-                // The connection closed meanwhile: nothing to change.
-                _ => {}
-            },
+            Record::Request(inner) => self.requested(*inner),
             Record::Deliver { target, payload } => self.deliver_local(&target, payload),
             Record::WorkerMsg(data) => self
                 .deferred
@@ -64,14 +57,34 @@ impl Core {
         }
     }
 
-    /// Queues this worker's part of the registry for a fresh link to `slot`.
-    fn send_snapshot(&mut self, slot: u16) {
-        let mine: Vec<ConnId> = self
-            .conns
+    /// A registry change another worker (or node) asked of this one's
+    /// connection.
+    pub(crate) fn requested(&mut self, rec: Record) {
+        match rec {
+            Record::Bind(id, uid) if self.owns(id) => self.bind_uid(id, &uid),
+            Record::Unbind(id) if self.owns(id) => self.unbind_uid(id),
+            Record::Join(id, g) if self.owns(id) => self.join_group(id, &g),
+            Record::Leave(id, g) if self.owns(id) => self.leave_group(id, &g),
+            Record::Session(id, data) if self.owns(id) => {
+                self.set_session(id, data);
+            }
+            // The connection closed meanwhile: nothing to change.
+            _ => {}
+        }
+    }
+
+    /// This worker's connections that are in the registry.
+    pub(crate) fn listed_ids(&self) -> Vec<ConnId> {
+        self.conns
             .iter()
             .filter(|(_, c)| c.marks.listed)
             .map(|(k, c)| self.id_of(k, c))
-            .collect();
+            .collect()
+    }
+
+    /// Queues this worker's part of the registry for a fresh link to `slot`.
+    fn send_snapshot(&mut self, slot: u16) {
+        let mine = self.listed_ids();
         for id in mine {
             self.bus.send(slot, &Record::Open(id));
             let (uid, groups, session) = self.registry.describe(id);

@@ -17,20 +17,21 @@ impl Core {
     /// outbound connection that is down and does not hold sends, or is
     /// another worker's and the frame is too large for a bus record.
     pub(crate) fn send_frame(&mut self, conn: ConnId, frame: Bytes, wire: Wire) -> bool {
-        if conn.worker != self.slot {
+        if !self.is_mine(conn) {
             if !self.registry.contains(conn) {
                 return false;
             }
             let Some(payload) = codec::reframe(wire, frame, self.wire) else {
                 return false;
             };
-            return self.bus.send(
-                conn.worker,
-                &Record::Deliver {
-                    target: Target::Conn(conn),
-                    payload,
-                },
-            );
+            let rec = Record::Deliver {
+                target: Target::Conn(conn),
+                payload,
+            };
+            if self.on_this_node(conn) {
+                return self.bus.send(conn.worker, &rec);
+            }
+            return self.send_owner_node(conn, &rec);
         }
         let Some(key) = self.key_of(conn) else {
             return false;
@@ -107,16 +108,18 @@ impl Core {
 
     /// Closes a connection on any worker.
     pub(crate) fn close_conn(&mut self, conn: ConnId, code: u16, reason: &str) {
-        if conn.worker != self.slot {
+        if !self.is_mine(conn) {
             if self.registry.contains(conn) {
-                self.bus.send(
-                    conn.worker,
-                    &Record::CloseConn {
-                        id: conn,
-                        code,
-                        reason: reason.to_string(),
-                    },
-                );
+                let rec = Record::CloseConn {
+                    id: conn,
+                    code,
+                    reason: reason.to_string(),
+                };
+                if self.on_this_node(conn) {
+                    self.bus.send(conn.worker, &rec);
+                } else {
+                    self.send_owner_node(conn, &rec);
+                }
             }
             return;
         }
@@ -140,8 +143,13 @@ impl Core {
     /// worker asked for just before (say a `bind_uid` on another worker's
     /// connection) is always seen by the send that follows it.
     ///
+    /// On a cluster the same record goes to every other node known (see
+    /// [`crate::cluster::node`]).
+    ///
     /// False, and nothing is sent anywhere, when the record would be larger
-    /// than a peer accepts.
+    /// than a peer accepts; false too when the cluster is configured and its
+    /// part could not go (Redis unreachable or behind): the local part is
+    /// delivered all the same.
     pub(crate) fn route(&mut self, target: Target, frame: Bytes) -> bool {
         let rec = Record::Deliver {
             target,
@@ -150,10 +158,11 @@ impl Core {
         if !self.bus.broadcast(&rec) {
             return false;
         }
+        let crossed = self.send_other_nodes(&rec);
         if let Record::Deliver { target, payload } = rec {
             self.deliver_local(&target, payload);
         }
-        true
+        crossed
     }
 
     /// Queues `frame` (encoded for the listener) for the local connections
@@ -185,7 +194,7 @@ impl Core {
                 keys.extend(
                     uids.iter()
                         .flat_map(|u| self.registry.conns_of_uid(u))
-                        .filter(|c| c.worker == self.slot && seen.insert(**c))
+                        .filter(|c| self.is_mine(**c) && seen.insert(**c))
                         .filter_map(|c| self.local_key(*c)),
                 )
             }
@@ -194,7 +203,7 @@ impl Core {
                 keys.extend(
                     self.registry
                         .group_members(group)
-                        .filter(|c| c.worker == self.slot && !skip.has(*c))
+                        .filter(|c| self.is_mine(*c) && !skip.has(*c))
                         .filter_map(|c| self.local_key(c)),
                 )
             }

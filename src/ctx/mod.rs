@@ -97,6 +97,14 @@ impl<'a> Ctx<'a> {
         self.core.cfg.cluster.as_ref().map(|c| c.node.as_str())
     }
 
+    /// This worker's view of the cluster (`None` without `[cluster]`):
+    /// whether it is connected to Redis, since when, the cross-node sends
+    /// it dropped, the other nodes it knows. Sends return false while the
+    /// cross-node part cannot go; this says why.
+    pub fn cluster(&self) -> Option<crate::ClusterStats> {
+        self.core.cluster_stats().map(|(s, _)| s)
+    }
+
     /// The configuration the server runs with.
     pub fn config(&self) -> &Config {
         &self.core.cfg

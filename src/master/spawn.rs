@@ -79,6 +79,12 @@ impl<F> Master<F> {
         drop(listeners);
         // Before any fork: every worker inherits the same mapping.
         let board = Scoreboard::new(cfg.count).map_err(|e| Error::io("map the scoreboard", e))?;
+        if cfg.cluster.is_some() {
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            board.start_serials_at(ms << 20);
+        }
         let url = format!("{}://{}", cfg.protocol.scheme(), addr);
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {url}");

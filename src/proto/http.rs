@@ -257,8 +257,10 @@ pub(crate) enum Framing {
     Chunked,
 }
 
-/// What the head parser made of the bytes so far.
+/// What the head parser made of the bytes so far. Returned once per head
+/// and taken apart at once, never stored: its size does not matter.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Head {
     /// Need more bytes.
     Partial,

@@ -6,6 +6,7 @@
 
 use super::{panic_text, Worker, LISTENER, SIGNALS, SWEEP, WAKER};
 use crate::cluster::bus::{self, BusToken, Inbox};
+use crate::cluster::node;
 use crate::core::Deferred;
 use crate::ctx::Ctx;
 use crate::error::ConnError;
@@ -45,6 +46,7 @@ impl<H: Handler> Worker<H> {
                 if idle || self.core.now >= deadline {
                     self.core.pool.shutdown(deadline.max(self.core.now));
                     self.core.bus.flush(&self.core.mio);
+                    self.core.cluster_leave();
                     return Ok(());
                 }
             }
@@ -57,6 +59,7 @@ impl<H: Handler> Worker<H> {
             || !self.core.dirty.is_empty()
             || !self.core.deferred.is_empty()
             || !self.core.resumed.is_empty()
+            || self.core.cluster.as_ref().is_some_and(|c| c.has_unread())
         {
             return Some(Duration::ZERO);
         }
@@ -67,6 +70,7 @@ impl<H: Handler> Worker<H> {
             self.accept_resume,
             self.stop_deadline,
             self.core.next_redial(),
+            self.core.cluster.as_ref().map(|c| c.next_due()),
         ]
         .into_iter()
         .flatten()
@@ -91,6 +95,7 @@ impl<H: Handler> Worker<H> {
                 self.guard(None, |h, ctx| h.on_wake(ctx));
             }
             SIGNALS => self.read_signals(),
+            node::CMD | node::SUB => self.core.cluster_event(event.token(), event),
             token => match bus::classify(token) {
                 Some(BusToken::Listen) => self.core.bus.accept(&self.core.mio),
                 Some(BusToken::Out(slot)) => {
@@ -183,6 +188,7 @@ impl<H: Handler> Worker<H> {
             self.accept_resume = None;
             self.accept();
         }
+        self.core.cluster_tick();
         self.run_deferred();
         self.core.run_redials();
         // The bus first: the other workers start their share of a broadcast
@@ -191,6 +197,7 @@ impl<H: Handler> Worker<H> {
         self.flush_conns();
         self.run_deferred();
         self.flush_bus();
+        self.core.cluster_flush();
         if self.accept_full && self.core.conns.len() < self.max_conns {
             self.accept_full = false;
             self.accept();

@@ -87,6 +87,19 @@ impl<H: Handler> Worker<H> {
             bus_dropped_bytes: core.bus.dropped_bytes,
             bus_relinks: core.bus.relinks,
             bus_gaps: core.bus.gaps,
+            cluster: core.cluster_stats().map(|(s, cfg)| report::ClusterReport {
+                node: cfg.node.clone(),
+                redis: cfg.redis.to_string(),
+                connected: s.connected,
+                since_ms: s.since.map_or(0, |t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64)
+                }),
+                dropped: s.dropped,
+                nodes: s.nodes,
+                remote_conns: s.remote_connections,
+                disconnects: s.disconnects,
+            }),
         }
     }
 
