@@ -25,6 +25,10 @@
 //!   `foreman-cluster` and one `foreman` node with count 2).
 //! - `--runs N`, `--measure-ms N`, `--conns N`: override the profile.
 //! - `--no-build`: use the examples as they are in `target/release/examples`.
+//!
+//! With several runs, the runs of one scenario interleave over its servers
+//! (run 1 of each, then run 2, ...), so drifting load from the rest of the
+//! machine falls on all of them alike.
 
 mod cluster;
 mod hist;
@@ -249,6 +253,87 @@ fn build_examples(paths: &Paths) {
     }
 }
 
+/// A row for `spec` x `sc`, skipped up front when it cannot run here.
+fn new_row(spec: ServerSpec, sc: Scenario) -> Row {
+    let mut row = Row {
+        spec,
+        scenario: sc,
+        status: "ok",
+        reason: String::new(),
+        runs: Vec::new(),
+        median: Default::default(),
+    };
+    if row.spec.single_process() && row.scenario.conns > 19_000 {
+        row.status = "skipped";
+        row.reason = format!(
+            "one process cannot hold {} connections (20,000 open-file cap)",
+            row.scenario.conns
+        );
+    }
+    row
+}
+
+/// Takes run number `run` (from 0) of `row`, retrying while `retries_left`
+/// allows; a row that cannot go on is left skipped or failed.
+fn measure(row: &mut Row, run: usize, runs: usize, retries_left: &mut u32, paths: &Paths) {
+    while row.status == "ok" && row.runs.len() == run {
+        let (spec, sc) = (&row.spec, &row.scenario);
+        eprintln!(
+            "bench: {} / {} run {}/{} ...",
+            spec.label(),
+            sc.name,
+            run + 1,
+            runs
+        );
+        let tag = format!("{}-run{}", sc.name, run + 1);
+        match scenario::run(spec, sc, &tag, paths) {
+            Ok(fig) => row.runs.push(fig),
+            Err(e) if e.contains("not built") || e.contains("not install") => {
+                row.status = "skipped";
+                row.reason = e;
+            }
+            Err(e) if *retries_left > 0 => {
+                eprintln!("bench: run failed, retrying once: {e}");
+                *retries_left -= 1;
+                row.reason = format!("one run retried after: {e}");
+            }
+            Err(e) => {
+                row.status = "failed";
+                row.reason = e;
+            }
+        }
+    }
+}
+
+/// Medians over the row's runs, and its verdict.
+fn judge(row: &mut Row) {
+    row.median = report::combine(&row.runs);
+    // Lost deliveries fail our server; a peer that cannot keep up with
+    // the offered rate just shows its count in the `lost` column.
+    let failed = row.median.get("connect_failed").copied().unwrap_or(0.0);
+    if row.status == "ok" && failed > 0.0 && row.scenario.kind != Kind::Churn {
+        row.status = "failed";
+        row.reason = format!(
+            "{failed} of {} connections did not upgrade",
+            row.scenario.conns
+        );
+    }
+    let lost = row.median.get("lost").copied().unwrap_or(0.0);
+    if row.status == "ok" && lost > 0.0 && row.spec.name == "foreman" {
+        row.status = "failed";
+        row.reason = format!("{lost} deliveries lost");
+    }
+    if row.status != "ok" {
+        eprintln!(
+            "bench: {} / {}: {}: {}",
+            row.spec.label(),
+            row.scenario.name,
+            row.status,
+            row.reason
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("loadgen") {
@@ -268,79 +353,33 @@ fn main() {
     let profile = if o.full { "full" } else { "quick" };
     let runs = o.runs.unwrap_or(if o.full { 3 } else { 1 }).max(1);
     let t0 = Instant::now();
-    let mut rows = Vec::new();
-    for (spec, sc) in plan(&o) {
-        let mut row = Row {
-            spec: spec.clone(),
-            scenario: sc.clone(),
-            status: "ok",
-            reason: String::new(),
-            runs: Vec::new(),
-            median: Default::default(),
-        };
-        if spec.single_process() && sc.conns > 19_000 {
-            row.status = "skipped";
-            row.reason = format!(
-                "one process cannot hold {} connections (20,000 open-file cap)",
-                sc.conns
-            );
-        }
-        // One retry per row: the machine is shared, and a stray signal or a
-        // rebuilt binary should not void a 15-minute run. The retry is noted.
-        let mut retries_left = 1;
-        let mut run = 0;
-        while run < runs && row.status == "ok" {
-            eprintln!(
-                "bench: {} / {} run {}/{} ...",
-                spec.label(),
-                sc.name,
-                run + 1,
-                runs
-            );
-            let tag = format!("{}-run{}", sc.name, run + 1);
-            match scenario::run(&spec, &sc, &tag, &paths) {
-                Ok(fig) => {
-                    row.runs.push(fig);
-                    run += 1;
-                }
-                Err(e) if e.contains("not built") || e.contains("not install") => {
-                    row.status = "skipped";
-                    row.reason = e;
-                }
-                Err(e) if retries_left > 0 => {
-                    eprintln!("bench: run failed, retrying once: {e}");
-                    retries_left -= 1;
-                    row.reason = format!("one run retried after: {e}");
-                }
-                Err(e) => {
-                    row.status = "failed";
-                    row.reason = e;
-                }
+    let mut rows: Vec<Row> = plan(&o)
+        .into_iter()
+        .map(|(spec, sc)| new_row(spec, sc))
+        .collect();
+    // One retry per row: the machine is shared, and a stray signal or a
+    // rebuilt binary should not void a 15-minute run. The retry is noted.
+    let mut retries = vec![1u32; rows.len()];
+    // Runs interleave within a scenario (run 1 of every server, then run 2,
+    // ...), so the load of the rest of the machine drifts over all of them
+    // alike.
+    let mut first = 0;
+    while first < rows.len() {
+        let name = rows[first].scenario.name.clone();
+        let end = first
+            + rows[first..]
+                .iter()
+                .take_while(|r| r.scenario.name == name)
+                .count();
+        for run in 0..runs {
+            for k in first..end {
+                measure(&mut rows[k], run, runs, &mut retries[k], &paths);
             }
         }
-        row.median = report::combine(&row.runs);
-        // Lost deliveries fail our server; a peer that cannot keep up with
-        // the offered rate just shows its count in the `lost` column.
-        let failed = row.median.get("connect_failed").copied().unwrap_or(0.0);
-        if row.status == "ok" && failed > 0.0 && sc.kind != Kind::Churn {
-            row.status = "failed";
-            row.reason = format!("{failed} of {} connections did not upgrade", sc.conns);
-        }
-        let lost = row.median.get("lost").copied().unwrap_or(0.0);
-        if row.status == "ok" && lost > 0.0 && spec.name == "foreman" {
-            row.status = "failed";
-            row.reason = format!("{lost} deliveries lost");
-        }
-        if row.status != "ok" {
-            eprintln!(
-                "bench: {} / {}: {}: {}",
-                spec.label(),
-                sc.name,
-                row.status,
-                row.reason
-            );
-        }
-        rows.push(row);
+        first = end;
+    }
+    for row in &mut rows {
+        judge(row);
     }
     let command = format!(
         "cargo bench --bench ws --{}",

@@ -54,7 +54,8 @@ pub fn combine(runs: &[Figures]) -> Figures {
 }
 
 /// Columns shown for each kind of scenario: (figure, heading). The
-/// cluster comparison adds Redis's CPU beside the servers'.
+/// cluster comparison adds Redis's CPU beside the servers', and deliveries
+/// per CPU-second of both.
 fn columns(sc: &Scenario) -> Vec<(&'static str, &'static str)> {
     let mut cols = kind_columns(sc.kind).to_vec();
     if sc.cluster {
@@ -63,6 +64,7 @@ fn columns(sc: &Scenario) -> Vec<(&'static str, &'static str)> {
             .position(|c| c.0 == "server_cpu_pct")
             .map_or(cols.len(), |i| i + 1);
         cols.insert(at, ("redis_cpu_pct", "redis CPU %"));
+        cols.insert(at + 1, ("deliveries_per_cpu_s", "deliveries/CPU-s"));
     }
     cols
 }
@@ -284,6 +286,18 @@ pub fn bars(rows: &[Row]) -> Vec<String> {
         single,
         "deliveries_per_s",
     );
+    // Per CPU-second of the servers (and Redis): on a shared machine the
+    // CPU a side got moves its deliveries/s; this moves much less.
+    let per_cpu = |f: Option<&Figures>| f.and_then(|f| f.get("deliveries_per_cpu_s").copied());
+    match (per_cpu(cluster), per_cpu(single)) {
+        (Some(c), Some(s)) if s > 0.0 => out.push(format!(
+            "cluster-fanout deliveries per CPU-second (servers + Redis): {} / {} = {:.2}x",
+            fmt(c),
+            fmt(s),
+            c / s
+        )),
+        _ => out.push("cluster-fanout deliveries per CPU-second: n/a".into()),
+    }
     if let Some(f) = cluster {
         let get = |k: &str| f.get(k).copied().unwrap_or(f64::NAN);
         let p99 = |f: Option<&Figures>| f.and_then(|f| f.get("p99_ms")).copied();

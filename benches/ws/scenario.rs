@@ -239,6 +239,15 @@ fn drive(
                 "deliveries_per_s".into(),
                 sum.received_in_window as f64 / secs,
             );
+            // What a CPU-second of the servers (and Redis) delivers.
+            let cpu = fig.get("server_cpu_pct").copied().unwrap_or(0.0)
+                + fig.get("redis_cpu_pct").copied().unwrap_or(0.0);
+            if cpu > 0.0 {
+                fig.insert(
+                    "deliveries_per_cpu_s".into(),
+                    sum.received_in_window as f64 / secs / (cpu / 100.0),
+                );
+            }
             fig.insert("received".into(), sum.received_total as f64);
             fig.insert("lost".into(), sum.lost as f64);
             fig.insert("duplicated".into(), sum.duplicated as f64);
