@@ -192,7 +192,7 @@ pub fn run(url: &str, d: &mut Driver) -> Result<(), String> {
         messages = Some(rx);
     }
     let mut events = Events::with_capacity(16);
-    while !d.done() {
+    while !d.done()? {
         if let Some((first, n, ts)) = d.next_burst() {
             for seq in first..first + n as u64 {
                 cmd_tx

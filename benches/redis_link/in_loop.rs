@@ -156,7 +156,7 @@ pub fn run(addr: SocketAddr, d: &mut Driver) -> Result<(), String> {
         sub = Some(link);
     }
     let mut events = Events::with_capacity(64);
-    while !d.done() {
+    while !d.done()? {
         // This turn's commands: one buffer, one write.
         if let Some((first, n, ts)) = d.next_burst() {
             for seq in first..first + n as u64 {

@@ -272,9 +272,17 @@ impl<'a> Driver<'a> {
         Some((first, n, now))
     }
 
-    /// Whether the run is over and nothing is in flight.
-    pub fn done(&self) -> bool {
-        self.phase == Phase::Done && self.replies_due == 0 && self.deliveries_due == 0
+    /// Whether the run is over and nothing is in flight. `Err` once what is
+    /// in flight is 5 s overdue after the window (a lost reply or delivery).
+    pub fn done(&self) -> Result<bool, String> {
+        let idle = self.replies_due == 0 && self.deliveries_due == 0;
+        if !idle && now_ns() > self.end + 5_000_000_000 {
+            return Err(format!(
+                "{} replies and {} deliveries still due 5 s after the window",
+                self.replies_due, self.deliveries_due
+            ));
+        }
+        Ok(self.phase == Phase::Done && idle)
     }
 
     /// A reply came back; `ok` says whether it was the expected one.
