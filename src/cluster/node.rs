@@ -202,6 +202,8 @@ pub(crate) struct Cluster {
     nodes: BTreeMap<u32, (String, usize)>,
     next_beat: Instant,
     fetches: u64,
+    /// The links' buffer cap.
+    cap: usize,
     /// Links that had more to read when their budget ran out.
     unread: Vec<Token>,
     pub(crate) stats: ClusterStats,
@@ -319,6 +321,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             next_beat: now,
             fetches: 0,
+            cap,
             unread: Vec::new(),
             stats: ClusterStats {
                 since: Some(SystemTime::now()),
@@ -782,6 +785,10 @@ impl Cluster {
         }
         let mut one = BytesMut::new();
         wire::encode(&mut one, rec);
+        if !self.fits(one.len(), now) {
+            let n = self.nodes.len();
+            return self.fail(now, n);
+        }
         for (count, buf) in self.outgoing_for_all() {
             *count += 1;
             buf.extend_from_slice(&one);
@@ -801,10 +808,28 @@ impl Cluster {
         if !self.connected() || !self.nodes.contains_key(&node) {
             return self.fail(now, 1);
         }
+        let mut one = BytesMut::new();
+        wire::encode(&mut one, rec);
+        if !self.fits(one.len(), now) {
+            return self.fail(now, 1);
+        }
         let (count, buf) = self.outgoing.entry(node).or_default();
         *count += 1;
-        wire::encode(buf, rec);
+        buf.extend_from_slice(&one);
         true
+    }
+
+    /// Whether a record of `len` bytes may cross: at most a quarter of the
+    /// link's buffer cap, so one send cannot make the link look stuck.
+    fn fits(&mut self, len: usize, now: Instant) -> bool {
+        let max = self.cap / 4;
+        if len <= max {
+            return true;
+        }
+        self.quiet.log(now, || {
+            format!("a send of {len} bytes is over the cluster's limit of {max} (bus_peer_buffer_bytes / 4)")
+        });
+        false
     }
 
     fn fail(&mut self, now: Instant, n: usize) -> bool {

@@ -161,8 +161,9 @@ impl<'a> Ctx<'a> {
     /// Sends a message to one connection on any worker. Returns false when the
     /// connection is not online (as far as this worker knows), or is another
     /// worker's and the message is too large for the bus (see
-    /// [`Ctx::send_to_all`]), in which case nothing is sent. For an outbound
-    /// connection that is down, see [`crate::WhileDown`].
+    /// [`Ctx::send_to_all`]), in which case nothing is sent, or is another
+    /// node's and the cluster cannot take it now (see [`Ctx::send_to_all`]).
+    /// For an outbound connection that is down, see [`crate::WhileDown`].
     pub fn send(&mut self, conn: ConnId, msg: impl Into<Message>) -> bool {
         let msg = msg.into();
         if conn.worker() != self.core.slot as usize && !fits_bus(&Target::Conn(conn), &msg) {
@@ -217,6 +218,19 @@ impl<'a> Ctx<'a> {
     /// the refusal is logged. The other sends that cross the bus
     /// (`send_to_uid(s)`, `send_to_group`, `send` to another worker's
     /// connection, `send_to_worker(s)`) refuse the same way. Otherwise true.
+    ///
+    /// On a cluster (`[cluster]` in the config) the message also goes to
+    /// every other node, one Redis `PUBLISH` per node per loop turn,
+    /// whatever the number of recipients there. When that part cannot go
+    /// (Redis unreachable or too far behind, or the message over a quarter
+    /// of `bus_peer_buffer_bytes`), this node's connections still get it,
+    /// the call returns false, and the loss is counted ([`Ctx::cluster`],
+    /// `status`) and logged at most once a second. True means handed to
+    /// Redis: its pub/sub delivers at most once, so a node that loses its
+    /// link before reading misses what was in flight; a `PUBLISH` that no
+    /// worker of the node received is counted as dropped. The same holds for
+    /// `send_to_uid(s)`, `send_to_group` and `send` to another node's
+    /// connection.
     pub fn send_to_all(&mut self, msg: impl Into<Message>, exclude: &[ConnId]) -> bool {
         let msg = msg.into();
         let target = Target::All {
