@@ -17,14 +17,24 @@
 //! skipped. Options:
 //!
 //! - `--full`: 10 s windows, 3 runs per pair (median), adds `idle-36k`.
-//! - `--servers LIST`: among `foreman`, `foreman1` (count 1), `tokio`, `uws`, `ws`.
+//! - `--servers LIST`: among `foreman`, `foreman1` (count 1), `tokio`, `uws`, `ws`,
+//!   `foreman-cluster` (2 nodes x count 1 joined by a `redis-server` the bench
+//!   starts; it runs only `cluster-fanout`).
 //! - `--scenarios LIST`: among `idle-10k`, `idle-36k`, `echo`, `fanout-sat`,
-//!   `fanout-rate`, `churn`.
+//!   `fanout-rate`, `churn`, `cluster-fanout` (`fanout-sat`'s load against
+//!   `foreman-cluster` and one `foreman` node with count 2).
 //! - `--runs N`, `--measure-ms N`, `--conns N`: override the profile.
 //! - `--no-build`: use the examples as they are in `target/release/examples`.
+//!
+//! With several runs, the runs of one scenario interleave over its servers
+//! (run 1 of each, then run 2, ...), so drifting load from the rest of the
+//! machine falls on all of them alike.
 
+mod cluster;
 mod hist;
 mod nofile;
+#[path = "../common/redis_server.rs"]
+mod redis_server;
 
 pub use nofile::raise_nofile_limit;
 mod loadgen;
@@ -109,6 +119,7 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
         senders: 0,
         rate: 0.0,
         clients,
+        cluster: false,
         warm,
         measure,
     };
@@ -130,6 +141,14 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
         ..base("fanout-rate", Kind::Fanout, 1000, 2)
     });
     v.push(base("churn", Kind::Churn, 64, 2));
+    // Issue 11: the same saturation load over 2 nodes x 1 worker joined by
+    // Redis (the servers of `foreman-cluster`; each load generator holds one
+    // node's half) and over one node with count = 2 (`foreman`).
+    v.push(Scenario {
+        senders: 10,
+        cluster: true,
+        ..base("cluster-fanout", Kind::Fanout, 1000, 2)
+    });
     if let Some(n) = o.conns {
         for sc in &mut v {
             sc.conns = n;
@@ -142,39 +161,17 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
 /// Which servers run which scenarios.
 fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
     let servers = [
+        ("foreman", ServerSpec::single("foreman", 2)),
+        ("foreman1", ServerSpec::single("foreman", 1)),
+        ("tokio", ServerSpec::single("tokio", 2)),
+        ("uws", ServerSpec::single("uws", 1)),
+        ("ws", ServerSpec::single("ws", 1)),
         (
-            "foreman",
+            "foreman-cluster",
             ServerSpec {
                 name: "foreman",
-                count: 2,
-            },
-        ),
-        (
-            "foreman1",
-            ServerSpec {
-                name: "foreman",
                 count: 1,
-            },
-        ),
-        (
-            "tokio",
-            ServerSpec {
-                name: "tokio",
-                count: 2,
-            },
-        ),
-        (
-            "uws",
-            ServerSpec {
-                name: "uws",
-                count: 1,
-            },
-        ),
-        (
-            "ws",
-            ServerSpec {
-                name: "ws",
-                count: 1,
+                nodes: 2,
             },
         ),
     ];
@@ -189,7 +186,13 @@ fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
         }
         for (key, spec) in &servers {
             // count=1 of ours only in fanout, where the issue compares it.
-            if *key == "foreman1" && sc.kind != Kind::Fanout {
+            if *key == "foreman1" && (sc.kind != Kind::Fanout || sc.cluster) {
+                continue;
+            }
+            // The cluster runs only its scenario, which compares it with one
+            // node of count 2 alone.
+            let cluster_pair = matches!(*key, "foreman" | "foreman-cluster");
+            if (sc.cluster && !cluster_pair) || (*key == "foreman-cluster" && !sc.cluster) {
                 continue;
             }
             if wanted(&o.servers, key) {
@@ -250,6 +253,87 @@ fn build_examples(paths: &Paths) {
     }
 }
 
+/// A row for `spec` x `sc`, skipped up front when it cannot run here.
+fn new_row(spec: ServerSpec, sc: Scenario) -> Row {
+    let mut row = Row {
+        spec,
+        scenario: sc,
+        status: "ok",
+        reason: String::new(),
+        runs: Vec::new(),
+        median: Default::default(),
+    };
+    if row.spec.single_process() && row.scenario.conns > 19_000 {
+        row.status = "skipped";
+        row.reason = format!(
+            "one process cannot hold {} connections (20,000 open-file cap)",
+            row.scenario.conns
+        );
+    }
+    row
+}
+
+/// Takes run number `run` (from 0) of `row`, retrying while `retries_left`
+/// allows; a row that cannot go on is left skipped or failed.
+fn measure(row: &mut Row, run: usize, runs: usize, retries_left: &mut u32, paths: &Paths) {
+    while row.status == "ok" && row.runs.len() == run {
+        let (spec, sc) = (&row.spec, &row.scenario);
+        eprintln!(
+            "bench: {} / {} run {}/{} ...",
+            spec.label(),
+            sc.name,
+            run + 1,
+            runs
+        );
+        let tag = format!("{}-run{}", sc.name, run + 1);
+        match scenario::run(spec, sc, &tag, paths) {
+            Ok(fig) => row.runs.push(fig),
+            Err(e) if e.contains("not built") || e.contains("not install") => {
+                row.status = "skipped";
+                row.reason = e;
+            }
+            Err(e) if *retries_left > 0 => {
+                eprintln!("bench: run failed, retrying once: {e}");
+                *retries_left -= 1;
+                row.reason = format!("one run retried after: {e}");
+            }
+            Err(e) => {
+                row.status = "failed";
+                row.reason = e;
+            }
+        }
+    }
+}
+
+/// Medians over the row's runs, and its verdict.
+fn judge(row: &mut Row) {
+    row.median = report::combine(&row.runs);
+    // Lost deliveries fail our server; a peer that cannot keep up with
+    // the offered rate just shows its count in the `lost` column.
+    let failed = row.median.get("connect_failed").copied().unwrap_or(0.0);
+    if row.status == "ok" && failed > 0.0 && row.scenario.kind != Kind::Churn {
+        row.status = "failed";
+        row.reason = format!(
+            "{failed} of {} connections did not upgrade",
+            row.scenario.conns
+        );
+    }
+    let lost = row.median.get("lost").copied().unwrap_or(0.0);
+    if row.status == "ok" && lost > 0.0 && row.spec.name == "foreman" {
+        row.status = "failed";
+        row.reason = format!("{lost} deliveries lost");
+    }
+    if row.status != "ok" {
+        eprintln!(
+            "bench: {} / {}: {}: {}",
+            row.spec.label(),
+            row.scenario.name,
+            row.status,
+            row.reason
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("loadgen") {
@@ -269,79 +353,33 @@ fn main() {
     let profile = if o.full { "full" } else { "quick" };
     let runs = o.runs.unwrap_or(if o.full { 3 } else { 1 }).max(1);
     let t0 = Instant::now();
-    let mut rows = Vec::new();
-    for (spec, sc) in plan(&o) {
-        let mut row = Row {
-            spec: spec.clone(),
-            scenario: sc.clone(),
-            status: "ok",
-            reason: String::new(),
-            runs: Vec::new(),
-            median: Default::default(),
-        };
-        if spec.single_process() && sc.conns > 19_000 {
-            row.status = "skipped";
-            row.reason = format!(
-                "one process cannot hold {} connections (20,000 open-file cap)",
-                sc.conns
-            );
-        }
-        // One retry per row: the machine is shared, and a stray signal or a
-        // rebuilt binary should not void a 15-minute run. The retry is noted.
-        let mut retries_left = 1;
-        let mut run = 0;
-        while run < runs && row.status == "ok" {
-            eprintln!(
-                "bench: {} / {} run {}/{} ...",
-                spec.label(),
-                sc.name,
-                run + 1,
-                runs
-            );
-            let tag = format!("{}-run{}", sc.name, run + 1);
-            match scenario::run(&spec, &sc, &tag, &paths) {
-                Ok(fig) => {
-                    row.runs.push(fig);
-                    run += 1;
-                }
-                Err(e) if e.contains("not built") || e.contains("not install") => {
-                    row.status = "skipped";
-                    row.reason = e;
-                }
-                Err(e) if retries_left > 0 => {
-                    eprintln!("bench: run failed, retrying once: {e}");
-                    retries_left -= 1;
-                    row.reason = format!("one run retried after: {e}");
-                }
-                Err(e) => {
-                    row.status = "failed";
-                    row.reason = e;
-                }
+    let mut rows: Vec<Row> = plan(&o)
+        .into_iter()
+        .map(|(spec, sc)| new_row(spec, sc))
+        .collect();
+    // One retry per row: the machine is shared, and a stray signal or a
+    // rebuilt binary should not void a 15-minute run. The retry is noted.
+    let mut retries = vec![1u32; rows.len()];
+    // Runs interleave within a scenario (run 1 of every server, then run 2,
+    // ...), so the load of the rest of the machine drifts over all of them
+    // alike.
+    let mut first = 0;
+    while first < rows.len() {
+        let name = rows[first].scenario.name.clone();
+        let end = first
+            + rows[first..]
+                .iter()
+                .take_while(|r| r.scenario.name == name)
+                .count();
+        for run in 0..runs {
+            for k in first..end {
+                measure(&mut rows[k], run, runs, &mut retries[k], &paths);
             }
         }
-        row.median = report::combine(&row.runs);
-        // Lost deliveries fail our server; a peer that cannot keep up with
-        // the offered rate just shows its count in the `lost` column.
-        let failed = row.median.get("connect_failed").copied().unwrap_or(0.0);
-        if row.status == "ok" && failed > 0.0 && sc.kind != Kind::Churn {
-            row.status = "failed";
-            row.reason = format!("{failed} of {} connections did not upgrade", sc.conns);
-        }
-        let lost = row.median.get("lost").copied().unwrap_or(0.0);
-        if row.status == "ok" && lost > 0.0 && spec.name == "foreman" {
-            row.status = "failed";
-            row.reason = format!("{lost} deliveries lost");
-        }
-        if row.status != "ok" {
-            eprintln!(
-                "bench: {} / {}: {}: {}",
-                spec.label(),
-                sc.name,
-                row.status,
-                row.reason
-            );
-        }
-        rows.push(row);
+        first = end;
+    }
+    for row in &mut rows {
+        judge(row);
     }
     let command = format!(
         "cargo bench --bench ws --{}",

@@ -53,8 +53,23 @@ pub fn combine(runs: &[Figures]) -> Figures {
     out
 }
 
-/// Columns shown for each kind of scenario: (figure, heading).
-fn columns(kind: Kind) -> &'static [(&'static str, &'static str)] {
+/// Columns shown for each kind of scenario: (figure, heading). The
+/// cluster comparison adds Redis's CPU beside the servers', and deliveries
+/// per CPU-second of both.
+fn columns(sc: &Scenario) -> Vec<(&'static str, &'static str)> {
+    let mut cols = kind_columns(sc.kind).to_vec();
+    if sc.cluster {
+        let at = cols
+            .iter()
+            .position(|c| c.0 == "server_cpu_pct")
+            .map_or(cols.len(), |i| i + 1);
+        cols.insert(at, ("redis_cpu_pct", "redis CPU %"));
+        cols.insert(at + 1, ("deliveries_per_cpu_s", "deliveries/CPU-s"));
+    }
+    cols
+}
+
+fn kind_columns(kind: Kind) -> &'static [(&'static str, &'static str)] {
     match kind {
         Kind::Idle => &[
             ("conns", "conns"),
@@ -123,9 +138,9 @@ pub fn tables(rows: &[Row]) -> String {
         seen.push(r.scenario.name.clone());
         let sc = &r.scenario;
         let _ = writeln!(out, "\n### {} ({})\n", sc.name, describe(sc));
-        let cols = columns(sc.kind);
+        let cols = columns(sc);
         let _ = write!(out, "| server |");
-        for (_, h) in cols {
+        for (_, h) in &cols {
             let _ = write!(out, " {h} |");
         }
         let _ = write!(out, "\n|---|");
@@ -146,7 +161,7 @@ pub fn tables(rows: &[Row]) -> String {
                     out.push_str(" |");
                 }
             } else {
-                for (k, _) in cols {
+                for (k, _) in &cols {
                     let v = r
                         .median
                         .get(*k)
@@ -175,6 +190,11 @@ pub fn describe(sc: &Scenario) -> String {
             sc.conns, sc.clients
         ),
         Kind::Echo => format!("{} connections ping-pong {} B text", sc.conns, sc.size),
+        Kind::Fanout if sc.cluster => format!(
+            "{} connections, {} senders, {} B, saturation; 2 nodes x 1 worker joined by Redis \
+             (each load generator on one node) against one node with count 2",
+            sc.conns, sc.senders, sc.size
+        ),
         Kind::Fanout if sc.rate > 0.0 => format!(
             "{} connections, {} senders, {} B, offered {} msgs/s = {} deliveries/s",
             sc.conns,
@@ -192,9 +212,20 @@ pub fn describe(sc: &Scenario) -> String {
 }
 
 fn find<'a>(rows: &'a [Row], server: &str, count: usize, scenario: &str) -> Option<&'a Figures> {
+    find_nodes(rows, server, 1, count, scenario)
+}
+
+fn find_nodes<'a>(
+    rows: &'a [Row],
+    server: &str,
+    nodes: usize,
+    count: usize,
+    scenario: &str,
+) -> Option<&'a Figures> {
     rows.iter()
         .find(|r| {
             r.spec.name == server
+                && r.spec.nodes == nodes
                 && r.spec.count == count
                 && r.scenario.name == scenario
                 && !r.median.is_empty()
@@ -246,6 +277,38 @@ pub fn bars(rows: &[Row]) -> Vec<String> {
         c1,
         "deliveries_per_s",
     );
+    let cluster = find_nodes(rows, "foreman", 2, 1, "cluster-fanout");
+    let single = ours("cluster-fanout");
+    ratio(
+        &mut out,
+        "cluster-fanout deliveries/s, 2 nodes x c=1 vs one node c=2 (bar >= 0.6x)",
+        cluster,
+        single,
+        "deliveries_per_s",
+    );
+    // Per CPU-second of the servers (and Redis): on a shared machine the
+    // CPU a side got moves its deliveries/s; this moves much less.
+    let per_cpu = |f: Option<&Figures>| f.and_then(|f| f.get("deliveries_per_cpu_s").copied());
+    match (per_cpu(cluster), per_cpu(single)) {
+        (Some(c), Some(s)) if s > 0.0 => out.push(format!(
+            "cluster-fanout deliveries per CPU-second (servers + Redis): {} / {} = {:.2}x",
+            fmt(c),
+            fmt(s),
+            c / s
+        )),
+        _ => out.push("cluster-fanout deliveries per CPU-second: n/a".into()),
+    }
+    if let Some(f) = cluster {
+        let get = |k: &str| f.get(k).copied().unwrap_or(f64::NAN);
+        let p99 = |f: Option<&Figures>| f.and_then(|f| f.get("p99_ms")).copied();
+        out.push(format!(
+            "cluster-fanout 2 nodes: lost {} (bar 0), p99 {:.2} ms (one node: {}), redis CPU {:.0}%",
+            fmt(get("lost")),
+            get("p99_ms"),
+            p99(single).map_or("n/a".into(), |v| format!("{v:.2} ms")),
+            get("redis_cpu_pct"),
+        ));
+    }
     match ours("fanout-rate") {
         Some(f) => {
             let lost = f.get("lost").copied().unwrap_or(f64::NAN);

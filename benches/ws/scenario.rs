@@ -8,7 +8,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+use crate::cluster::{self, Cluster};
 use crate::loadgen::{LoadConfig, Stats};
+use crate::redis_server::RedisServer;
 use crate::server::{self, Paths, Sample, ServerSpec};
 use crate::wire::mono_ns;
 
@@ -42,6 +44,9 @@ pub struct Scenario {
     pub rate: f64,
     /// Load generator processes.
     pub clients: usize,
+    /// The cluster comparison: runs on a cluster of foreman nodes (load
+    /// generator `i` talking to node `i % nodes`) and on one foreman node.
+    pub cluster: bool,
     /// Warm-up before the measure window.
     pub warm: Duration,
     /// Measure window.
@@ -52,34 +57,89 @@ pub struct Scenario {
 pub type Figures = BTreeMap<String, f64>;
 
 /// Runs `scenario` once against `spec`. `Err` is a failure to run at all.
-/// `tag` names the server log (`target/bench/logs/SERVER-cN-TAG.log`).
+/// `tag` names the server log (`target/bench/logs/SERVER-cN-TAG.log`; a
+/// cluster node's tag ends in its name).
 pub fn run(spec: &ServerSpec, sc: &Scenario, tag: &str, paths: &Paths) -> Result<Figures, String> {
     let mode = if sc.kind == Kind::Fanout {
         "broadcast"
     } else {
         "echo"
     };
-    let mut srv = server::start(spec, mode, tag, paths)?;
-    let empty = srv.sample();
-    let mut result = drive(&mut srv, sc, empty);
-    if let Some(status) = srv.exited() {
-        let log = srv.log.display();
-        result = Err(format!(
-            "server exited during the run ({status}); see {log}"
-        ));
+    let cluster = if spec.nodes > 1 {
+        Some(Cluster::start(spec.nodes, tag, &paths.out)?)
+    } else {
+        None
+    };
+    let mut servers = Vec::new();
+    let mut result = Ok(Figures::new());
+    for i in 0..spec.nodes {
+        let started = match &cluster {
+            Some(c) => {
+                let (name, config) = c.node(i);
+                server::start(spec, mode, &format!("{tag}-{name}"), paths, Some(config))
+            }
+            None => server::start(spec, mode, tag, paths, None),
+        };
+        match started {
+            Ok(s) => servers.push(s),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
     }
-    let pids_seen = srv.pids_seen();
-    let (took, clean) = srv.stop(Duration::from_secs(10));
+    if let (Some(_), Ok(_)) = (&cluster, &result) {
+        let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+        result = cluster::wait_routing(&addrs, Duration::from_secs(20)).map(|_| Figures::new());
+    }
+    if result.is_ok() {
+        let redis = cluster.as_ref().map(|c| &c.redis);
+        let empty = sample_all(&mut servers);
+        result = drive(&mut servers, redis, sc, empty);
+    }
+    for srv in &mut servers {
+        if let Some(status) = srv.exited() {
+            let log = srv.log.display();
+            result = Err(format!(
+                "server exited during the run ({status}); see {log}"
+            ));
+        }
+    }
+    let pids_seen: usize = servers.iter().map(|s| s.pids_seen()).sum();
+    let procs = servers.iter_mut().map(|s| s.sample().procs).sum::<usize>();
+    let (mut took, mut clean) = (Duration::ZERO, true);
+    for srv in servers {
+        let (t, c) = srv.stop(Duration::from_secs(10));
+        took = took.max(t);
+        clean &= c;
+    }
     let mut fig = result?;
     fig.insert("stop_ms".into(), took.as_secs_f64() * 1e3);
     fig.insert("stop_clean".into(), if clean { 1.0 } else { 0.0 });
-    fig.insert("server_procs".into(), empty.procs as f64);
+    fig.insert("server_procs".into(), procs as f64);
     fig.insert("server_pids_seen".into(), pids_seen as f64);
     Ok(fig)
 }
 
-fn drive(srv: &mut server::Running, sc: &Scenario, empty: Sample) -> Result<Figures, String> {
-    let mut lg = Loadgens::spawn(configs(sc, srv.addr))?;
+/// RSS and CPU summed over every server tree.
+fn sample_all(servers: &mut [server::Running]) -> Sample {
+    servers.iter_mut().fold(Sample::default(), |mut acc, s| {
+        let x = s.sample();
+        acc.rss += x.rss;
+        acc.cpu_ticks += x.cpu_ticks;
+        acc.procs += x.procs;
+        acc
+    })
+}
+
+fn drive(
+    servers: &mut [server::Running],
+    redis: Option<&RedisServer>,
+    sc: &Scenario,
+    empty: Sample,
+) -> Result<Figures, String> {
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let mut lg = Loadgens::spawn(configs(sc, &addrs))?;
     let mut fig = Figures::new();
     // The load generators give up on stuck attempts first and report them.
     let connect_deadline = Duration::from_millis(connect_bound_ms(sc) + 10_000);
@@ -95,7 +155,7 @@ fn drive(srv: &mut server::Running, sc: &Scenario, empty: Sample) -> Result<Figu
         // runner marks the row failed from `connect_failed`.
         fig.insert("connect_failed".into(), sc.conns as f64 - connected as f64);
     }
-    let holding = srv.sample();
+    let holding = sample_all(servers);
     fig.insert("rss_empty_mib".into(), empty.rss as f64 / 1048576.0);
     fig.insert("rss_mib".into(), holding.rss as f64 / 1048576.0);
     if sc.kind == Kind::Idle {
@@ -107,12 +167,26 @@ fn drive(srv: &mut server::Running, sc: &Scenario, empty: Sample) -> Result<Figu
     let start = mono_ns() + 100_000_000;
     let (warm, measure) = (sc.warm.as_nanos() as u64, sc.measure.as_nanos() as u64);
     lg.send_all(&format!("run {start} {warm} {measure}"))?;
+    let redis_secs = || redis.map_or(0.0, |r| r.cpu_secs());
     sleep_until(start + warm);
-    let (s0, c0, m0) = (srv.sample(), lg.cpu_ticks(), server::machine_busy_ticks());
+    let (s0, c0, m0, r0) = (
+        sample_all(servers),
+        lg.cpu_ticks(),
+        server::machine_busy_ticks(),
+        redis_secs(),
+    );
     sleep_until(start + warm + measure);
-    let (s1, c1, m1) = (srv.sample(), lg.cpu_ticks(), server::machine_busy_ticks());
+    let (s1, c1, m1, r1) = (
+        sample_all(servers),
+        lg.cpu_ticks(),
+        server::machine_busy_ticks(),
+        redis_secs(),
+    );
     let secs = measure as f64 / 1e9;
     let tps = server::ticks_per_sec();
+    if redis.is_some() {
+        fig.insert("redis_cpu_pct".into(), (r1 - r0) / secs * 100.0);
+    }
     fig.insert(
         "server_cpu_pct".into(),
         s1.cpu_ticks.saturating_sub(s0.cpu_ticks) as f64 / tps / secs * 100.0,
@@ -122,7 +196,8 @@ fn drive(srv: &mut server::Running, sc: &Scenario, empty: Sample) -> Result<Figu
         c1.saturating_sub(c0) as f64 / tps / secs * 100.0,
     );
     // CPU the rest of the machine (other builds, ...) took meanwhile: noise.
-    let ours = (s1.cpu_ticks.saturating_sub(s0.cpu_ticks) + c1.saturating_sub(c0)) as f64;
+    let ours = (s1.cpu_ticks.saturating_sub(s0.cpu_ticks) + c1.saturating_sub(c0)) as f64
+        + (r1 - r0) * tps;
     let other = m1.saturating_sub(m0) as f64 - ours;
     fig.insert("other_cpu_pct".into(), other.max(0.0) / tps / secs * 100.0);
     fig.insert("rss_mib".into(), s1.rss as f64 / 1048576.0);
@@ -164,6 +239,15 @@ fn drive(srv: &mut server::Running, sc: &Scenario, empty: Sample) -> Result<Figu
                 "deliveries_per_s".into(),
                 sum.received_in_window as f64 / secs,
             );
+            // What a CPU-second of the servers (and Redis) delivers.
+            let cpu = fig.get("server_cpu_pct").copied().unwrap_or(0.0)
+                + fig.get("redis_cpu_pct").copied().unwrap_or(0.0);
+            if cpu > 0.0 {
+                fig.insert(
+                    "deliveries_per_cpu_s".into(),
+                    sum.received_in_window as f64 / secs / (cpu / 100.0),
+                );
+            }
             fig.insert("received".into(), sum.received_total as f64);
             fig.insert("lost".into(), sum.lost as f64);
             fig.insert("duplicated".into(), sum.duplicated as f64);
@@ -180,8 +264,9 @@ fn drive(srv: &mut server::Running, sc: &Scenario, empty: Sample) -> Result<Figu
     Ok(fig)
 }
 
-/// Splits the scenario's connections (and senders) over its client processes.
-fn configs(sc: &Scenario, target: SocketAddr) -> Vec<LoadConfig> {
+/// Splits the scenario's connections (and senders) over its client
+/// processes; client `i` talks to `targets[i % targets.len()]`.
+fn configs(sc: &Scenario, targets: &[SocketAddr]) -> Vec<LoadConfig> {
     let n = sc.clients.max(1);
     let mut out = Vec::new();
     let (mut conn_base, mut sender_base) = (0, 0);
@@ -195,7 +280,7 @@ fn configs(sc: &Scenario, target: SocketAddr) -> Vec<LoadConfig> {
         };
         out.push(LoadConfig {
             scenario: format!("{:?}", sc.kind).to_lowercase(),
-            target,
+            target: targets[i % targets.len()],
             conns,
             conn_base,
             connect_concurrency: if sc.kind == Kind::Churn { conns } else { 128 },

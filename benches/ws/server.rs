@@ -18,17 +18,33 @@ pub struct ServerSpec {
     pub name: &'static str,
     /// `--count`: worker processes (foreman), runtime threads (tokio), 1 (node).
     pub count: usize,
+    /// foreman servers acting as one cluster through a Redis server of the
+    /// bench's own; 1: a single server, no `[cluster]`.
+    pub nodes: usize,
 }
 
 impl ServerSpec {
-    /// Label used in tables, e.g. `foreman c=2`.
+    /// A single server of `name` with `count` workers.
+    pub fn single(name: &'static str, count: usize) -> ServerSpec {
+        ServerSpec {
+            name,
+            count,
+            nodes: 1,
+        }
+    }
+
+    /// Label used in tables, e.g. `foreman c=2`, `foreman 2 nodes x c=1`.
     pub fn label(&self) -> String {
-        format!("{} c={}", self.name, self.count)
+        if self.nodes > 1 {
+            format!("{} {} nodes x c={}", self.name, self.nodes, self.count)
+        } else {
+            format!("{} c={}", self.name, self.count)
+        }
     }
 
     /// Whether all connections live in one process (bound by its fd cap).
     pub fn single_process(&self) -> bool {
-        self.name != "foreman" || self.count == 1
+        self.name != "foreman" || self.count * self.nodes == 1
     }
 
     /// Processes the tree has once it is up.
@@ -41,8 +57,14 @@ impl ServerSpec {
     }
 
     /// The command that starts this server in `mode` (`broadcast`/`echo`)
-    /// on an ephemeral port, or why it cannot run here.
-    pub fn command(&self, mode: &str, paths: &Paths) -> Result<Command, String> {
+    /// on an ephemeral port, or why it cannot run here. `config`: a foreman
+    /// config file (`-c`), for a cluster node's `[cluster]` table.
+    pub fn command(
+        &self,
+        mode: &str,
+        paths: &Paths,
+        config: Option<&Path>,
+    ) -> Result<Command, String> {
         let listen = "websocket://127.0.0.1:0";
         let count = self.count.to_string();
         match self.name {
@@ -53,6 +75,9 @@ impl ServerSpec {
                 }
                 let mut cmd = Command::new(bin);
                 cmd.args(["--listen", listen, "--count", &count]);
+                if let Some(c) = config {
+                    cmd.arg("-c").arg(c);
+                }
                 if mode == "broadcast" {
                     cmd.args(["--tick-ms", "0"]);
                 }
@@ -141,10 +166,16 @@ pub struct Sample {
     pub procs: usize,
 }
 
-/// Starts the server and waits (bounded) for its `listening on` line and for
-/// its workers to appear.
-pub fn start(spec: &ServerSpec, mode: &str, tag: &str, paths: &Paths) -> Result<Running, String> {
-    let mut cmd = spec.command(mode, paths)?;
+/// Starts the server (`config`: see [`ServerSpec::command`]) and waits
+/// (bounded) for its `listening on` line and for its workers to appear.
+pub fn start(
+    spec: &ServerSpec,
+    mode: &str,
+    tag: &str,
+    paths: &Paths,
+    config: Option<&Path>,
+) -> Result<Running, String> {
+    let mut cmd = spec.command(mode, paths, config)?;
     let log = paths
         .out
         .join("logs")

@@ -169,6 +169,17 @@ pub enum Job {
         /// The room.
         room: String,
     },
+    /// On a cluster, after this worker's rows were reaped while it lived
+    /// ([`Done::Revived`]): a connection that is still in a room is put
+    /// back, with no reply (only a `presence` if it is the user's first).
+    Rejoin {
+        /// The connection.
+        conn: ConnId,
+        /// Its user.
+        user: String,
+        /// The room.
+        room: String,
+    },
     /// A connection that had joined rooms closed.
     Closed {
         /// The connection.
@@ -195,7 +206,10 @@ impl Job {
     /// Whether the job must be done whatever it takes: nobody would send
     /// it again (the connection is gone, or it is the worker's own).
     pub fn kept(&self) -> bool {
-        matches!(self, Job::Closed { .. } | Job::Reap { .. })
+        matches!(
+            self,
+            Job::Closed { .. } | Job::Reap { .. } | Job::Rejoin { .. }
+        )
     }
 
     /// Appends this job's results, from what the store `found` doing it
@@ -268,6 +282,13 @@ impl Job {
                 room: room.clone(),
                 last,
             }),
+            (Job::Rejoin { user, room, .. }, Found::Joined { first, .. }) => {
+                done.push(Done::Rejoined {
+                    user: user.clone(),
+                    room: room.clone(),
+                    first,
+                })
+            }
             (Job::Closed { .. } | Job::Reap { .. }, Found::Gone(gone)) => done.extend(
                 gone.into_iter()
                     .map(|(room, user)| Done::Gone { user, room }),
@@ -357,6 +378,20 @@ pub enum Done {
         /// The user's last connection left the room: announce it.
         last: bool,
     },
+    /// A [`Job::Rejoin`] is recorded.
+    Rejoined {
+        /// Its user.
+        user: String,
+        /// The room.
+        room: String,
+        /// The user's first connection in the room: announce it.
+        first: bool,
+    },
+    /// On a cluster: this worker's presence had expired in Redis (it was
+    /// cut off longer than `presence_ttl`), so another worker may have
+    /// reaped its rows and announced its users' leaves. The worker puts its
+    /// connections back ([`Job::Rejoin`]).
+    Revived,
     /// A user's last connection in a room is gone (closed, or its worker died).
     Gone {
         /// The user.
@@ -534,6 +569,10 @@ fn apply(db: &Connection, job: &Job, done: &mut Vec<Done>) -> rusqlite::Result<(
             limit,
             ..
         } => Found::Page(page(db, user, target, *before, *limit as usize)?),
+        Job::Rejoin { conn, user, room } => Found::Joined {
+            first: enter(db, *conn, user, room)?,
+            history: Vec::new(),
+        },
         Job::Join {
             conn,
             user,
@@ -541,10 +580,7 @@ fn apply(db: &Connection, job: &Job, done: &mut Vec<Done>) -> rusqlite::Result<(
             history,
             ..
         } => {
-            let inserted = db
-                .prepare_cached("INSERT OR IGNORE INTO members VALUES (?1, ?2, ?3, ?4)")?
-                .execute(params![room, user, conn.to_string(), conn.worker() as i64])?;
-            let first = inserted == 1 && rows_of(db, room, user)? == 1;
+            let first = enter(db, *conn, user, room)?;
             let history = if *history > 0 {
                 page(db, user, &Target::Room(room.clone()), None, *history)?
             } else {
@@ -598,6 +634,14 @@ fn apply(db: &Connection, job: &Job, done: &mut Vec<Done>) -> rusqlite::Result<(
     };
     job.finish(found, done);
     Ok(())
+}
+
+/// Puts a connection in a room: whether it is its user's first there.
+fn enter(db: &Connection, conn: ConnId, user: &str, room: &str) -> rusqlite::Result<bool> {
+    let inserted = db
+        .prepare_cached("INSERT OR IGNORE INTO members VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![room, user, conn.to_string(), conn.worker() as i64])?;
+    Ok(inserted == 1 && rows_of(db, room, user)? == 1)
 }
 
 fn rows_of(db: &Connection, room: &str, user: &str) -> rusqlite::Result<i64> {

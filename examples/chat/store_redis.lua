@@ -15,9 +15,24 @@ end
 local unit = ARGV[3]
 local ttl = ARGV[4]
 
--- The worker is alive: its rows stay until this expires.
-redis.call('SET', p .. 'alive:' .. unit, '1', 'PX', ttl)
+-- The worker is alive: its rows stay until this expires. Whether it was
+-- alive before goes first in the answer (the writer tells a unit that
+-- expired while it lived from one that starts).
+local was = redis.call('SET', p .. 'alive:' .. unit, '1', 'PX', ttl, 'GET')
 redis.call('SADD', p .. 'units', unit)
+
+-- Puts this unit's `conn` (of user `user`) in `room`: 1 when it is the
+-- user's first connection there, else 0.
+local function enter(room, user, conn)
+  if redis.call('SADD', p .. 'conn:' .. conn, room) == 0 then
+    return 0
+  end
+  redis.call('HSET', p .. 'unit:' .. unit, conn, user)
+  if redis.call('HINCRBY', p .. 'count:' .. room, user, 1) == 1 then
+    return 1
+  end
+  return 0
+end
 
 -- Takes `conn` (of user `user`, of unit `u`) out of `room`: true when it
 -- was the user's last connection there.
@@ -75,22 +90,18 @@ while i <= #ARGV do
     i = i + 4
   elseif op == 'join' then
     -- room, user, conn, messages wanted: {first, newest messages...}
-    local room, user, conn = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-    local first = 0
-    if redis.call('SADD', p .. 'conn:' .. conn, room) == 1 then
-      redis.call('HSET', p .. 'unit:' .. unit, conn, user)
-      if redis.call('HINCRBY', p .. 'count:' .. room, user, 1) == 1 then
-        first = 1
-      end
-    end
-    local reply = { first }
+    local reply = { enter(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]) }
     if tonumber(ARGV[i + 4]) > 0 then
-      for _, m in ipairs(page('room:' .. room, '+inf', ARGV[i + 4])) do
+      for _, m in ipairs(page('room:' .. ARGV[i + 1], '+inf', ARGV[i + 4])) do
         table.insert(reply, m)
       end
     end
     table.insert(out, reply)
     i = i + 5
+  elseif op == 'rejoin' then
+    -- room, user, conn: {first}
+    table.insert(out, { enter(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]) })
+    i = i + 4
   elseif op == 'leave' then
     -- room, user, conn: 1 when it was the user's last there
     table.insert(out, leave(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], unit) and 1 or 0)
@@ -137,4 +148,4 @@ while i <= #ARGV do
     return redis.error_reply('ERR unknown operation ' .. tostring(op))
   end
 end
-return out
+return { was and 1 or 0, out }

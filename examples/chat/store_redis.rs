@@ -44,7 +44,11 @@
 //! cut off from Redis that long): the script runs alone, so each leave is
 //! found, and announced ([`Done::Gone`]), by exactly one worker in the
 //! cluster. A restarted node's workers register again with their first
-//! batch.
+//! batch. A worker that was only cut off (from Redis, longer than the TTL)
+//! finds its `alive` key gone when it is back: it reports
+//! [`Done::Revived`], and its worker puts its connections back in their
+//! rooms ([`Job::Rejoin`]), announcing those users again where the others
+//! had been told they left.
 //!
 //! [`ConnId`]: foreman::ConnId
 
@@ -85,6 +89,12 @@ pub struct RedisStore {
     next_beat: Instant,
     /// The script.
     script: redis::Script,
+    /// A call has succeeded: from then on the unit is expected alive.
+    registered: bool,
+    /// A call found the unit expired: [`Done::Revived`] is owed.
+    revived: bool,
+    /// The last call failed.
+    failing: bool,
 }
 
 /// A connection and how far Redis's clock is ahead of ours.
@@ -122,6 +132,9 @@ impl RedisStore {
             ttl: cluster.presence_ttl,
             next_beat: Instant::now(),
             script: redis::Script::new(SCRIPT),
+            registered: false,
+            revived: false,
+            failing: false,
         })
     }
 
@@ -161,13 +174,51 @@ impl RedisStore {
         for op in ops {
             call.arg(op);
         }
-        let answers = match call.invoke::<Value>(&mut link.con) {
-            Ok(Value::Array(answers)) if answers.len() == count => answers,
+        let (was_alive, answers) = match call.invoke::<Value>(&mut link.con) {
+            Ok(Value::Array(answer)) => match <[Value; 2]>::try_from(answer) {
+                Ok([Value::Int(was), Value::Array(answers)]) if answers.len() == count => {
+                    (was == 1, answers)
+                }
+                Ok([Value::Int(was), Value::Nil]) if count == 0 => (was == 1, Vec::new()),
+                other => return Err(format!("unexpected answer {other:?}")),
+            },
             Ok(other) => return Err(format!("unexpected answer {other:?}")),
             Err(e) => return Err(e.to_string()),
         };
+        // Alive before, unless this is the first call: else the unit
+        // expired in between, and may have been reaped.
+        self.revived |= self.registered && !was_alive;
+        self.registered = true;
         self.next_beat = Instant::now() + self.ttl / 3;
         Ok(answers)
+    }
+
+    /// A call failed: the link goes (the next call connects anew), the
+    /// heartbeat waits a while (so a batch that just failed is not followed
+    /// at once by a heartbeat that fails too), and the first failure of a
+    /// spell is logged as a warning (the others, every retry, at debug).
+    fn failed(&mut self, what: &str, error: &str) {
+        self.link = None;
+        self.next_beat = Instant::now() + (self.ttl / 3).min(TIMEOUT);
+        if std::mem::replace(&mut self.failing, true) {
+            log::debug!("chat store: Redis: {what}: {error}");
+        } else {
+            log::warn!(
+                "chat store: Redis: {what}: {error}; answering `unavailable` until it is back"
+            );
+        }
+    }
+
+    /// A call succeeded: the end of a spell of failures is logged.
+    fn recovered(&mut self) {
+        if std::mem::take(&mut self.failing) {
+            log::info!("chat store: Redis is back");
+        }
+    }
+
+    /// [`Done::Revived`], once, if a call found the unit expired.
+    fn revived(&mut self) -> Option<Done> {
+        std::mem::take(&mut self.revived).then_some(Done::Revived)
     }
 
     fn try_run(&mut self, jobs: &[Job]) -> Result<Vec<Done>, Failure> {
@@ -181,6 +232,7 @@ impl RedisStore {
         for ((job, answer), time) in jobs.iter().zip(answers).zip(times) {
             job.finish(decode(job, answer, time)?, &mut done);
         }
+        done.extend(self.revived());
         Ok(done)
     }
 
@@ -224,6 +276,12 @@ impl RedisStore {
             Job::Leave {
                 conn, user, room, ..
             } => ops.extend(["leave".into(), room.clone(), user.clone(), conn.to_string()]),
+            Job::Rejoin { conn, user, room } => ops.extend([
+                "rejoin".into(),
+                room.clone(),
+                user.clone(),
+                conn.to_string(),
+            ]),
             Job::Closed { conn, user } => {
                 ops.extend(["closed".into(), conn.to_string(), user.clone()])
             }
@@ -243,13 +301,12 @@ impl Backend for RedisStore {
     /// dropped and nothing was done (see the module docs).
     fn run(&mut self, jobs: &[Job]) -> Vec<Done> {
         match self.try_run(jobs) {
-            Ok(done) => done,
+            Ok(done) => {
+                self.recovered();
+                done
+            }
             Err(error) => {
-                self.link = None;
-                log::warn!(
-                    "chat store: Redis failed a batch of {}: {error}",
-                    jobs.len()
-                );
+                self.failed(&format!("a batch of {} failed", jobs.len()), &error);
                 jobs.iter()
                     .map(|job| match job.kept() {
                         true => Done::Busy(job.clone()),
@@ -271,15 +328,15 @@ impl Backend for RedisStore {
     fn housekeep(&mut self) -> Vec<Done> {
         let answer = self.call(&["dead".into()], 1);
         match answer.and_then(|a| gone_pairs(a.into_iter().next())) {
-            Ok(gone) => gone
-                .into_iter()
-                .map(|(room, user)| Done::Gone { user, room })
-                .collect(),
+            Ok(gone) => {
+                self.recovered();
+                gone.into_iter()
+                    .map(|(room, user)| Done::Gone { user, room })
+                    .chain(self.revived())
+                    .collect()
+            }
             Err(error) => {
-                self.link = None;
-                // Try again in a while, not at once.
-                self.next_beat = Instant::now() + (self.ttl / 3).min(TIMEOUT);
-                log::warn!("chat store: Redis heartbeat failed: {error}");
+                self.failed("the heartbeat failed", &error);
                 Vec::new()
             }
         }
@@ -312,6 +369,10 @@ fn decode(job: &Job, answer: Value, time: i64) -> Result<Found, Failure> {
                 history: messages(items.collect())?,
             }
         }
+        Job::Rejoin { .. } => Found::Joined {
+            first: array(answer)?.first().map_or(Ok(0), int)? == 1,
+            history: Vec::new(),
+        },
         Job::Leave { .. } => Found::Left {
             last: int(&answer)? == 1,
         },

@@ -293,8 +293,46 @@ fn a_dead_units_rows_are_reaped_once_by_some_other_worker() {
     assert!(a1.housekeep().is_empty(), "announced once");
     let units: Vec<String> = redis.query(redis::cmd("SMEMBERS").arg("t:chat:units"));
     assert!(!units.contains(&"b:0".to_string()), "{units:?}");
-    // The node comes back: its next batch registers it again.
-    dead.run(&[join("5.0.3.3", "bo", "r")]);
+    // The node comes back: its next batch registers it again, and says it
+    // had expired, so its worker puts its connections back.
+    let done = dead.run(&[join("5.0.3.3", "bo", "r")]);
+    assert!(
+        matches!(
+            done.as_slice(),
+            [Done::Joined { first: true, .. }, Done::Revived]
+        ),
+        "{done:?}"
+    );
+    let rejoin = |c: &str, user: &str| Job::Rejoin {
+        conn: conn(c),
+        user: user.into(),
+        room: "r".into(),
+    };
+    let done = dead.run(&[rejoin("5.0.1.1", "bo"), rejoin("5.0.2.2", "al")]);
+    assert_eq!(
+        done,
+        [
+            Done::Rejoined {
+                user: "bo".into(),
+                room: "r".into(),
+                first: false
+            },
+            Done::Rejoined {
+                user: "al".into(),
+                room: "r".into(),
+                first: false
+            },
+        ],
+        "bo is back through 5.0.3.3 already, al was never gone"
+    );
+    // Once: the unit is alive again.
+    assert!(a0.housekeep().is_empty());
+    assert_eq!(dead.housekeep(), []);
+    assert_eq!(
+        first(&dead.run(&[leave("5.0.3.3", "bo", "r"), leave("5.0.1.1", "bo", "r")])),
+        [false, true],
+        "5.0.1.1 was put back"
+    );
     let units: Vec<String> = redis.query(redis::cmd("SMEMBERS").arg("t:chat:units"));
     assert!(units.contains(&"b:0".to_string()), "{units:?}");
     let alive: bool = redis.query(redis::cmd("EXISTS").arg("t:chat:alive:b:0"));

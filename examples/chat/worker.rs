@@ -261,6 +261,29 @@ impl ChatWorker {
                     ctx.send_to_group(&group(&room), reply::presence(&room, &user, false), &[conn]);
                 }
             }
+            Done::Rejoined { user, room, first } => {
+                if first {
+                    let own = ctx.conns_of_uid(&user);
+                    ctx.send_to_group(&group(&room), reply::presence(&room, &user, true), &own);
+                }
+            }
+            Done::Revived => {
+                log::warn!(
+                    "chat: this worker's presence had expired in Redis; putting its connections back in their rooms"
+                );
+                let mut jobs = Vec::new();
+                for (&conn, session) in &self.sessions {
+                    if let Some(user) = &session.user {
+                        jobs.extend(session.rooms.iter().map(|room| {
+                            let (user, room) = (user.clone(), room.clone());
+                            (conn, Job::Rejoin { conn, user, room })
+                        }));
+                    }
+                }
+                for (conn, job) in jobs {
+                    self.submit(ctx, conn, job);
+                }
+            }
             Done::Gone { user, room } => {
                 ctx.send_to_group(&group(&room), reply::presence(&room, &user, false), &[]);
             }
@@ -320,7 +343,7 @@ impl ChatWorker {
                 }
                 (conn, reference)
             }
-            Job::Closed { .. } | Job::Reap { .. } => return,
+            Job::Closed { .. } | Job::Reap { .. } | Job::Rejoin { .. } => return,
         };
         Self::refuse(ctx, conn, &refusal(reference));
     }
