@@ -76,7 +76,7 @@ fn joined_comes_first_and_nothing_after_it_is_missed_on_one_node() {
 
 #[test]
 fn joined_comes_first_and_nothing_after_it_is_missed_on_a_cluster() {
-    let redis = Redis::start("order");
+    let redis = Redis::start();
     let toml = format!("[cluster]\nredis_url = \"{}\"\nnode = \"a\"\n", redis.url());
     joined_comes_first(&ChatServer::start("order-cluster", 2, &toml));
 }

@@ -41,7 +41,7 @@ fn say(c: &mut Client, room: &str, text: &str) -> i64 {
 
 #[test]
 fn two_nodes_serve_the_same_rooms_and_a_killed_nodes_users_leave() {
-    let redis = Redis::start("nodes");
+    let redis = Redis::start();
     let a = ChatServer::start("node-a", 2, &cluster(&redis, "a", 1500));
     let mut b = ChatServer::start("node-b", 2, &cluster(&redis, "b", 1500));
     let mut al = Client::login(&a, "al");
@@ -113,7 +113,7 @@ fn two_nodes_serve_the_same_rooms_and_a_killed_nodes_users_leave() {
 
 #[test]
 fn while_redis_is_down_requests_are_unavailable_and_nothing_acked_is_lost() {
-    let mut redis = Redis::start("down");
+    let mut redis = Redis::start();
     let server = ChatServer::start("down", 2, &cluster(&redis, "a", 15_000));
     let mut al = Client::login(&server, "al");
     al.join("r");

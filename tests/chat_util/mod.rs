@@ -10,14 +10,13 @@
 
 mod client;
 mod deploy;
-mod redis;
 pub mod scenarios;
+#[allow(unused_imports)]
+pub use crate::common::redis::RedisServer as Redis;
 #[allow(unused_imports)]
 pub use client::{Client, Event};
 #[allow(unused_imports)]
 pub use deploy::Deployment;
-#[allow(unused_imports)]
-pub use redis::Redis;
 
 use crate::common::{self, http_get, is_alive, run_to_exit, Server};
 use hmac::{Hmac, Mac};
