@@ -244,9 +244,12 @@ impl ChatWorker {
                 if first {
                     // Not to the user's own connections: it knows it joined
                     // (another of its connections may already be a member
-                    // while its own join is still on the way).
-                    let own = ctx.conns_of_uid(&user);
-                    ctx.send_to_group(&g, reply::presence(&room, &user, true), &own);
+                    // while its own join is still on the way). Left out by
+                    // uid, so each member's worker decides: a connection the
+                    // user opened on another node a moment ago is left out
+                    // too, though this worker may not know it yet.
+                    let presence = reply::presence(&room, &user, true);
+                    ctx.send_to_group_except_uids(&g, presence, &[&user]);
                 }
             }
             Done::Left {
@@ -263,8 +266,8 @@ impl ChatWorker {
             }
             Done::Rejoined { user, room, first } => {
                 if first {
-                    let own = ctx.conns_of_uid(&user);
-                    ctx.send_to_group(&group(&room), reply::presence(&room, &user, true), &own);
+                    let presence = reply::presence(&room, &user, true);
+                    ctx.send_to_group_except_uids(&group(&room), presence, &[&user]);
                 }
             }
             Done::Revived => {

@@ -18,9 +18,20 @@ pub(crate) const MAX_RECORD: usize = 1 << 30;
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Target {
     Conn(ConnId),
-    All { exclude: Vec<ConnId> },
+    All {
+        exclude: Vec<ConnId>,
+    },
     Uids(Vec<String>),
-    Group { group: String, exclude: Vec<ConnId> },
+    Group {
+        group: String,
+        exclude: Vec<ConnId>,
+    },
+    /// A group's members except the connections of these uids, as the
+    /// owner of each member knows them.
+    GroupButUids {
+        group: String,
+        uids: Vec<String>,
+    },
 }
 
 /// One record.
@@ -78,6 +89,7 @@ mod kind {
     pub const T_ALL: u8 = 1;
     pub const T_UIDS: u8 = 2;
     pub const T_GROUP: u8 = 3;
+    pub const T_GROUP_BUT_UIDS: u8 = 4;
 }
 
 fn put_id(out: &mut BytesMut, id: ConnId) {
@@ -90,6 +102,13 @@ fn put_id(out: &mut BytesMut, id: ConnId) {
 fn put_bytes(out: &mut BytesMut, b: &[u8]) {
     out.put_u32_le(b.len() as u32);
     out.put_slice(b);
+}
+
+fn put_strings(out: &mut BytesMut, strings: &[String]) {
+    out.put_u32_le(strings.len() as u32);
+    for s in strings {
+        put_bytes(out, s.as_bytes());
+    }
 }
 
 fn put_ids(out: &mut BytesMut, ids: &[ConnId]) {
@@ -165,10 +184,12 @@ pub(crate) fn encode(out: &mut BytesMut, rec: &Record) {
                 }
                 Target::Uids(uids) => {
                     out.put_u8(kind::T_UIDS);
-                    out.put_u32_le(uids.len() as u32);
-                    for u in uids {
-                        put_bytes(out, u.as_bytes());
-                    }
+                    put_strings(out, uids);
+                }
+                Target::GroupButUids { group, uids } => {
+                    out.put_u8(kind::T_GROUP_BUT_UIDS);
+                    put_bytes(out, group.as_bytes());
+                    put_strings(out, uids);
                 }
                 Target::Group { group, exclude } => {
                     out.put_u8(kind::T_GROUP);
@@ -221,10 +242,12 @@ pub(crate) fn body_len(rec: &Record) -> usize {
 /// `payload_len` bytes, less its kind byte.
 fn deliver_len(target: &Target, payload_len: usize) -> usize {
     let ids = |v: &[ConnId]| LEN + v.len() * ID;
+    let strings = |v: &[String]| LEN + v.iter().map(|u| LEN + u.len()).sum::<usize>();
     let target = 1 + match target {
         Target::Conn(_) => ID,
         Target::All { exclude } => ids(exclude),
-        Target::Uids(uids) => LEN + uids.iter().map(|u| LEN + u.len()).sum::<usize>(),
+        Target::Uids(uids) => strings(uids),
+        Target::GroupButUids { group, uids } => LEN + group.len() + strings(uids),
         Target::Group { group, exclude } => LEN + group.len() + ids(exclude),
     };
     target + LEN + payload_len
@@ -289,6 +312,12 @@ impl Reader {
     fn string(&mut self) -> Result<String, Corrupt> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| Corrupt)
     }
+    fn strings(&mut self) -> Result<Vec<String>, Corrupt> {
+        let n = self.u32()? as usize;
+        self.need(n.saturating_mul(LEN))?;
+        (0..n).map(|_| self.string()).collect()
+    }
+
     fn ids(&mut self) -> Result<Vec<ConnId>, Corrupt> {
         let n = self.u32()? as usize;
         self.need(n.saturating_mul(ID))?;
@@ -343,11 +372,11 @@ pub(crate) fn decode(buf: &mut BytesMut) -> Result<Option<Record>, Corrupt> {
             let target = match r.u8()? {
                 kind::T_CONN => Target::Conn(r.id()?),
                 kind::T_ALL => Target::All { exclude: r.ids()? },
-                kind::T_UIDS => {
-                    let n = r.u32()? as usize;
-                    r.need(n.saturating_mul(4))?;
-                    Target::Uids((0..n).map(|_| r.string()).collect::<Result<_, _>>()?)
-                }
+                kind::T_UIDS => Target::Uids(r.strings()?),
+                kind::T_GROUP_BUT_UIDS => Target::GroupButUids {
+                    group: r.string()?,
+                    uids: r.strings()?,
+                },
                 kind::T_GROUP => Target::Group {
                     group: r.string()?,
                     exclude: r.ids()?,
@@ -419,6 +448,13 @@ mod tests {
             Record::Deliver {
                 target: Target::Uids(vec!["x".into(), "y".into()]),
                 payload: Bytes::new(),
+            },
+            Record::Deliver {
+                target: Target::GroupButUids {
+                    group: "g".into(),
+                    uids: vec!["x".into(), String::new()],
+                },
+                payload: Bytes::from_static(b"p"),
             },
             Record::Deliver {
                 target: Target::All { exclude: vec![] },

@@ -204,6 +204,20 @@ impl Core {
                         .filter_map(|c| self.local_key(*c)),
                 )
             }
+            Target::GroupButUids { group, uids } => {
+                let registry = &self.registry;
+                keys.extend(
+                    registry
+                        .group_members(group)
+                        .filter(|c| self.is_mine(*c))
+                        .filter(|c| {
+                            !registry
+                                .uid_of(*c)
+                                .is_some_and(|u| uids.iter().any(|x| x == u))
+                        })
+                        .filter_map(|c| self.local_key(c)),
+                )
+            }
             Target::Group { group, exclude } => {
                 let skip = Excluded::new(exclude);
                 keys.extend(

@@ -327,6 +327,25 @@ impl<'a> Ctx<'a> {
         self.route(target, &msg.into())
     }
 
+    /// Sends to every member of a group except the connections bound to any
+    /// of `uids`. Unlike an exclude list of [`ConnId`]s, which names the
+    /// connections this worker knows of when it sends, each member's own
+    /// worker decides, so a connection of one of these uids that another
+    /// node has just bound is left out too. False as for
+    /// [`Ctx::send_to_group`].
+    pub fn send_to_group_except_uids(
+        &mut self,
+        group: &str,
+        msg: impl Into<Message>,
+        uids: &[&str],
+    ) -> bool {
+        let target = Target::GroupButUids {
+            group: group.to_string(),
+            uids: uids.iter().map(|u| u.to_string()).collect(),
+        };
+        self.route(target, &msg.into())
+    }
+
     /// Sends `data` to the handler of another worker
     /// ([`crate::Handler::on_worker_message`]). Returns false for an unknown
     /// worker or this one, or data too large for the bus (1 GiB). While that
