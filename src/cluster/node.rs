@@ -122,8 +122,12 @@ pub(crate) enum Incoming {
 /// A reply the command link owes, in order.
 enum Reply {
     Ignore,
-    /// `EXEC` of a batch or heartbeat: errors inside are logged.
+    /// `EXEC` of a batch: an error means the hash may not hold this unit's
+    /// state, which is then asserted again.
     Exec,
+    /// `EXEC` of a heartbeat: as `Exec`, and a `PEXPIRE` that found no hash
+    /// (it expired or was evicted) also means asserting again.
+    Beat,
     /// `PUBLISH` of `records` records to a node: 0 receivers is a loss.
     Published(usize),
     Units,
@@ -204,6 +208,9 @@ pub(crate) struct Cluster {
     fetches: u64,
     /// The links' buffer cap.
     cap: usize,
+    /// Units whose hash Redis refused to read, asked again at the next
+    /// heartbeat.
+    retry: HashSet<(u32, u16)>,
     /// Links that had more to read when their budget ran out.
     unread: Vec<Token>,
     pub(crate) stats: ClusterStats,
@@ -322,6 +329,7 @@ impl Cluster {
             next_beat: now,
             fetches: 0,
             cap,
+            retry: HashSet::new(),
             unread: Vec::new(),
             stats: ClusterStats {
                 since: Some(SystemTime::now()),
@@ -413,10 +421,23 @@ impl Cluster {
             self.lost(SUB, mio, now, "Redis did not answer in presence_ttl_ms");
         }
         for token in [CMD, SUB] {
+            if self.link(token).connect_overdue(now, ttl) {
+                self.lost(
+                    token,
+                    mio,
+                    now,
+                    "connecting took longer than presence_ttl_ms",
+                );
+            }
             let link = self.link(token);
             match link.try_connect(mio, now) {
-                Ok(true) => {}
-                Ok(false) => {}
+                Ok(true) if token == CMD => {
+                    // AUTH and SELECT are queued first: their replies come
+                    // before those of anything sent after.
+                    let skip = self.cmd.handshake_replies();
+                    self.replies.extend((0..skip).map(|_| (now, Reply::Ignore)));
+                }
+                Ok(_) => {}
                 Err(e) => {
                     self.link(token).drop_link(mio, now);
                     let url = self.cfg.redis.to_string();
@@ -428,6 +449,9 @@ impl Cluster {
         if now >= self.next_beat {
             self.next_beat = now + self.cfg.heartbeat();
             self.beat();
+            for (node, slot) in std::mem::take(&mut self.retry) {
+                self.fetch(node, slot, now, Vec::new());
+            }
             if self.subscribed && self.sub.command(&[&b"PING"[..]]) {
                 self.sub_pings.push_back(now);
             }
@@ -461,6 +485,17 @@ impl Cluster {
         let was_up = self.link(token).is_up();
         self.link(token).drop_link(mio, now);
         if token == CMD {
+            // Deliveries written or queued and not confirmed: lost with the
+            // link, and counted.
+            let unconfirmed: usize = self
+                .replies
+                .iter()
+                .map(|(_, r)| match r {
+                    Reply::Published(n) => *n,
+                    _ => 0,
+                })
+                .sum();
+            self.stats.dropped += unconfirmed as u64;
             self.replies.clear();
             self.asserted = false;
         } else {
@@ -497,12 +532,11 @@ impl Cluster {
             Err(e) => return self.lost(token, mio, now, &e.to_string()),
         };
         if came_up {
-            let skip = self.link(token).handshake_replies();
             if token == CMD {
-                self.replies.extend((0..skip).map(|_| (now, Reply::Ignore)));
+                // (The handshake's replies were expected at the connect.)
                 out.push(Incoming::Assert);
             } else {
-                self.confirms = skip + 2;
+                self.confirms = self.sub.handshake_replies() + 2;
                 let (reg, own) = (self.names.reg.clone(), self.names.own_channel.clone());
                 self.sub
                     .command(&[b"SUBSCRIBE", reg.as_bytes(), own.as_bytes()]);
@@ -620,7 +654,8 @@ impl Cluster {
             self.send(&a, Reply::Ignore, now);
         }
         self.asserted = true;
-        self.beat_commands(now);
+        self.beat_commands(now, Reply::Exec);
+        self.cmd.exempt_queued();
         self.resync = true;
         self.request_resync(now);
         self.set_connected();
@@ -630,13 +665,13 @@ impl Cluster {
         if self.cmd.is_up() && self.asserted {
             let now = Instant::now();
             self.send(&[b"MULTI"], Reply::Ignore, now);
-            self.beat_commands(now);
+            self.beat_commands(now, Reply::Beat);
         }
     }
 
     /// The rest of a `MULTI` that refreshes this unit's expiry and publishes
     /// a heartbeat, then `EXEC`.
-    fn beat_commands(&mut self, now: Instant) {
+    fn beat_commands(&mut self, now: Instant, exec: Reply) {
         let ttl = self.cfg.presence_ttl.as_millis().to_string();
         let key = self.names.own_unit.clone();
         let wall = wall_ms();
@@ -677,7 +712,7 @@ impl Cluster {
             now,
         );
         self.send(&[b"PUBLISH", reg.as_bytes(), &msg], Reply::Ignore, now);
-        self.send(&[b"EXEC"], Reply::Exec, now);
+        self.send(&[b"EXEC"], exec, now);
     }
 
     /// Reads the list of units once both links are up, then every unit's
@@ -686,13 +721,14 @@ impl Cluster {
         if !(self.resync && self.subscribed && self.cmd.is_up() && self.asserted) {
             return;
         }
-        self.resync = false;
         let units = self.names.units.clone();
-        self.send(
+        if self.send(
             &[b"ZRANGE", units.as_bytes(), b"0", b"-1"],
             Reply::Units,
             now,
-        );
+        ) {
+            self.resync = false;
+        }
     }
 
     /// A registry change of an own connection, for this turn's batch.
@@ -884,7 +920,14 @@ impl Cluster {
                         .log(now, || format!("Redis refused a command: {e}"));
                 }
             }
-            Reply::Exec => {
+            Reply::Beat if v.items().first().and_then(Value::int) == Some(0) => {
+                self.quiet.log(now, || {
+                    "this unit's hash was gone from Redis (expired or evicted); writing it again"
+                        .into()
+                });
+                self.reassert(out);
+            }
+            Reply::Exec | Reply::Beat => {
                 let errors: Vec<String> = v
                     .items()
                     .iter()
@@ -894,8 +937,10 @@ impl Cluster {
                     })
                     .collect();
                 if v.is_error() || !errors.is_empty() {
-                    self.quiet
-                        .log(now, || format!("Redis refused a batch: {v:?} {errors:?}"));
+                    self.quiet.log(now, || {
+                        format!("Redis refused a batch: {v:?} {errors:?}; writing this unit's state again")
+                    });
+                    self.reassert(out);
                 }
             }
             Reply::Published(n) => {
@@ -926,6 +971,15 @@ impl Cluster {
                 }
             }
             Reply::Snapshot(node, slot, n) => self.on_snapshot(node, slot, n, v, now, out),
+        }
+    }
+
+    /// Writes this unit's whole state again, under a new epoch, once the
+    /// core hands it over (what it holds in Redis may be missing).
+    fn reassert(&mut self, out: &mut Vec<Incoming>) {
+        if self.asserted {
+            self.asserted = false;
+            out.push(Incoming::Assert);
         }
     }
 
@@ -1020,16 +1074,18 @@ impl Cluster {
         let Some(r) = self.remotes.get_mut(&key) else {
             return;
         };
-        if m.epoch < r.epoch {
-            // From before the unit last asserted its state: stale.
-            return;
-        }
-        if m.epoch > r.epoch {
-            if m.kind == kind::BYE {
-                return self.forget(m.node, m.slot, out);
-            }
-            // Restarted or reconnected: it asserted a new state.
-            return self.fetch(m.node, m.slot, now, vec![m]);
+        if m.epoch != r.epoch {
+            return match m.kind {
+                // A goodbye of a later epoch; an earlier one is stale.
+                kind::BYE if m.epoch > r.epoch => self.forget(m.node, m.slot, out),
+                kind::BYE => {}
+                // Restarted or reconnected (it asserted a new state), or a
+                // late message of an earlier epoch: the hash says which
+                // epoch is current. (Epochs grow on one host's clock; the
+                // hash also settles a unit moved to a host whose clock is
+                // behind.)
+                _ => self.fetch(m.node, m.slot, now, Vec::new()),
+            };
         }
         match m.kind {
             kind::BYE => self.forget(m.node, m.slot, out),
@@ -1134,6 +1190,14 @@ impl Cluster {
             Some((m, _, _)) if *m == n => {}
             _ => return,
         }
+        if let Value::Error(e) = &v {
+            // Loading, out of memory...: ask again at the next heartbeat.
+            let e = String::from_utf8_lossy(e).into_owned();
+            self.quiet
+                .log(now, || format!("Redis refused to read a unit: {e}"));
+            self.retry.insert((node, slot));
+            return;
+        }
         let items = v.items();
         if items.is_empty() {
             // Expired or said goodbye.
@@ -1176,6 +1240,11 @@ impl Cluster {
         r.seq = seq;
         r.heard = now;
         for m in kept {
+            if m.epoch != epoch {
+                // Of another epoch than the hash's: before it, or of a
+                // state the next read will show.
+                continue;
+            }
             if self
                 .remotes
                 .get(&(node, slot))
@@ -1323,13 +1392,18 @@ mod tests {
         let n = fetching(&c).unwrap();
         c.on_snapshot(id(0).node, 1, n, hash(10, 0, &[]), now, &mut out);
         out.clear();
-        // A late message of an older epoch is ignored.
+        // A late message of an older epoch: the hash says epoch 10 is
+        // current, and the stale batch is not applied.
         c.on_push(
             msg(kind::BATCH, 9, 1, &[Record::Open(id(3))]),
             now,
             &mut out,
         );
-        assert!(out.is_empty() && fetching(&c).is_none());
+        let n = fetching(&c).expect("read again");
+        c.on_snapshot(id(0).node, 1, n, hash(10, 0, &[]), now, &mut out);
+        assert!(!applied(&out).iter().any(|a| a.contains("Open")), "{out:?}");
+        assert!(fetching(&c).is_none());
+        out.clear();
         // A newer epoch (the unit reconnected) is read again.
         c.on_push(msg(kind::BEAT, 11, 0, &[]), now, &mut out);
         let n = fetching(&c).expect("read again");
@@ -1362,6 +1436,51 @@ mod tests {
         c.next_beat = later;
         c.tick(poll.registry(), later, &mut out);
         assert_eq!(applied(&out), vec![format!("ClearUnit({}, 1)", id(0).node)]);
+    }
+
+    #[test]
+    fn a_missing_own_hash_or_a_refused_batch_asserts_again() {
+        let mut c = cluster();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        c.asserted = true;
+        // A heartbeat whose PEXPIRE found no hash.
+        c.replies.push_back((now, Reply::Beat));
+        let exec = |first: i64| {
+            Value::Array(Some(vec![
+                Value::Int(first),
+                Value::Int(0),
+                Value::Int(0),
+                Value::Int(1),
+            ]))
+        };
+        c.on_reply(exec(0), now, &mut out);
+        assert!(matches!(out[..], [Incoming::Assert]), "{out:?}");
+        assert!(!c.asserted);
+        // A heartbeat that found it: nothing to do.
+        out.clear();
+        c.asserted = true;
+        c.replies.push_back((now, Reply::Beat));
+        c.on_reply(exec(1), now, &mut out);
+        assert!(out.is_empty());
+        // A batch Redis refused.
+        c.replies.push_back((now, Reply::Exec));
+        c.on_reply(Value::Error(Bytes::from_static(b"OOM no")), now, &mut out);
+        assert!(matches!(out[..], [Incoming::Assert]), "{out:?}");
+    }
+
+    #[test]
+    fn a_refused_read_is_asked_again_not_taken_for_an_expired_unit() {
+        let mut c = cluster();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        c.on_push(msg(kind::BEAT, 3, 0, &[]), now, &mut out);
+        let n = fetching(&c).unwrap();
+        let refused = Value::Error(Bytes::from_static(b"LOADING"));
+        c.on_snapshot(id(0).node, 1, n, refused, now, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert!(c.remotes.contains_key(&(id(0).node, 1)));
+        assert!(c.retry.contains(&(id(0).node, 1)));
     }
 
     #[test]

@@ -44,6 +44,11 @@ pub(crate) struct Link {
     cap: usize,
     backoff: Duration,
     writable: bool,
+    /// Bytes at the front of `out` that do not count against the cap (a
+    /// unit's whole state, written once per connect).
+    exempt: usize,
+    /// When the current connect began.
+    connecting_since: Option<Instant>,
 }
 
 impl Link {
@@ -59,6 +64,8 @@ impl Link {
             cap,
             backoff: MIN_BACKOFF,
             writable: false,
+            exempt: 0,
+            connecting_since: None,
         }
     }
 
@@ -104,7 +111,9 @@ impl Link {
         let _ = stream.set_nodelay(true);
         self.stream = Some(stream);
         self.phase = Phase::Connecting;
+        self.connecting_since = Some(now);
         self.writable = false;
+        self.exempt = 0;
         self.out.clear();
         self.input.clear();
         // Authentication and database come first.
@@ -139,18 +148,32 @@ impl Link {
         self.input.clear();
     }
 
-    /// Appends one command; false (nothing appended) when the buffer is at
-    /// its cap or the link is down.
+    /// Appends one command; false (nothing appended) when the link is down.
+    /// A link that is up takes every command (so a `MULTI` is never cut in
+    /// two and replies stay in step with what was sent); one whose buffer
+    /// ends a turn over its cap is dropped by the caller
+    /// ([`Link::over_cap`]).
     pub(crate) fn command<A: AsRef<[u8]>>(&mut self, args: &[A]) -> bool {
-        if self.stream.is_none() || self.out.len() >= self.cap {
+        if self.stream.is_none() {
             return false;
         }
         resp::encode(&mut self.out, args);
         true
     }
 
+    /// Lets what is queued now through whatever its size (a unit's state).
+    pub(crate) fn exempt_queued(&mut self) {
+        self.exempt = self.out.len();
+    }
+
+    /// More is queued than the cap allows, besides what is exempt.
     pub(crate) fn over_cap(&self) -> bool {
-        self.out.len() >= self.cap
+        self.out.len() > self.cap + self.exempt
+    }
+
+    /// The connect has been under way longer than `limit`.
+    pub(crate) fn connect_overdue(&self, now: Instant, limit: Duration) -> bool {
+        self.phase == Phase::Connecting && self.connecting_since.is_some_and(|t| now > t + limit)
     }
 
     /// Handles a readiness event: finishes a connect, writes what is queued.
@@ -194,6 +217,7 @@ impl Link {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     let _ = self.out.split_to(n);
+                    self.exempt = self.exempt.saturating_sub(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.writable = false;

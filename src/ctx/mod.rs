@@ -167,7 +167,7 @@ impl<'a> Ctx<'a> {
     /// For an outbound connection that is down, see [`crate::WhileDown`].
     pub fn send(&mut self, conn: ConnId, msg: impl Into<Message>) -> bool {
         let msg = msg.into();
-        if conn.worker() != self.core.slot as usize && !fits_bus(&Target::Conn(conn), &msg) {
+        if !self.core.is_mine(conn) && !fits_bus(&Target::Conn(conn), &msg) {
             return false;
         }
         let wire = self.wire_of(conn);
