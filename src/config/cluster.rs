@@ -217,8 +217,10 @@ impl ClusterConfig {
     }
 
     /// The node's number in [`crate::ConnId`]s: a 32-bit hash of its name
-    /// (FNV-1a), never 0. Two nodes whose names hash alike are refused when
-    /// they meet (the later one logs it and stays out of the cluster).
+    /// (FNV-1a), never 0. Two nodes whose names hash alike (about one pair
+    /// in four billion) cannot tell each other's messages from their own:
+    /// each logs the clash, at most once a second, and ignores the other;
+    /// rename one.
     pub fn node_number(&self) -> u32 {
         node_number(&self.node)
     }
