@@ -311,8 +311,8 @@ impl Cluster {
         Cluster {
             node: cfg.node_number(),
             slot,
-            cmd: Link::new(CMD, cfg.redis.clone(), cap, now),
-            sub: Link::new(SUB, cfg.redis.clone(), cap, now),
+            cmd: Link::new(CMD, cfg.redis.clone(), cfg.addr, cap, now),
+            sub: Link::new(SUB, cfg.redis.clone(), cfg.addr, cap, now),
             replies: VecDeque::new(),
             confirms: 0,
             subscribed: false,

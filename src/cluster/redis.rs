@@ -52,11 +52,17 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub(crate) fn new(token: Token, url: RedisUrl, cap: usize, now: Instant) -> Link {
+    pub(crate) fn new(
+        token: Token,
+        url: RedisUrl,
+        addr: Option<SocketAddr>,
+        cap: usize,
+        now: Instant,
+    ) -> Link {
         Link {
             token,
             url,
-            addr: None,
+            addr,
             stream: None,
             phase: Phase::Down(now),
             out: BytesMut::new(),
@@ -82,8 +88,8 @@ impl Link {
     }
 
     /// Starts connecting if the link is down and its pause is over. The
-    /// address is resolved once (a host name lookup blocks; an address
-    /// literal does not) and kept.
+    /// address comes from the master's lookup; only when that failed is the
+    /// host looked up here (a name lookup blocks), once, and kept.
     pub(crate) fn try_connect(&mut self, mio: &Registry, now: Instant) -> io::Result<bool> {
         match self.phase {
             Phase::Down(t) if t <= now => {}

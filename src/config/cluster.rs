@@ -144,6 +144,9 @@ pub struct ClusterConfig {
     /// Prefix of Redis keys and channels (so several clusters can share one
     /// Redis). Default `foreman`.
     pub prefix: String,
+    /// The Redis address, looked up by the master before it forks, so no
+    /// worker's loop waits on a name lookup; `None`: the worker looks it up.
+    pub(crate) addr: Option<std::net::SocketAddr>,
 }
 
 fn name_ok(s: &str) -> bool {
@@ -213,6 +216,7 @@ impl ClusterConfig {
             node,
             presence_ttl: Duration::from_millis(ttl),
             prefix,
+            addr: None,
         }))
     }
 
@@ -223,6 +227,20 @@ impl ClusterConfig {
     /// rename one.
     pub fn node_number(&self) -> u32 {
         node_number(&self.node)
+    }
+
+    /// Looks up the Redis host (the master does, before it forks). A host
+    /// that cannot be looked up now is left to the workers, which try again
+    /// at each connect.
+    pub(crate) fn resolve(&mut self) {
+        use std::net::ToSocketAddrs;
+        match (self.redis.host.as_str(), self.redis.port).to_socket_addrs() {
+            Ok(mut addrs) => self.addr = addrs.next(),
+            Err(e) => log::warn!(
+                "cluster: cannot look up {} now ({e}); the workers will try",
+                self.redis
+            ),
+        }
     }
 
     /// How often a node refreshes its presence: a third of the TTL.
@@ -327,5 +345,15 @@ mod tests {
         assert!(c.node.ends_with(&format!("-{}", std::process::id())));
         assert_ne!(c.node_number(), 0);
         assert_ne!(node_number("a"), node_number("b"));
+    }
+
+    #[test]
+    fn the_master_looks_the_host_up() {
+        let mut c = ClusterConfig::from_section(&section("redis://127.0.0.1:7"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.addr, None);
+        c.resolve();
+        assert_eq!(c.addr, Some(([127, 0, 0, 1], 7).into()));
     }
 }

@@ -20,7 +20,8 @@ impl Core {
     /// Releases one hold: `first` goes before everything held so far; once
     /// no hold is left, all of it goes behind what was queued before the
     /// first hold, and writing resumes. `first` is counted against the
-    /// output cap like any send. False when the output was not held.
+    /// output cap like any send. False when the output was not held, or
+    /// `first` did not fit under the cap (the overflow policy applied).
     pub(crate) fn release_output(&mut self, key: usize, first: Option<Bytes>) -> bool {
         let c = &mut self.conns[key];
         let over = first.is_some() && c.queued() >= self.cfg.max_output_bytes;
@@ -44,6 +45,6 @@ impl Core {
         if over {
             self.overflow(key, 1);
         }
-        true
+        !over
     }
 }

@@ -225,7 +225,8 @@ impl<'a> Ctx<'a> {
     /// queued, in order, behind what was queued before the first hold, and
     /// written. `first` counts against `max_output_bytes` like any send.
     /// Returns false when the connection's output was not held (or it is
-    /// not this worker's, or closed).
+    /// not this worker's, or closed), or when `first` did not fit under
+    /// `max_output_bytes` (then the overflow policy applied to it).
     pub fn release_output(&mut self, conn: ConnId, first: Option<Message>) -> bool {
         let Some(key) = self.core.local_key(conn) else {
             return false;

@@ -37,6 +37,10 @@ impl<F> Master<F> {
         if threads > 1 {
             return Err(Error::Threaded { threads });
         }
+        let mut cfg = cfg;
+        if let Some(cluster) = cfg.cluster.as_mut() {
+            cluster.resolve();
+        }
         let mut pid_lock = cfg.pid_file.as_deref().map(PidLock::take).transpose()?;
         let output = Output::open(&cfg, daemon)?;
         init_logging();
