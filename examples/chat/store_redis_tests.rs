@@ -3,7 +3,11 @@
 //! paging, presence, reaping, and failures while Redis is gone or stopped.
 
 use super::*;
-use crate::store::tests::{conn, first, history, ids, join, leave, room, say};
+use crate::store::tests::{
+    conn, first, gone, history, ids, join, leave, message_ids, room, say,
+    scenario_direct_conversations, scenario_ids_and_paging, scenario_joined_carries_last_messages,
+    scenario_presence_per_user,
+};
 use crate::store::Writer;
 use foreman::ClusterSection;
 use nix::sys::signal::{kill, Signal};
@@ -118,78 +122,20 @@ impl Drop for RedisServer {
     }
 }
 
-/// `user@room` of every [`Done::Gone`], sorted; anything else fails.
-fn gone(done: &[Done]) -> Vec<String> {
-    let mut gone: Vec<String> = done
-        .iter()
-        .map(|d| match d {
-            Done::Gone { user, room } => format!("{user}@{room}"),
-            other => panic!("{other:?}"),
-        })
-        .collect();
-    gone.sort();
-    gone
-}
-
-fn message_ids(messages: &[StoredMessage]) -> Vec<i64> {
-    messages.iter().map(|m| m.id).collect()
-}
-
 #[test]
 fn ids_grow_and_history_pages_backwards() {
     let redis = RedisServer::start();
-    let mut s = redis.store("a", 0);
-    let jobs: Vec<Job> = (0..10)
-        .map(|i| say("0.1.1", "al", room("r"), &format!("m{i}")))
-        .collect();
-    assert_eq!(ids(&s.run(&jobs)), (1..=10).collect::<Vec<_>>());
-    // Another node's worker takes the next id.
-    let mut other = redis.store("b", 1);
-    assert_eq!(
-        ids(&other.run(&[say("0.1.1", "al", room("other"), "x")])),
-        [11]
-    );
-
-    let newest = history(&mut s, "al", room("r"), None, 4);
-    assert_eq!(message_ids(&newest), [7, 8, 9, 10]);
-    assert_eq!(newest[0].text, "m6");
-    assert_eq!(newest[0].from, "al");
-    assert_eq!(newest[0].target, room("r"));
-    assert!(newest[0].time > 0);
-    assert_eq!(
-        message_ids(&history(&mut s, "al", room("r"), Some(7), 4)),
-        [3, 4, 5, 6]
-    );
-    assert_eq!(
-        message_ids(&history(&mut s, "al", room("r"), Some(3), 4)),
-        [1, 2]
-    );
-    assert!(history(&mut s, "al", room("r"), Some(1), 4).is_empty());
-    assert_eq!(
-        message_ids(&history(&mut other, "x", room("other"), None, 50)),
-        [11]
-    );
+    scenario_ids_and_paging(&mut redis.store("a", 0), &mut redis.store("b", 1));
 }
 
 #[test]
 fn direct_conversations_are_shared_by_both_sides() {
-    let redis = RedisServer::start();
-    let mut s = redis.store("a", 0);
-    let text = "hi bo: \"quoted\", \u{e9}, and a\nnewline";
-    s.run(&[
-        say("0.1.1", "al", Target::User("bo".into()), text),
-        say("0.2.2", "bo", Target::User("al".into()), "hi al"),
-        say("0.3.3", "cy", Target::User("al".into()), "hi from cy"),
-    ]);
-    let al_bo = history(&mut s, "al", Target::User("bo".into()), None, 50);
-    let bo_al = history(&mut s, "bo", Target::User("al".into()), None, 50);
-    assert_eq!(al_bo, bo_al);
-    assert_eq!(al_bo.len(), 2);
-    assert_eq!(al_bo[0].target, Target::User("bo".into()));
-    assert_eq!(al_bo[0].text, text);
-    assert_eq!(al_bo[1].from, "bo");
-    let al_cy = history(&mut s, "al", Target::User("cy".into()), None, 50);
-    assert_eq!(message_ids(&al_cy), [3]);
+    scenario_direct_conversations(&mut RedisServer::start().store("a", 0));
+}
+
+#[test]
+fn joined_carries_the_rooms_last_messages() {
+    scenario_joined_carries_last_messages(&mut RedisServer::start().store("a", 0));
 }
 
 #[test]
@@ -197,22 +143,7 @@ fn presence_is_decided_per_user_across_workers_and_nodes() {
     let redis = RedisServer::start();
     let (mut a0, mut b1) = (redis.store("a", 0), redis.store("b", 1));
     // Two connections of al on two nodes, one of bo.
-    assert_eq!(first(&a0.run(&[join("0.1.1", "al", "r")])), [true]);
-    assert_eq!(first(&b1.run(&[join("7.1.1.2", "al", "r")])), [false]);
-    assert_eq!(first(&a0.run(&[join("0.2.3", "bo", "r")])), [true]);
-    // Joining twice is not a new first.
-    assert_eq!(first(&a0.run(&[join("0.1.1", "al", "r")])), [false]);
-    assert_eq!(first(&a0.run(&[leave("0.1.1", "al", "r")])), [false]);
-    // Leaving a room one is not in is not a last.
-    assert_eq!(first(&a0.run(&[leave("0.1.1", "al", "r")])), [false]);
-    assert_eq!(first(&b1.run(&[leave("7.1.1.2", "al", "r")])), [true]);
-    // Closing counts as leaving every room.
-    a0.run(&[join("0.2.3", "bo", "q")]);
-    let done = a0.run(&[Job::Closed {
-        conn: conn("0.2.3"),
-        user: "bo".into(),
-    }]);
-    assert_eq!(gone(&done), ["bo@q", "bo@r"]);
+    scenario_presence_per_user(&mut a0, &mut b1, "7.1.1.2");
     // Nothing of them is left behind.
     let keys: Vec<String> = redis.query(redis::cmd("KEYS").arg("t:chat:*"));
     let mut keys: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -221,23 +152,6 @@ fn presence_is_decided_per_user_across_workers_and_nodes() {
         keys,
         ["t:chat:alive:a:0", "t:chat:alive:b:1", "t:chat:units"]
     );
-}
-
-#[test]
-fn joined_carries_the_rooms_last_messages() {
-    let redis = RedisServer::start();
-    let mut s = redis.store("a", 0);
-    let jobs: Vec<Job> = (0..8)
-        .map(|i| say("0.1.1", "al", room("r"), &i.to_string()))
-        .collect();
-    s.run(&jobs);
-    match s.run(&[join("0.1.1", "al", "r")]).as_slice() {
-        [Done::Joined { history, first, .. }] => {
-            assert!(first);
-            assert_eq!(message_ids(history), [4, 5, 6, 7, 8]);
-        }
-        other => panic!("{other:?}"),
-    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Unit tests of the store: ids, paging, presence decisions, several writers.
-//! The helpers that build jobs and read results serve the Redis store's
-//! tests too.
+//! The helpers that build jobs and read results, and the scenarios both
+//! stores must pass (`scenario_*`, over any [`Backend`]), serve the Redis
+//! store's tests too.
 
 use super::*;
 use std::path::PathBuf;
@@ -72,51 +73,6 @@ pub(crate) fn history(
     }
 }
 
-#[test]
-fn ids_grow_and_history_pages_backwards() {
-    let mut s = open(&temp_db());
-    let jobs: Vec<Job> = (0..10)
-        .map(|i| say("0.1.1", "al", room("r"), &format!("m{i}")))
-        .collect();
-    let done = s.run(&jobs);
-    assert_eq!(ids(&done), (1..=10).collect::<Vec<_>>());
-    s.run(&[say("0.1.1", "al", room("other"), "x")]);
-
-    let newest = history(&mut s, "al", room("r"), None, 4);
-    assert_eq!(
-        newest.iter().map(|m| m.id).collect::<Vec<_>>(),
-        [7, 8, 9, 10]
-    );
-    assert_eq!(newest[0].text, "m6");
-    assert_eq!(newest[0].target, room("r"));
-    let older = history(&mut s, "al", room("r"), Some(7), 4);
-    assert_eq!(older.iter().map(|m| m.id).collect::<Vec<_>>(), [3, 4, 5, 6]);
-    let oldest = history(&mut s, "al", room("r"), Some(3), 4);
-    assert_eq!(oldest.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 2]);
-    assert!(history(&mut s, "al", room("r"), Some(1), 4).is_empty());
-    assert_eq!(max_id(&s).unwrap(), 11);
-}
-
-#[test]
-fn direct_conversations_are_shared_by_both_sides() {
-    let mut s = open(&temp_db());
-    s.run(&[
-        say("0.1.1", "al", Target::User("bo".into()), "hi bo"),
-        say("0.2.2", "bo", Target::User("al".into()), "hi al"),
-        say("0.3.3", "cy", Target::User("al".into()), "hi from cy"),
-    ]);
-    let al_bo = history(&mut s, "al", Target::User("bo".into()), None, 50);
-    let bo_al = history(&mut s, "bo", Target::User("al".into()), None, 50);
-    assert_eq!(al_bo, bo_al);
-    assert_eq!(al_bo.len(), 2);
-    assert_eq!(al_bo[0].target, Target::User("bo".into()));
-    assert_eq!(al_bo[1].from, "bo");
-    assert_eq!(
-        history(&mut s, "al", Target::User("cy".into()), None, 50).len(),
-        1
-    );
-}
-
 pub(crate) fn join(c: &str, user: &str, r: &str) -> Job {
     Job::Join {
         conn: conn(c),
@@ -144,57 +100,6 @@ pub(crate) fn first(done: &[Done]) -> Vec<bool> {
             _ => None,
         })
         .collect()
-}
-
-#[test]
-fn presence_is_decided_per_user_not_per_connection() {
-    let mut s = open(&temp_db());
-    // Two connections of al on two workers, one of bo.
-    let done = s.run(&[
-        join("0.1.1", "al", "r"),
-        join("1.1.2", "al", "r"),
-        join("0.2.3", "bo", "r"),
-    ]);
-    assert_eq!(first(&done), [true, false, true]);
-    // Joining twice is not a new first.
-    assert_eq!(first(&s.run(&[join("0.1.1", "al", "r")])), [false]);
-    assert_eq!(first(&s.run(&[leave("0.1.1", "al", "r")])), [false]);
-    // Leaving a room one is not in is not a last.
-    assert_eq!(first(&s.run(&[leave("0.1.1", "al", "r")])), [false]);
-    assert_eq!(first(&s.run(&[leave("1.1.2", "al", "r")])), [true]);
-    // Closing counts as leaving every room.
-    s.run(&[join("0.2.3", "bo", "q")]);
-    let done = s.run(&[Job::Closed {
-        conn: conn("0.2.3"),
-        user: "bo".into(),
-    }]);
-    let mut gone: Vec<_> = done
-        .iter()
-        .map(|d| match d {
-            Done::Gone { user, room } => format!("{user}@{room}"),
-            other => panic!("{other:?}"),
-        })
-        .collect();
-    gone.sort();
-    assert_eq!(gone, ["bo@q", "bo@r"]);
-}
-
-#[test]
-fn joined_carries_the_rooms_last_messages() {
-    let mut s = open(&temp_db());
-    let jobs: Vec<Job> = (0..8)
-        .map(|i| say("0.1.1", "al", room("r"), &i.to_string()))
-        .collect();
-    s.run(&jobs);
-    match s.run(&[join("0.1.1", "al", "r")]).as_slice() {
-        [Done::Joined { history, .. }] => {
-            assert_eq!(
-                history.iter().map(|m| m.id).collect::<Vec<_>>(),
-                [4, 5, 6, 7, 8]
-            );
-        }
-        other => panic!("{other:?}"),
-    }
 }
 
 #[test]
@@ -374,4 +279,133 @@ fn a_locked_out_batch_answers_busy_and_keeps_what_nobody_can_send_again() {
             room: "r".into()
         }]
     );
+}
+
+/// `user@room` of every [`Done::Gone`], sorted; anything else fails.
+pub(crate) fn gone(done: &[Done]) -> Vec<String> {
+    let mut gone: Vec<String> = done
+        .iter()
+        .map(|d| match d {
+            Done::Gone { user, room } => format!("{user}@{room}"),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    gone.sort();
+    gone
+}
+
+pub(crate) fn message_ids(messages: &[StoredMessage]) -> Vec<i64> {
+    messages.iter().map(|m| m.id).collect()
+}
+
+/// Ids grow across two writers (`a` and `b`: two workers, or two nodes)
+/// and history pages backwards, newest `limit` first, oldest first.
+pub(crate) fn scenario_ids_and_paging(a: &mut impl Backend, b: &mut impl Backend) {
+    let jobs: Vec<Job> = (0..10)
+        .map(|i| say("0.1.1", "al", room("r"), &format!("m{i}")))
+        .collect();
+    assert_eq!(ids(&a.run(&jobs)), (1..=10).collect::<Vec<_>>());
+    // The other writer takes the next id.
+    assert_eq!(ids(&b.run(&[say("0.1.1", "al", room("other"), "x")])), [11]);
+    let newest = history(a, "al", room("r"), None, 4);
+    assert_eq!(message_ids(&newest), [7, 8, 9, 10]);
+    assert_eq!(newest[0].text, "m6");
+    assert_eq!(newest[0].from, "al");
+    assert_eq!(newest[0].target, room("r"));
+    assert!(newest[0].time > 0);
+    assert_eq!(
+        message_ids(&history(a, "al", room("r"), Some(7), 4)),
+        [3, 4, 5, 6]
+    );
+    assert_eq!(
+        message_ids(&history(a, "al", room("r"), Some(3), 4)),
+        [1, 2]
+    );
+    assert!(history(a, "al", room("r"), Some(1), 4).is_empty());
+    assert_eq!(message_ids(&history(b, "x", room("other"), None, 50)), [11]);
+}
+
+/// Both sides of a direct conversation see the same messages, text kept
+/// exactly.
+pub(crate) fn scenario_direct_conversations(s: &mut impl Backend) {
+    let text = "hi bo: \"quoted\", \u{e9}, and a\nnewline";
+    s.run(&[
+        say("0.1.1", "al", Target::User("bo".into()), text),
+        say("0.2.2", "bo", Target::User("al".into()), "hi al"),
+        say("0.3.3", "cy", Target::User("al".into()), "hi from cy"),
+    ]);
+    let al_bo = history(s, "al", Target::User("bo".into()), None, 50);
+    let bo_al = history(s, "bo", Target::User("al".into()), None, 50);
+    assert_eq!(al_bo, bo_al);
+    assert_eq!(al_bo.len(), 2);
+    assert_eq!(al_bo[0].target, Target::User("bo".into()));
+    assert_eq!(al_bo[0].text, text);
+    assert_eq!(al_bo[1].from, "bo");
+    let al_cy = history(s, "al", Target::User("cy".into()), None, 50);
+    assert_eq!(message_ids(&al_cy), [3]);
+}
+
+/// Presence is per user, not per connection: al has a connection on `a`
+/// (`0.1.1`) and one on `b` (`al_on_b`), bo one on `a`.
+pub(crate) fn scenario_presence_per_user(
+    a: &mut impl Backend,
+    b: &mut impl Backend,
+    al_on_b: &str,
+) {
+    assert_eq!(first(&a.run(&[join("0.1.1", "al", "r")])), [true]);
+    assert_eq!(first(&b.run(&[join(al_on_b, "al", "r")])), [false]);
+    assert_eq!(first(&a.run(&[join("0.2.3", "bo", "r")])), [true]);
+    // Joining twice is not a new first.
+    assert_eq!(first(&a.run(&[join("0.1.1", "al", "r")])), [false]);
+    assert_eq!(first(&a.run(&[leave("0.1.1", "al", "r")])), [false]);
+    // Leaving a room one is not in is not a last.
+    assert_eq!(first(&a.run(&[leave("0.1.1", "al", "r")])), [false]);
+    assert_eq!(first(&b.run(&[leave(al_on_b, "al", "r")])), [true]);
+    // Closing counts as leaving every room.
+    a.run(&[join("0.2.3", "bo", "q")]);
+    let done = a.run(&[Job::Closed {
+        conn: conn("0.2.3"),
+        user: "bo".into(),
+    }]);
+    assert_eq!(gone(&done), ["bo@q", "bo@r"]);
+}
+
+/// `joined` carries the room's last `history` messages (5 here).
+pub(crate) fn scenario_joined_carries_last_messages(s: &mut impl Backend) {
+    let jobs: Vec<Job> = (0..8)
+        .map(|i| say("0.1.1", "al", room("r"), &i.to_string()))
+        .collect();
+    s.run(&jobs);
+    match s.run(&[join("0.1.1", "al", "r")]).as_slice() {
+        [Done::Joined { history, first, .. }] => {
+            assert!(first);
+            assert_eq!(message_ids(history), [4, 5, 6, 7, 8]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn ids_grow_and_history_pages_backwards() {
+    let path = temp_db();
+    let (mut a, mut b) = (open(&path), open(&path));
+    scenario_ids_and_paging(&mut a, &mut b);
+    assert_eq!(max_id(&a).unwrap(), 11);
+}
+
+#[test]
+fn direct_conversations_are_shared_by_both_sides() {
+    scenario_direct_conversations(&mut open(&temp_db()));
+}
+
+#[test]
+fn presence_is_decided_per_user_not_per_connection() {
+    let path = temp_db();
+    let (mut a, mut b) = (open(&path), open(&path));
+    scenario_presence_per_user(&mut a, &mut b, "1.1.2");
+}
+
+#[test]
+fn joined_carries_the_rooms_last_messages() {
+    scenario_joined_carries_last_messages(&mut open(&temp_db()));
 }
