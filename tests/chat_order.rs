@@ -11,6 +11,7 @@ use chat_util::{ChatServer, Client, Redis};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -18,24 +19,49 @@ use std::thread::JoinHandle;
 const ROUNDS: usize = 300;
 /// Room messages the flooder keeps unacknowledged at once.
 const IN_FLIGHT: usize = 16;
+/// Room messages the flooder says as each join is sent, and again once its
+/// `joined` is in: some race the join, some are surely stored after it. A
+/// bounded flood: an endless one keeps the other worker's SQLite writer
+/// from the lock (the joins starve) and grows the database by hundreds of
+/// MB a minute.
+const PER_HALF_ROUND: usize = 25;
 
 /// Whether `v` is an event of `room` (not a reply).
 fn room_event(v: &Value, room: &str) -> bool {
     (v["type"] == "message" || v["type"] == "presence") && v["room"] == room
 }
 
-/// Says into `room` until `stop`, keeping [`IN_FLIGHT`] unacknowledged, then
-/// waits for the last acks. Returns every acknowledged id.
-fn flood(mut c: Client, room: &'static str, stop: Arc<AtomicBool>) -> JoinHandle<Vec<i64>> {
+/// Says into `room` as many messages as it is told through `go`, keeping
+/// [`IN_FLIGHT`] unacknowledged; when `go` closes, waits for the last acks.
+/// Returns every acknowledged id.
+fn flood(mut c: Client, room: &'static str, go: Receiver<usize>) -> JoinHandle<Vec<i64>> {
     std::thread::spawn(move || {
-        let (mut sent, mut acked) = (0usize, Vec::new());
+        let (mut sent, mut acked, mut allowed) = (0usize, Vec::new(), 0usize);
+        let mut open = true;
         loop {
-            while sent - acked.len() < IN_FLIGHT && !stop.load(Ordering::Relaxed) {
+            if sent == acked.len() && sent == allowed {
+                // Nothing in flight: wait to be told more (or to stop).
+                match go.recv() {
+                    Ok(n) => allowed += n,
+                    Err(_) => return acked,
+                }
+            }
+            while open {
+                match go.try_recv() {
+                    Ok(n) => allowed += n,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
+            while sent - acked.len() < IN_FLIGHT && sent < allowed {
                 c.send(json!({"type": "say", "room": room, "text": format!("m{sent}")}));
                 sent += 1;
             }
             if sent == acked.len() {
-                return acked;
+                if !open && sent == allowed {
+                    return acked;
+                }
+                continue;
             }
             let v = c.recv();
             match v["type"].as_str() {
@@ -101,12 +127,14 @@ fn joined_comes_first(server: &ChatServer) {
     let churner = Client::login_on(server, "churn", 0);
     let mut watch = Client::login_on(server, "watch", 1);
     let stop = Arc::new(AtomicBool::new(false));
-    let flooding = flood(flooder, "r", stop.clone());
+    let (go, told) = std::sync::mpsc::channel();
+    let flooding = flood(flooder, "r", told);
     let churning = churn(churner, "r", stop.clone());
 
     let mut rounds = Vec::with_capacity(ROUNDS);
     for round in 0..ROUNDS {
         let r = format!("j{round}");
+        go.send(PER_HALF_ROUND).expect("flooder");
         watch.send(json!({"type": "join", "room": "r", "ref": r}));
         // Nothing else is in flight on this connection: the next frame
         // must be the reply, not an event of the room.
@@ -117,6 +145,7 @@ fn joined_comes_first(server: &ChatServer) {
         );
         assert_eq!(joined["type"], "joined", "round {round}: {joined}");
         assert_eq!(joined["ref"], r.as_str());
+        go.send(PER_HALF_ROUND).expect("flooder");
         let users = joined["users"].as_array().expect("users");
         assert!(users.contains(&json!("watch")) && users.contains(&json!("flood")));
         let highest = joined["history"]
@@ -148,6 +177,7 @@ fn joined_comes_first(server: &ChatServer) {
         rounds.push(Round { highest, seen });
     }
     stop.store(true, Ordering::Relaxed);
+    drop(go);
     let acked = flooding.join().expect("flooder");
     let churned = churning.join().expect("churner");
     assert!(churned > 0, "the churner made presence events");
