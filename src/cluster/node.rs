@@ -1047,12 +1047,9 @@ impl Cluster {
             if m.kind == kind::BYE {
                 return;
             }
+            // Its epoch and seq come with its hash.
             self.track(m.node, m.slot, &m.name.clone(), now);
-            let epoch = m.epoch;
             self.fetch(m.node, m.slot, now, vec![m]);
-            if let Some(r) = self.remotes.get_mut(&key) {
-                r.epoch = epoch;
-            }
             return;
         }
         let r = self.remotes.get_mut(&key).expect("checked");
@@ -1324,6 +1321,16 @@ mod tests {
         Value::Array(Some(items))
     }
 
+    /// Makes `them:1` a live replica of epoch `epoch` with seq 0 and no
+    /// connections: a heartbeat, then its (empty) hash.
+    fn live(c: &mut Cluster, epoch: u64, now: Instant) {
+        let mut out = Vec::new();
+        c.on_push(msg(kind::BEAT, epoch, 0, &[]), now, &mut out);
+        let n = fetching(c).expect("reading the unit");
+        c.on_snapshot(id(0).node, 1, n, hash(epoch, 0, &[]), now, &mut out);
+        assert!(fetching(c).is_none());
+    }
+
     fn applied(out: &[Incoming]) -> Vec<String> {
         out.iter().map(|i| format!("{i:?}")).collect()
     }
@@ -1388,10 +1395,7 @@ mod tests {
         let mut c = cluster();
         let now = Instant::now();
         let mut out = Vec::new();
-        c.on_push(msg(kind::BEAT, 10, 0, &[]), now, &mut out);
-        let n = fetching(&c).unwrap();
-        c.on_snapshot(id(0).node, 1, n, hash(10, 0, &[]), now, &mut out);
-        out.clear();
+        live(&mut c, 10, now);
         // A late message of an older epoch: the hash says epoch 10 is
         // current, and the stale batch is not applied.
         c.on_push(
@@ -1413,10 +1417,7 @@ mod tests {
         assert!(c.nodes.is_empty());
         // Goodbye of a live unit.
         out.clear();
-        c.on_push(msg(kind::BEAT, 12, 0, &[]), now, &mut out);
-        let n = fetching(&c).unwrap();
-        c.on_snapshot(id(0).node, 1, n, hash(12, 0, &[]), now, &mut out);
-        out.clear();
+        live(&mut c, 12, now);
         c.on_push(msg(kind::BYE, 12, 0, &[]), now, &mut out);
         assert_eq!(applied(&out), vec![format!("ClearUnit({}, 1)", id(0).node)]);
         assert!(c.remotes.is_empty());
@@ -1427,10 +1428,7 @@ mod tests {
         let mut c = cluster();
         let t0 = Instant::now();
         let mut out = Vec::new();
-        c.on_push(msg(kind::BEAT, 1, 0, &[]), t0, &mut out);
-        let n = fetching(&c).unwrap();
-        c.on_snapshot(id(0).node, 1, n, hash(1, 0, &[]), t0, &mut out);
-        out.clear();
+        live(&mut c, 1, t0);
         let poll = mio::Poll::new().unwrap();
         let later = t0 + c.cfg.presence_ttl + Duration::from_millis(1);
         c.next_beat = later;
