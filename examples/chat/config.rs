@@ -5,6 +5,7 @@
 //! every key optional) -> [`ChatConfig::from_file`] (defaults, validation). A
 //! bad key or value stops start-up with a message naming it.
 
+pub use crate::rate::RateLimit;
 use foreman::{ClusterSection, Config, Error, ServerSection};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -84,17 +85,6 @@ pub struct AuthSection {
     pub secret: Option<String>,
 }
 
-/// The per-connection rate limit, validated.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateLimit {
-    /// Tokens regained per second.
-    pub per_second: u32,
-    /// Bucket capacity.
-    pub burst: u32,
-    /// Rate-limited frames (without the bucket filling up again in between)
-    /// after which the connection is closed with 1008.
-    pub close_after: u32,
-}
 
 /// Everything the chat needs, validated, with defaults filled in.
 #[derive(Debug, Clone)]

@@ -21,6 +21,7 @@ mod auth;
 mod config;
 #[path = "../common/jwt.rs"]
 mod jwt;
+#[path = "../common/rate.rs"]
 mod rate;
 mod reply;
 mod request;

@@ -1,8 +1,20 @@
 //! The per-connection rate limit: a token bucket, and a count of frames sent
-//! over the limit that decides when a connection is abusive.
+//! over the limit that decides when a connection is abusive. Shared by the
+//! example apps: each includes it with `#[path = "../common/rate.rs"] mod rate;`.
 
-use crate::config::RateLimit;
 use std::time::Instant;
+
+/// A rate limit, validated by the app's config.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Tokens regained per second.
+    pub per_second: u32,
+    /// Bucket capacity.
+    pub burst: u32,
+    /// Refused frames (without the bucket filling up again in between)
+    /// after which the connection is closed with 1008.
+    pub close_after: u32,
+}
 
 /// What to do with one frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
