@@ -10,8 +10,9 @@
 // without asking. Then both edit the same item from the same version, made
 // certain by pausing one page while the other's edit is acked: the paused
 // one sends its stale write on resume and gets the conflict view. Round 1
-// resolves it with "Keep theirs" (on B), round 2 with "Reapply mine" (on A);
-// after each the two rendered lists must be equal. With --restart it then
+// resolves it with "Keep theirs" (on B), round 2 with "Reapply mine" (on A),
+// round 3 is an edit begun before the other page's change and saved after
+// it; after each the two rendered lists must be equal. A delete follows. With --restart it then
 // prints RESTART, waits for a line on stdin (the caller restarts the server
 // on the same port and database meanwhile), and checks that both pages
 // reconnect by themselves (a new welcome each), still show the same list,
@@ -191,6 +192,21 @@ async function main(shots) {
   await a.waitForSelector("#conflict[hidden]", { state: "attached" });
   list = await converged(a, b);
   if (list.find((i) => i.id === milk)?.text !== "milk: a's round 2") throw new Error("reapply mine did not win");
+
+  // An edit begun before the other page's change and saved after it is a
+  // conflict too, not a silent overwrite.
+  await b.click(`#items li[data-id="${milk}"] button.edit`);
+  await edit(a, milk, "milk: a's while b types");
+  await b.waitForSelector(`#items li[data-id="${milk}"][data-text="milk: a's while b types"]`);
+  await b.fill(`#items li[data-id="${milk}"] input.edit-text`, "milk: b typed this");
+  await b.press(`#items li[data-id="${milk}"] input.edit-text`, "Enter");
+  const view = await conflictView(b);
+  if (!view.theirs.includes("milk: a's while b types") || !view.mine.includes("milk: b typed this")) {
+    throw new Error(`[b] conflict view ${JSON.stringify(view)}`);
+  }
+  await b.click("#reapply-mine");
+  list = await converged(a, b);
+  if (list.find((i) => i.id === milk)?.text !== "milk: b typed this") throw new Error("reapply mine did not win");
 
   // A delete reaches the other page.
   await a.click(`#items li[data-id="${call}"] button.delete`);
