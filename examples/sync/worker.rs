@@ -72,6 +72,18 @@ struct Session {
     bucket: Bucket,
 }
 
+/// A `hello` waiting for the store's epoch.
+struct Welcome {
+    conn: ConnId,
+    client: String,
+    reference: Option<String>,
+    since: Instant,
+}
+
+/// How long a `hello` waits for the store to open before it is answered
+/// `unavailable`.
+const WELCOME_WAIT: Duration = Duration::from_secs(2);
+
 /// Who waits for a job.
 enum Pending {
     /// A WebSocket request.
@@ -109,6 +121,8 @@ pub struct SyncWorker {
     store: Option<Writer>,
     /// The history's epoch, once the store is open.
     epoch: Option<String>,
+    /// `hello`s answered once the epoch is known.
+    welcomes: Vec<Welcome>,
     pending: HashMap<u64, Pending>,
     next_job: u64,
     feeds: Feeds<Prepared>,
@@ -161,6 +175,7 @@ impl SyncWorker {
             sessions: HashMap::new(),
             store: None,
             epoch: None,
+            welcomes: Vec::new(),
             pending: HashMap::new(),
             next_job: 0,
             feeds: Feeds::new(RECENT),
@@ -349,14 +364,53 @@ impl SyncWorker {
                 return;
             }
         }
-        let Some(epoch) = &self.epoch else {
-            return Self::unavailable(ctx, conn, reference);
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
         };
-        let text = reply::welcome(epoch, &hello.client, reference.as_deref());
-        if let Some(session) = self.sessions.get_mut(&conn) {
-            session.client = Some(hello.client);
+        session.client = Some(hello.client.clone());
+        match &self.epoch {
+            Some(epoch) => {
+                ctx.send(
+                    conn,
+                    reply::welcome(epoch, &hello.client, reference.as_deref()),
+                );
+            }
+            // The store has not said its epoch yet (it is opening, or on a
+            // cluster Redis is not reachable): `welcome` waits for it, and
+            // requests sent meanwhile queue behind it in the store.
+            None => self.welcomes.push(Welcome {
+                conn,
+                client: hello.client,
+                reference,
+                since: Instant::now(),
+            }),
         }
-        ctx.send(conn, text);
+    }
+
+    /// The store said its epoch: the `welcome`s waiting for it.
+    fn opened(&mut self, ctx: &mut Ctx, epoch: String) {
+        for w in std::mem::take(&mut self.welcomes) {
+            ctx.send(
+                w.conn,
+                reply::welcome(&epoch, &w.client, w.reference.as_deref()),
+            );
+        }
+        self.epoch = Some(epoch);
+    }
+
+    /// `welcome`s that waited longer than [`WELCOME_WAIT`]: `unavailable`,
+    /// and the connection may send `hello` again.
+    fn expire_welcomes(&mut self, ctx: &mut Ctx, now: Instant) {
+        let (late, waiting): (Vec<Welcome>, Vec<Welcome>) = std::mem::take(&mut self.welcomes)
+            .into_iter()
+            .partition(|w| now.saturating_duration_since(w.since) >= WELCOME_WAIT);
+        self.welcomes = waiting;
+        for w in late {
+            if let Some(session) = self.sessions.get_mut(&w.conn) {
+                session.client = None;
+            }
+            Self::unavailable(ctx, w.conn, w.reference);
+        }
     }
 
     /// Runs what the feed asks for.
@@ -593,6 +647,9 @@ impl SyncWorker {
 
     fn on_tick(&mut self, ctx: &mut Ctx) {
         let now = Instant::now();
+        if !self.welcomes.is_empty() {
+            self.expire_welcomes(ctx, now);
+        }
         if self.feeds.has_gaps() {
             let actions = self.feeds.due(now, GRACE);
             self.act(ctx, actions);
@@ -780,7 +837,7 @@ impl Handler for SyncWorker {
         };
         for event in store.ready() {
             match event {
-                Event::Opened { epoch } => self.epoch = Some(epoch),
+                Event::Opened { epoch } => self.opened(ctx, epoch),
                 Event::Done { id, result } => self.finish(ctx, id, result),
                 Event::Change(change) => {
                     let frame = Message::from(reply::change(&change));
