@@ -153,6 +153,20 @@ async function main(shots) {
   await sees(a, "buy oat milk");
   await a.check(`#items li[data-id="${call}"] input.done`);
   await b.waitForSelector(`#items li[data-id="${call}"] input.done:checked`);
+  // The keyboard keeps its place: a change from the other page, and a
+  // toggle with the space bar, leave the focus where it was.
+  await a.focus(`#items li[data-id="${call}"] input.done`);
+  await edit(b, milk, "buy milk, oat");
+  await sees(a, "buy milk, oat");
+  await a.keyboard.press("Space");
+  await b.waitForSelector(`#items li[data-id="${call}"] input.done:not(:checked)`);
+  await settled(a);
+  const focus = await a.evaluate(() => [document.activeElement.className, document.activeElement.closest("li")?.dataset.id]);
+  if (focus[0] !== "done" || focus[1] !== call) throw new Error(`focus moved to ${JSON.stringify(focus)}`);
+  await a.check(`#items li[data-id="${call}"] input.done`);
+  await b.waitForSelector(`#items li[data-id="${call}"] input.done:checked`);
+  await edit(b, milk, "buy oat milk");
+  await sees(a, "buy oat milk");
   // User text is text, never markup.
   const markup = `<b>bold</b> & "quotes"`;
   await add(a, markup);
