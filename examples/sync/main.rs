@@ -27,6 +27,8 @@ mod merge;
 #[path = "../common/rate.rs"]
 mod rate;
 mod store;
+mod store_redis;
+mod store_sqlite;
 
 use clap::{Parser, Subcommand};
 use config::SyncConfig;
