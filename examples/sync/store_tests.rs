@@ -848,3 +848,21 @@ fn pending_counts_submitted_jobs_until_answered() {
     events_until(&writer, &woken, 5);
     assert_eq!(writer.pending(), 0);
 }
+
+/// Integers beyond 2^53 (which a double, like Lua's, cannot hold) keep
+/// their digits through a patch.
+pub(crate) fn scenario_big_integers(b: &mut impl Backend) {
+    let t = now_ms();
+    let big = r#"{"n":9007199254740993}"#;
+    assert_eq!(acked(&one(b, put("k", 0, big, "o1"), t)), 1);
+    assert_eq!(acked(&one(b, patch("k", 1, json!({"m": 1}), "o2"), t)), 2);
+    assert_eq!(
+        get(b, "k").value.as_deref(),
+        Some(r#"{"m":1,"n":9007199254740993}"#)
+    );
+}
+
+#[test]
+fn big_integers_survive_a_patch() {
+    scenario_big_integers(&mut open(&temp_db()));
+}
