@@ -74,8 +74,9 @@ pub const RECONNECT: Duration = Duration::from_millis(250);
 /// writer is gone.
 const FEED_POLL: Duration = Duration::from_secs(1);
 
-/// Rounds of a batch in which patches found their key moved on before the
-/// batch fails (only other nodes writing the same keys that fast get there).
+/// Rounds of a batch in a row in which every write left was a patch that
+/// found its key moved on, before the batch fails (only other nodes
+/// writing the same keys that fast get there).
 const ROUNDS: usize = 8;
 
 /// The script of every call.
@@ -417,22 +418,27 @@ impl Backend for RedisStore {
     fn write(&mut self, writes: &[Write], now_ms: u64) -> Result<Vec<Outcome>, Failure> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; writes.len()];
         let mut todo: Vec<usize> = (0..writes.len()).collect();
-        for _ in 0..ROUNDS {
+        // Rounds in a row that decided nothing (another node kept moving
+        // a patched key on); a round that decides something resets it, so
+        // a batch of many patches of one key (one a round) still passes.
+        let mut idle = 0;
+        while idle < ROUNDS {
             let found = self.round(writes, &todo, now_ms)?;
             let mut again = Vec::new();
-            for (i, o) in todo.into_iter().zip(found) {
+            for (i, o) in todo.iter().zip(found) {
                 match o {
-                    Some(o) => outcomes[i] = Some(o),
-                    None => again.push(i),
+                    Some(o) => outcomes[*i] = Some(o),
+                    None => again.push(*i),
                 }
             }
             if again.is_empty() {
                 return Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect());
             }
+            idle = if again.len() < todo.len() { 0 } else { idle + 1 };
             todo = again;
         }
         Err(Failure::transient(format!(
-            "{} patches found their keys moved on {ROUNDS} times",
+            "{} patches found their keys moved on {ROUNDS} times in a row",
             todo.len()
         )))
     }

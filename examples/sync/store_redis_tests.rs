@@ -324,3 +324,33 @@ fn a_killed_redis_fails_jobs_promptly_and_the_feed_reports_the_gap() {
         get(&mut store(&redis), "k").version == 2
     });
 }
+
+/// Many patches of one key in one batch, each on the version the one
+/// before makes: one is decided a round, and all pass.
+#[test]
+fn a_batch_of_many_patches_of_one_key_passes() {
+    let redis = RedisServer::start();
+    let n = 3 * ROUNDS as u64;
+    let writes: Vec<Write> = (0..n)
+        .map(|v| patch("k", v, serde_json::json!({ "n": v }), &format!("o{v}")))
+        .collect();
+    let outcomes = store(&redis).write(&writes, now_ms()).unwrap();
+    let versions: Vec<u64> = outcomes.iter().map(crate::store::tests::acked).collect();
+    assert_eq!(versions, (1..=n).collect::<Vec<_>>());
+}
+
+/// Redis down when the worker starts: writes are answered `Err` at once,
+/// and the store opens once Redis is up.
+#[test]
+fn a_store_whose_redis_is_down_at_start_opens_once_it_is_up() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let (writer, woken) = writer(&redis);
+    assert!(writer.submit(Job { id: 1, work: Work::Write(put("k", 0, "1", "o")) }));
+    let events = events_until(&writer, &woken, "an answer", |e| !e.is_empty());
+    assert!(matches!(&events[..], [Event::Done { id: 1, result: Err(_) }]), "{events:?}");
+    redis.restart();
+    let events = events_until(&writer, &woken, "opened", opened);
+    let epoch = store(&redis).epoch().unwrap();
+    assert!(events.contains(&Event::Opened { epoch }), "{events:?}");
+}
