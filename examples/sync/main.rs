@@ -32,6 +32,8 @@ mod rate;
 mod reply;
 mod request;
 mod store;
+mod store_redis;
+mod store_sqlite;
 mod worker;
 
 use clap::{Parser, Subcommand};
