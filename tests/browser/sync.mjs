@@ -113,7 +113,9 @@ async function noConflict(page) {
 
 // The conflict view of `page`: its item, theirs and mine as shown.
 async function conflictView(page) {
-  await page.waitForSelector("#conflict:not([hidden])");
+  await page.waitForSelector("#conflict:not([hidden])").catch((e) => {
+    throw new Error(`[${page.name}] no conflict view: ${e.message}`);
+  });
   return {
     key: await page.getAttribute("#conflict", "data-key"),
     theirs: await page.textContent("#conflict-theirs"),
