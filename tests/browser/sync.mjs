@@ -5,7 +5,8 @@
 //
 // Page A (a desktop, client "page-a" by ?client=) and page B (a phone, the
 // page's own per-tab id) open the list of a fresh server. Items added and
-// edited in one appear in the other; both add an item while A is paused (its
+// edited in one appear in the other, a field a backend adds to the index
+// over HTTP survives the pages' writes; both add an item while A is paused (its
 // socket closed by the page's "Pause sync" button), and the index merges
 // without asking. Then both edit the same item from the same version, made
 // certain by pausing one page while the other's edit is acked: the paused
@@ -178,6 +179,24 @@ async function main(shots) {
   if (list.map((i) => i.text).join("|") !== ["buy oat milk", "call mom", markup].join("|")) {
     throw new Error(`unexpected list ${JSON.stringify(list)}`);
   }
+
+  // A backend adds a field to the index over HTTP; the pages' next index
+  // write keeps it (they only own `items`).
+  const doc = new URL("doc/todo:index", url);
+  const got = await fetch(doc);
+  const patched = await fetch(doc, {
+    method: "PATCH",
+    headers: { "Content-Type": "application/merge-patch+json", "If-Match": got.headers.get("etag") },
+    body: JSON.stringify({ title: "groceries" }),
+  });
+  if (patched.status !== 200) throw new Error(`PATCH /doc/todo:index: ${patched.status} ${await patched.text()}`);
+  await add(b, "added after the patch");
+  await sees(a, "added after the patch");
+  await converged(a, b);
+  const index = await (await fetch(doc)).json();
+  if (index.value.title !== "groceries") throw new Error(`the index lost its title: ${JSON.stringify(index)}`);
+  await a.click(`#items li[data-id="${await sees(a, "added after the patch")}"] button.delete`);
+  await b.waitForSelector(`#items li:has(.text:text-is("added after the patch"))`, { state: "detached" });
 
   // Both add while A is offline: A's index write is stale when it resumes
   // and is merged on the server's value without asking anyone.
