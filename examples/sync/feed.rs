@@ -162,6 +162,7 @@ impl<T: Clone> Feeds<T> {
     }
 
     /// Whether `conn` follows `key`.
+    #[cfg(test)]
     pub fn is_subscribed(&self, key: &str, conn: ConnId) -> bool {
         self.keys
             .get(key)
@@ -458,6 +459,7 @@ impl<T: Clone> Feeds<T> {
     }
 
     /// Keys with at least one subscriber on this worker.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.keys.len()
     }
