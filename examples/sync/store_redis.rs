@@ -434,7 +434,11 @@ impl Backend for RedisStore {
             if again.is_empty() {
                 return Ok(outcomes.into_iter().map(|o| o.expect("decided")).collect());
             }
-            idle = if again.len() < todo.len() { 0 } else { idle + 1 };
+            idle = if again.len() < todo.len() {
+                0
+            } else {
+                idle + 1
+            };
             todo = again;
         }
         Err(Failure::transient(format!(

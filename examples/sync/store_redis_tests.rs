@@ -346,9 +346,21 @@ fn a_store_whose_redis_is_down_at_start_opens_once_it_is_up() {
     let mut redis = RedisServer::start();
     redis.kill();
     let (writer, woken) = writer(&redis);
-    assert!(writer.submit(Job { id: 1, work: Work::Write(put("k", 0, "1", "o")) }));
+    assert!(writer.submit(Job {
+        id: 1,
+        work: Work::Write(put("k", 0, "1", "o"))
+    }));
     let events = events_until(&writer, &woken, "an answer", |e| !e.is_empty());
-    assert!(matches!(&events[..], [Event::Done { id: 1, result: Err(_) }]), "{events:?}");
+    assert!(
+        matches!(
+            &events[..],
+            [Event::Done {
+                id: 1,
+                result: Err(_)
+            }]
+        ),
+        "{events:?}"
+    );
     redis.restart();
     let events = events_until(&writer, &woken, "opened", opened);
     let epoch = store(&redis).epoch().unwrap();

@@ -543,19 +543,38 @@ fn expired_ops_are_purged_a_bounded_chunk_per_batch() {
         .map(|i| put(&format!("k{i}"), 0, "1", &format!("o{i}")))
         .collect();
     s.write(&writes, t).unwrap();
-    assert_eq!(op_rows(&path), n as i64);
+    let late = put("late", 0, "1", "late");
+    one(&mut s, late.clone(), t + 1);
+    let mut rows = n as i64 + 1;
+    assert_eq!(op_rows(&path), rows);
     // Not yet expired: nothing purged.
     one(&mut s, put("x", 0, "1", "x1"), t + TTL - 1);
-    assert_eq!(op_rows(&path), n as i64 + 1);
+    rows += 1;
+    assert_eq!(op_rows(&path), rows);
     // Expired: one batch of one write purges 1 + PURGE_EXTRA, adds 1.
     one(&mut s, put("y", 0, "1", "y1"), t + TTL);
-    let left = n as i64 + 1 - (1 + PURGE_EXTRA as i64) + 1;
-    assert_eq!(op_rows(&path), left);
-    // Until all are gone (the two of later times stay).
-    while op_rows(&path) > 3 {
+    rows += -(1 + PURGE_EXTRA as i64) + 1;
+    assert_eq!(op_rows(&path), rows);
+    // Expired, but not reached by the purge yet (the oldest go first):
+    // forgotten all the same, decided afresh.
+    assert!(matches!(
+        one(&mut s, late, t + 1 + TTL),
+        Outcome::Decided {
+            decided: Decided::Conflict { version: 1, .. },
+            ..
+        }
+    ));
+    rows -= 1 + PURGE_EXTRA as i64;
+    assert_eq!(op_rows(&path), rows, "the late row replaced");
+    // Until all are gone (the three of later times stay).
+    while op_rows(&path) > 4 {
         one(&mut s, put("z", 0, "1", "z1"), t + TTL);
     }
-    assert_eq!(op_rows(&path), 3, "x1 and y1 (not expired at t + TTL), z1");
+    assert_eq!(
+        op_rows(&path),
+        4,
+        "late, x1, y1 (not expired at t + TTL), z1"
+    );
 }
 
 #[test]
