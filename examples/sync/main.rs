@@ -26,6 +26,8 @@ mod jwt;
 mod merge;
 #[path = "../common/rate.rs"]
 mod rate;
+#[path = "../common/redis_reply.rs"]
+mod redis_reply;
 mod store;
 mod store_redis;
 mod store_sqlite;

@@ -4,17 +4,13 @@
 //! the feed, concurrent writers on two connections, Redis going away.
 
 use super::*;
-use crate::store::tests::{
-    get, one, patch, put, scenario_big_integers, scenario_list, scenario_one_key_in_one_batch,
-    scenario_op_expiry, scenario_outcomes, scenario_replay_boundaries, settings, write, KEEP,
-};
+use crate::store::tests::{get, one, patch, put, settings, verdict, write, KEEP};
 use crate::store::{now_ms, Job, Writer};
 use common::{poll_until, wait_until, RedisServer};
 use foreman::ClusterSection;
 use std::path::Path;
 use std::time::Instant;
 
-#[allow(dead_code, unused_imports)]
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
@@ -45,35 +41,7 @@ fn config(redis: &RedisServer) -> crate::config::SyncConfig {
     crate::config::SyncConfig::from_toml_str(&text, Path::new("/nonexistent")).unwrap()
 }
 
-#[test]
-fn every_outcome_of_a_write() {
-    scenario_outcomes(&mut store(&RedisServer::start()));
-}
-
-#[test]
-fn writes_of_one_key_in_one_batch_see_each_other() {
-    scenario_one_key_in_one_batch(&mut store(&RedisServer::start()));
-}
-
-#[test]
-fn pruning_and_replay_boundaries() {
-    scenario_replay_boundaries(&mut store(&RedisServer::start()));
-}
-
-#[test]
-fn list_present_keys_in_byte_order() {
-    scenario_list(&mut store(&RedisServer::start()));
-}
-
-#[test]
-fn op_memory_expires_on_the_given_clock() {
-    scenario_op_expiry(&mut store(&RedisServer::start()));
-}
-
-#[test]
-fn big_integers_survive_a_patch() {
-    scenario_big_integers(&mut store(&RedisServer::start()));
-}
+crate::store::tests::scenarios!(store(&RedisServer::start()));
 
 #[test]
 fn the_epoch_is_set_once_per_prefix() {
@@ -108,21 +76,12 @@ fn concurrent_writes_on_one_base_ack_once_per_version() {
                         client,
                         &format!("o{base}"),
                     );
-                    match one(&mut s, w, now_ms()) {
-                        Outcome::Decided {
-                            decided: Decided::Ack { version, .. },
-                            ..
-                        } => {
+                    match verdict(&one(&mut s, w, now_ms())) {
+                        Ok(version) => {
                             assert_eq!(version, base + 1);
                             acks.push(version);
                         }
-                        Outcome::Decided {
-                            decided: Decided::Conflict { version, .. },
-                            ..
-                        } => {
-                            assert_eq!(version, base + 1, "the other's ack")
-                        }
-                        other => panic!("{other:?}"),
+                        Err(version) => assert_eq!(version, base + 1, "the other's ack"),
                     }
                 }
                 acks

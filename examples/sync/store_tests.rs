@@ -100,6 +100,22 @@ pub(crate) fn acked(o: &Outcome) -> u64 {
     }
 }
 
+/// A decided write's version: `Ok` for an ack, `Err` for a conflict.
+#[track_caller]
+pub(crate) fn verdict(o: &Outcome) -> Result<u64, u64> {
+    match o {
+        Outcome::Decided {
+            decided: Decided::Ack { version, .. },
+            ..
+        } => Ok(*version),
+        Outcome::Decided {
+            decided: Decided::Conflict { version, .. },
+            ..
+        } => Err(*version),
+        other => panic!("not decided: {other:?}"),
+    }
+}
+
 #[track_caller]
 pub(crate) fn get(b: &mut impl Backend, key: &str) -> Doc {
     match b.read(&Work::Get(key.into())).unwrap() {
@@ -500,30 +516,44 @@ pub(crate) fn scenario_op_expiry(b: &mut impl Backend) {
     assert_eq!(acked(&one(b, put("k", 1, "3", "o"), t + 2 * TTL + 1)), 2);
 }
 
-#[test]
-fn every_outcome_of_a_write() {
-    scenario_outcomes(&mut open(&temp_db()));
-}
+/// The scenarios every store passes, each a test on a store made by
+/// `$store` (an expression, evaluated afresh for each test).
+macro_rules! scenarios {
+    ($store:expr) => {
+        #[test]
+        fn every_outcome_of_a_write() {
+            $crate::store::tests::scenario_outcomes(&mut $store);
+        }
 
-#[test]
-fn writes_of_one_key_in_one_batch_see_each_other() {
-    scenario_one_key_in_one_batch(&mut open(&temp_db()));
-}
+        #[test]
+        fn writes_of_one_key_in_one_batch_see_each_other() {
+            $crate::store::tests::scenario_one_key_in_one_batch(&mut $store);
+        }
 
-#[test]
-fn pruning_and_replay_boundaries() {
-    scenario_replay_boundaries(&mut open(&temp_db()));
-}
+        #[test]
+        fn pruning_and_replay_boundaries() {
+            $crate::store::tests::scenario_replay_boundaries(&mut $store);
+        }
 
-#[test]
-fn list_present_keys_in_byte_order() {
-    scenario_list(&mut open(&temp_db()));
-}
+        #[test]
+        fn list_present_keys_in_byte_order() {
+            $crate::store::tests::scenario_list(&mut $store);
+        }
 
-#[test]
-fn op_memory_expires_on_the_given_clock() {
-    scenario_op_expiry(&mut open(&temp_db()));
+        #[test]
+        fn op_memory_expires_on_the_given_clock() {
+            $crate::store::tests::scenario_op_expiry(&mut $store);
+        }
+
+        #[test]
+        fn big_integers_survive_a_patch() {
+            $crate::store::tests::scenario_big_integers(&mut $store);
+        }
+    };
 }
+pub(crate) use scenarios;
+
+scenarios!(open(&temp_db()));
 
 /// Rows in `ops`.
 fn op_rows(path: &Path) -> i64 {
@@ -621,22 +651,13 @@ fn two_connections_interleaving_on_one_key_keep_versions_dense() {
                             client,
                             &format!("{i}-{base}"),
                         );
-                        match one(&mut s, w, now_ms()) {
-                            Outcome::Decided {
-                                decided: Decided::Ack { version, .. },
-                                ..
-                            } => {
+                        match verdict(&one(&mut s, w, now_ms())) {
+                            Ok(version) => {
                                 assert_eq!(version, base + 1);
                                 mine.push(version);
                                 break;
                             }
-                            Outcome::Decided {
-                                decided: Decided::Conflict { version, .. },
-                                ..
-                            } => {
-                                assert!(version > base)
-                            }
-                            other => panic!("{other:?}"),
+                            Err(version) => assert!(version > base),
                         }
                     }
                 }
@@ -879,9 +900,4 @@ pub(crate) fn scenario_big_integers(b: &mut impl Backend) {
         get(b, "k").value.as_deref(),
         Some(r#"{"m":1,"n":9007199254740993}"#)
     );
-}
-
-#[test]
-fn big_integers_survive_a_patch() {
-    scenario_big_integers(&mut open(&temp_db()));
 }
