@@ -4,8 +4,10 @@
 //! the feed, concurrent writers on two connections, Redis going away.
 
 use super::*;
-use crate::store::tests::{get, one, patch, put, settings, verdict, write, KEEP};
-use crate::store::{now_ms, Job, Writer};
+use crate::store::tests::{
+    events_until, get, one, patch, put, settings, verdict, write, writer_of, KEEP,
+};
+use crate::store::{now_ms, Job};
 use common::{poll_until, wait_until, RedisServer};
 use foreman::ClusterSection;
 use std::path::Path;
@@ -96,36 +98,6 @@ fn concurrent_writes_on_one_base_ack_once_per_version() {
     assert_eq!(all, (1..=rounds).collect::<Vec<_>>());
 }
 
-/// A writer on the cluster and what wakes it.
-fn writer(redis: &RedisServer) -> (Writer, crossbeam_channel::Receiver<()>) {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let writer = Writer::spawn(&config(redis), 0, move || {
-        let _ = tx.send(());
-    })
-    .unwrap();
-    (writer, rx)
-}
-
-/// Events until `until` holds of all received so far.
-fn events_until(
-    writer: &Writer,
-    woken: &crossbeam_channel::Receiver<()>,
-    what: &str,
-    mut until: impl FnMut(&[Event]) -> bool,
-) -> Vec<Event> {
-    let mut got = Vec::new();
-    let deadline = Instant::now() + WAIT;
-    while !until(&got) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            woken.recv_timeout(left).is_ok(),
-            "waiting for {what}: {got:?}"
-        );
-        got.extend(writer.ready());
-    }
-    got
-}
-
 fn opened(events: &[Event]) -> bool {
     events.iter().any(|e| matches!(e, Event::Opened { .. }))
 }
@@ -141,7 +113,7 @@ fn subscribed(redis: &RedisServer) -> bool {
 #[test]
 fn the_feed_delivers_every_change_in_commit_order() {
     let redis = RedisServer::start();
-    let (writer, woken) = writer(&redis);
+    let (writer, woken) = writer_of(&config(&redis));
     let epoch = match events_until(&writer, &woken, "opened", opened).as_slice() {
         [Event::Opened { epoch }] => epoch.clone(),
         other => panic!("{other:?}"),
@@ -215,7 +187,7 @@ fn the_feed_delivers_every_change_in_commit_order() {
 #[test]
 fn a_killed_redis_fails_jobs_promptly_and_the_feed_reports_the_gap() {
     let mut redis = RedisServer::start();
-    let (writer, woken) = writer(&redis);
+    let (writer, woken) = writer_of(&config(&redis));
     events_until(&writer, &woken, "opened", opened);
     let job = |id, base| Job {
         id,
@@ -304,7 +276,7 @@ fn a_batch_of_many_patches_of_one_key_passes() {
 fn a_store_whose_redis_is_down_at_start_opens_once_it_is_up() {
     let mut redis = RedisServer::start();
     redis.kill();
-    let (writer, woken) = writer(&redis);
+    let (writer, woken) = writer_of(&config(&redis));
     assert!(writer.submit(Job {
         id: 1,
         work: Work::Write(put("k", 0, "1", "o"))
