@@ -546,6 +546,11 @@ macro_rules! scenarios {
         }
 
         #[test]
+        fn odd_ops_round_trip() {
+            $crate::store::tests::scenario_odd_ops_round_trip(&mut $store);
+        }
+
+        #[test]
         fn big_integers_survive_a_patch() {
             $crate::store::tests::scenario_big_integers(&mut $store);
         }
@@ -900,6 +905,47 @@ fn pending_counts_submitted_jobs_until_answered() {
     drop(lock);
     answered(&writer, &woken, 5);
     assert_eq!(writer.pending(), 0);
+}
+
+/// Ops and clients with the characters the stores' encodings use, and
+/// values holding them, come back as written.
+pub(crate) fn scenario_odd_ops_round_trip(b: &mut impl Backend) {
+    let t = now_ms();
+    let (op, client, value) = ("3,a:b,\nc\n1,", "dev:1.x_-", r#"{"s":"1,2\n,é"}"#);
+    let w = write(WriteKind::Put(value.into()), "k", 0, client, op);
+    assert_eq!(acked(&one(b, w.clone(), t)), 1);
+    assert_eq!(acked(&one(b, delete("k", 1, ","), t)), 2);
+    let want = vec![
+        Change {
+            key: "k".into(),
+            version: 1,
+            value: Some(value.into()),
+            op: op.into(),
+            client: client.into(),
+        },
+        Change {
+            key: "k".into(),
+            version: 2,
+            value: None,
+            op: ",".into(),
+            client: "c1".into(),
+        },
+    ];
+    let since = b
+        .read(&Work::Since {
+            key: "k".into(),
+            after: 0,
+        })
+        .unwrap();
+    assert_eq!(
+        since,
+        Answer::Since {
+            key: "k".into(),
+            version: 2,
+            changes: want
+        }
+    );
+    assert_eq!(one(b, w, t), Outcome::Repeat(ack(1, true)));
 }
 
 /// Integers beyond 2^53 (which a double, like Lua's, cannot hold) keep
