@@ -31,6 +31,7 @@ mod redis_reply;
 mod store;
 mod store_redis;
 mod store_sqlite;
+mod store_writer;
 
 use clap::{Parser, Subcommand};
 use config::SyncConfig;

@@ -6,11 +6,13 @@
 
 use super::*;
 use crate::store_sqlite::{Store, PURGE_EXTRA};
+use crossbeam_channel::Receiver;
 use rusqlite::{Connection, TransactionBehavior};
 use serde_json::json;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// Versions kept in the tests: small, so pruning is reached quickly.
 pub(crate) const KEEP: u64 = 3;
