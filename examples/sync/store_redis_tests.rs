@@ -4,9 +4,7 @@
 //! the feed, concurrent writers on two connections, Redis going away.
 
 use super::*;
-use crate::store::tests::{
-    events_until, get, one, patch, put, settings, verdict, write, writer_of, KEEP,
-};
+use crate::store::tests::{events_until, get, one, patch, put, settings, writer_of, KEEP};
 use crate::store::{now_ms, Job};
 use common::{poll_until, wait_until, RedisServer};
 use foreman::ClusterSection;
@@ -55,47 +53,10 @@ fn the_epoch_is_set_once_per_prefix() {
     assert_ne!(other.epoch().unwrap(), epoch, "another prefix");
 }
 
-/// Two connections write one key, each on the version it last saw, both
-/// at once, round after round: exactly one ack per version, the other a
-/// conflict at that version.
 #[test]
-fn concurrent_writes_on_one_base_ack_once_per_version() {
+fn two_connections_ack_once_per_version() {
     let redis = RedisServer::start();
-    let rounds = 50;
-    let barrier = Arc::new(std::sync::Barrier::new(2));
-    let threads: Vec<_> = ["c1", "c2"]
-        .into_iter()
-        .map(|client| {
-            let (mut s, barrier) = (store(&redis), barrier.clone());
-            std::thread::spawn(move || {
-                let mut acks = Vec::new();
-                for base in 0..rounds {
-                    barrier.wait();
-                    let w = write(
-                        WriteKind::Put(base.to_string()),
-                        "k",
-                        base,
-                        client,
-                        &format!("o{base}"),
-                    );
-                    match verdict(&one(&mut s, w, now_ms())) {
-                        Ok(version) => {
-                            assert_eq!(version, base + 1);
-                            acks.push(version);
-                        }
-                        Err(version) => assert_eq!(version, base + 1, "the other's ack"),
-                    }
-                }
-                acks
-            })
-        })
-        .collect();
-    let mut all: Vec<u64> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
-    all.sort();
-    assert_eq!(all, (1..=rounds).collect::<Vec<_>>());
+    crate::store::tests::scenario_two_writers_on_one_key(store(&redis), store(&redis));
 }
 
 fn opened(events: &[Event]) -> bool {
