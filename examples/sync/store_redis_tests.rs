@@ -258,3 +258,51 @@ fn a_store_whose_redis_is_down_at_start_opens_once_it_is_up() {
     let epoch = store(&redis).epoch().unwrap();
     assert!(events.contains(&Event::Opened { epoch }), "{events:?}");
 }
+
+/// A hung Redis (SIGSTOP): a write is answered `Err` within the timeouts;
+/// sent again with the same op once Redis is back, it is applied once
+/// (whether or not the first try reached Redis).
+#[test]
+fn a_hung_redis_times_out_and_a_resent_write_applies_once() {
+    let mut redis = RedisServer::start();
+    let (writer, woken) = writer_of(&config(&redis));
+    events_until(&writer, &woken, "opened", opened);
+    redis.stop();
+    let start = Instant::now();
+    let job = |id| Job {
+        id,
+        work: Work::Write(put("k", 0, "1", "o")),
+    };
+    assert!(writer.submit(job(1)));
+    let events = events_until(&writer, &woken, "an answer", |e| !e.is_empty());
+    assert!(
+        matches!(
+            &events[..],
+            [Event::Done {
+                id: 1,
+                result: Err(_)
+            }]
+        ),
+        "{events:?}"
+    );
+    let took = start.elapsed();
+    assert!(took >= TIMEOUT && took < TIMEOUT * 3, "{took:?}");
+    redis.cont();
+    assert!(writer.submit(job(2)));
+    let events = events_until(&writer, &woken, "the resend", |e| {
+        e.iter().any(|e| matches!(e, Event::Done { id: 2, .. }))
+    });
+    let outcome = events.iter().find_map(|e| match e {
+        Event::Done {
+            id: 2,
+            result: Ok(Answer::Write(o)),
+        } => Some(o.clone()),
+        _ => None,
+    });
+    match outcome {
+        Some(Outcome::Repeat(Decided::Ack { version: 1, .. })) => {}
+        Some(o) => assert_eq!(crate::store::tests::acked(&o), 1),
+        None => panic!("{events:?}"),
+    }
+    assert_eq!(get(&mut store(&redis), "k").version, 1);
+}
