@@ -30,11 +30,12 @@
 //!
 //! # Failures
 //!
-//! A batch that fails is retried [`crate::store_writer::ATTEMPTS`] times, then each of its jobs
-//! is answered `Err` (the worker replies `unavailable`; the client resends
-//! with the same op, which op memory makes safe). A batch locked out by
-//! another worker for the whole busy timeout is answered `Err` at once, not
-//! retried (each try would wait that long again). Expired op rows are
+//! A batch that fails is retried up to [`crate::store_writer::ATTEMPTS`]
+//! times, then each of its jobs is answered `Err` (the worker replies
+//! `unavailable`; the client resends with the same op, which op memory
+//! makes safe). A batch locked out by another worker for the whole busy
+//! timeout, or one that Redis failed (down, or past its timeout), is
+//! answered `Err` at once, not retried: each try would wait as long again. Expired op rows are
 //! purged a bounded number at a time with each batch (a few more than the
 //! batch can add), never in one unbounded `DELETE`.
 
