@@ -24,6 +24,8 @@ mod config;
 mod jwt;
 #[path = "../common/rate.rs"]
 mod rate;
+#[path = "../common/redis_reply.rs"]
+mod redis_reply;
 mod reply;
 mod request;
 mod store;

@@ -52,6 +52,7 @@
 //!
 //! [`ConnId`]: foreman::ConnId
 
+use crate::redis_reply::{array, string};
 use crate::request::Target;
 use crate::store::{now_ms, Backend, Done, Found, Job, StoredMessage};
 use foreman::ClusterConfig;
@@ -401,23 +402,6 @@ fn int(v: &Value) -> Result<i64, Failure> {
     match v {
         Value::Int(n) => Ok(*n),
         other => Err(format!("expected an integer, got {other:?}")),
-    }
-}
-
-fn array(v: Value) -> Result<Vec<Value>, Failure> {
-    match v {
-        Value::Array(items) => Ok(items),
-        // An empty Lua table.
-        Value::Nil => Ok(Vec::new()),
-        other => Err(format!("expected an array, got {other:?}")),
-    }
-}
-
-fn string(v: Value) -> Result<String, Failure> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b).map_err(|e| e.to_string()),
-        Value::SimpleString(s) => Ok(s),
-        other => Err(format!("expected a string, got {other:?}")),
     }
 }
 

@@ -29,11 +29,14 @@ mod jwt;
 mod merge;
 #[path = "../common/rate.rs"]
 mod rate;
+#[path = "../common/redis_reply.rs"]
+mod redis_reply;
 mod reply;
 mod request;
 mod store;
 mod store_redis;
 mod store_sqlite;
+mod store_writer;
 mod worker;
 
 use clap::{Parser, Subcommand};

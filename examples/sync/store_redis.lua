@@ -29,6 +29,12 @@ end
 local out = {}
 local i = 6
 
+local function append(t, items)
+  for _, x in ipairs(items) do
+    table.insert(t, x)
+  end
+end
+
 if ARGV[2] == 'write' then
   -- Writes of keys (or ops) with an earlier write of this batch still to
   -- be redone ('S') are redone too, after it: per key, in batch order.
@@ -126,9 +132,7 @@ while i <= #ARGV do
       local start, vkey = after(key, v, s)
       if start >= 0 then
         reply[3] = 1
-        for _, e in ipairs(redis.call('LRANGE', vkey, start, -1)) do
-          table.insert(reply, e)
-        end
+        append(reply, redis.call('LRANGE', vkey, start, -1))
       end
     end
     table.insert(out, reply)
@@ -150,9 +154,7 @@ while i <= #ARGV do
     local reply = { v }
     if a < v then
       local start, vkey = after(key, v, a)
-      for _, e in ipairs(redis.call('LRANGE', vkey, math.max(start, 0), -1)) do
-        table.insert(reply, e)
-      end
+      append(reply, redis.call('LRANGE', vkey, math.max(start, 0), -1))
     end
     table.insert(out, reply)
     i = i + 3

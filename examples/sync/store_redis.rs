@@ -53,6 +53,7 @@
 //! [`Event::FeedGap`]: changes may have been missed meanwhile, and the
 //! worker asks for its keys' heads.
 
+use crate::redis_reply::{array, string};
 use crate::store::{
     change_of, new_value, prefix_end, random_epoch, replayable, Answer, Backend, Change, Decided,
     Doc, Event, Failure, NewValue, Outcome, Settings, Sink, Snapshot, Work, Write, WriteKind,
@@ -94,7 +95,7 @@ fn client(cluster: &ClusterConfig) -> Result<redis::Client, String> {
     }
     let info = ConnectionAddr::Tcp(url.host.clone(), url.port)
         .into_connection_info()
-        .and_then(|i| Ok(i.set_redis_settings(redis_settings)))
+        .map(|i| i.set_redis_settings(redis_settings))
         .map_err(|e| e.to_string())?;
     redis::Client::open(info).map_err(|e| e.to_string())
 }
@@ -540,23 +541,6 @@ fn int(v: Option<Value>) -> Result<u64, String> {
     match v {
         Some(Value::Int(n)) if n >= 0 => Ok(n as u64),
         other => Err(format!("expected a version, got {other:?}")),
-    }
-}
-
-fn array(v: Value) -> Result<Vec<Value>, String> {
-    match v {
-        Value::Array(items) => Ok(items),
-        // An empty Lua table.
-        Value::Nil => Ok(Vec::new()),
-        other => Err(format!("expected an array, got {other:?}")),
-    }
-}
-
-fn string(v: Value) -> Result<String, String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b).map_err(|e| e.to_string()),
-        Value::SimpleString(s) => Ok(s),
-        other => Err(format!("expected a string, got {other:?}")),
     }
 }
 

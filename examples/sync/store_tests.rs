@@ -6,11 +6,14 @@
 
 use super::*;
 use crate::store_sqlite::{Store, PURGE_EXTRA};
+use crossbeam_channel::Receiver;
 use rusqlite::{Connection, TransactionBehavior};
 use serde_json::json;
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Versions kept in the tests: small, so pruning is reached quickly.
 pub(crate) const KEEP: u64 = 3;
@@ -97,6 +100,22 @@ pub(crate) fn acked(o: &Outcome) -> u64 {
             change: Some(c),
         } if c.version == *version => *version,
         other => panic!("not an ack: {other:?}"),
+    }
+}
+
+/// A decided write's version: `Ok` for an ack, `Err` for a conflict.
+#[track_caller]
+pub(crate) fn verdict(o: &Outcome) -> Result<u64, u64> {
+    match o {
+        Outcome::Decided {
+            decided: Decided::Ack { version, .. },
+            ..
+        } => Ok(*version),
+        Outcome::Decided {
+            decided: Decided::Conflict { version, .. },
+            ..
+        } => Err(*version),
+        other => panic!("not decided: {other:?}"),
     }
 }
 
@@ -500,30 +519,49 @@ pub(crate) fn scenario_op_expiry(b: &mut impl Backend) {
     assert_eq!(acked(&one(b, put("k", 1, "3", "o"), t + 2 * TTL + 1)), 2);
 }
 
-#[test]
-fn every_outcome_of_a_write() {
-    scenario_outcomes(&mut open(&temp_db()));
-}
+/// The scenarios every store passes, each a test on a store made by
+/// `$store` (an expression, evaluated afresh for each test).
+macro_rules! scenarios {
+    ($store:expr) => {
+        #[test]
+        fn every_outcome_of_a_write() {
+            $crate::store::tests::scenario_outcomes(&mut $store);
+        }
 
-#[test]
-fn writes_of_one_key_in_one_batch_see_each_other() {
-    scenario_one_key_in_one_batch(&mut open(&temp_db()));
-}
+        #[test]
+        fn writes_of_one_key_in_one_batch_see_each_other() {
+            $crate::store::tests::scenario_one_key_in_one_batch(&mut $store);
+        }
 
-#[test]
-fn pruning_and_replay_boundaries() {
-    scenario_replay_boundaries(&mut open(&temp_db()));
-}
+        #[test]
+        fn pruning_and_replay_boundaries() {
+            $crate::store::tests::scenario_replay_boundaries(&mut $store);
+        }
 
-#[test]
-fn list_present_keys_in_byte_order() {
-    scenario_list(&mut open(&temp_db()));
-}
+        #[test]
+        fn list_present_keys_in_byte_order() {
+            $crate::store::tests::scenario_list(&mut $store);
+        }
 
-#[test]
-fn op_memory_expires_on_the_given_clock() {
-    scenario_op_expiry(&mut open(&temp_db()));
+        #[test]
+        fn op_memory_expires_on_the_given_clock() {
+            $crate::store::tests::scenario_op_expiry(&mut $store);
+        }
+
+        #[test]
+        fn odd_ops_round_trip() {
+            $crate::store::tests::scenario_odd_ops_round_trip(&mut $store);
+        }
+
+        #[test]
+        fn big_integers_survive_a_patch() {
+            $crate::store::tests::scenario_big_integers(&mut $store);
+        }
+    };
 }
+pub(crate) use scenarios;
+
+scenarios!(open(&temp_db()));
 
 /// Rows in `ops`.
 fn op_rows(path: &Path) -> i64 {
@@ -543,19 +581,38 @@ fn expired_ops_are_purged_a_bounded_chunk_per_batch() {
         .map(|i| put(&format!("k{i}"), 0, "1", &format!("o{i}")))
         .collect();
     s.write(&writes, t).unwrap();
-    assert_eq!(op_rows(&path), n as i64);
+    let late = put("late", 0, "1", "late");
+    one(&mut s, late.clone(), t + 1);
+    let mut rows = n as i64 + 1;
+    assert_eq!(op_rows(&path), rows);
     // Not yet expired: nothing purged.
     one(&mut s, put("x", 0, "1", "x1"), t + TTL - 1);
-    assert_eq!(op_rows(&path), n as i64 + 1);
+    rows += 1;
+    assert_eq!(op_rows(&path), rows);
     // Expired: one batch of one write purges 1 + PURGE_EXTRA, adds 1.
     one(&mut s, put("y", 0, "1", "y1"), t + TTL);
-    let left = n as i64 + 1 - (1 + PURGE_EXTRA as i64) + 1;
-    assert_eq!(op_rows(&path), left);
-    // Until all are gone (the two of later times stay).
-    while op_rows(&path) > 3 {
+    rows += -(1 + PURGE_EXTRA as i64) + 1;
+    assert_eq!(op_rows(&path), rows);
+    // Expired, but not reached by the purge yet (the oldest go first):
+    // forgotten all the same, decided afresh.
+    assert!(matches!(
+        one(&mut s, late, t + 1 + TTL),
+        Outcome::Decided {
+            decided: Decided::Conflict { version: 1, .. },
+            ..
+        }
+    ));
+    rows -= 1 + PURGE_EXTRA as i64;
+    assert_eq!(op_rows(&path), rows, "the late row replaced");
+    // Until all are gone (the three of later times stay).
+    while op_rows(&path) > 4 {
         one(&mut s, put("z", 0, "1", "z1"), t + TTL);
     }
-    assert_eq!(op_rows(&path), 3, "x1 and y1 (not expired at t + TTL), z1");
+    assert_eq!(
+        op_rows(&path),
+        4,
+        "late, x1, y1 (not expired at t + TTL), z1"
+    );
 }
 
 #[test]
@@ -578,60 +635,50 @@ fn the_epoch_is_made_once_per_history() {
     assert_ne!(open(&path).epoch().unwrap(), epoch, "recreated");
 }
 
-#[test]
-fn two_connections_interleaving_on_one_key_keep_versions_dense() {
-    let path = temp_db();
-    open(&path);
-    let rounds = 40;
-    let threads: Vec<_> = ["c1", "c2"]
+/// Two connections (two workers, or two nodes) write one key at once,
+/// round after round, both on the version of the round: exactly one ack per
+/// version, the other a conflict at that version; versions stay dense.
+pub(crate) fn scenario_two_writers_on_one_key<B: Backend + Send + 'static>(a: B, b: B) {
+    let rounds = 50;
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = [(a, "c1"), (b, "c2")]
         .into_iter()
-        .map(|client| {
-            let path = path.clone();
+        .map(|(mut s, client)| {
+            let barrier = barrier.clone();
             std::thread::spawn(move || {
-                let mut s = open(&path);
-                let mut mine = Vec::new();
-                for i in 0..rounds {
-                    // Read the version, write on it: a conflict when the
-                    // other got in between, then read again.
-                    loop {
-                        let base = get(&mut s, "k").version;
-                        let w = write(
-                            WriteKind::Put(i.to_string()),
-                            "k",
-                            base,
-                            client,
-                            &format!("{i}-{base}"),
-                        );
-                        match one(&mut s, w, now_ms()) {
-                            Outcome::Decided {
-                                decided: Decided::Ack { version, .. },
-                                ..
-                            } => {
-                                assert_eq!(version, base + 1);
-                                mine.push(version);
-                                break;
-                            }
-                            Outcome::Decided {
-                                decided: Decided::Conflict { version, .. },
-                                ..
-                            } => {
-                                assert!(version > base)
-                            }
-                            other => panic!("{other:?}"),
+                let mut acks = Vec::new();
+                for base in 0..rounds {
+                    barrier.wait();
+                    let put = WriteKind::Put(base.to_string());
+                    let w = write(put, "k", base, client, &format!("o{base}"));
+                    match verdict(&one(&mut s, w, now_ms())) {
+                        Ok(version) => {
+                            assert_eq!(version, base + 1);
+                            acks.push(version);
                         }
+                        Err(version) => assert_eq!(version, base + 1, "the other's ack"),
                     }
                 }
-                mine
+                (acks, s)
             })
         })
         .collect();
-    let mut all: Vec<u64> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
+    let mut all = Vec::new();
+    let mut stores = Vec::new();
+    for t in threads {
+        let (acks, s) = t.join().unwrap();
+        all.extend(acks);
+        stores.push(s);
+    }
     all.sort();
-    assert_eq!(all, (1..=2 * rounds).collect::<Vec<_>>());
-    assert_eq!(get(&mut open(&path), "k").version, 2 * rounds);
+    assert_eq!(all, (1..=rounds).collect::<Vec<_>>());
+    assert_eq!(get(&mut stores[0], "k").version, rounds);
+}
+
+#[test]
+fn two_connections_on_one_file_ack_once_per_version() {
+    let path = temp_db();
+    scenario_two_writers_on_one_key(open(&path), open(&path));
 }
 
 /// A config whose database is at `path`.
@@ -663,33 +710,51 @@ fn check_opens_the_history_and_names_a_bad_path() {
     assert_eq!(check(&cluster), Ok(None), "Redis is not touched");
 }
 
-/// A writer on `path` and what it wakes.
-fn writer_at(path: &Path) -> (Writer, crossbeam_channel::Receiver<()>) {
+/// A writer on `config` and what it wakes.
+pub(crate) fn writer_of(config: &crate::config::SyncConfig) -> (Writer, Receiver<()>) {
     let (tx, rx) = crossbeam_channel::unbounded();
-    let writer = Writer::spawn(&config_at(path), 0, move || {
+    let writer = Writer::spawn(config, 0, move || {
         let _ = tx.send(());
     })
     .unwrap();
     (writer, rx)
 }
 
-/// Events until `done` answers have come (and whatever came with them).
-fn events_until(
+fn writer_at(path: &Path) -> (Writer, Receiver<()>) {
+    writer_of(&config_at(path))
+}
+
+/// Events, as woken, until `until` holds of all received so far; panics
+/// after a while naming `what`.
+#[track_caller]
+pub(crate) fn events_until(
     writer: &Writer,
-    woken: &crossbeam_channel::Receiver<()>,
-    done: usize,
+    woken: &Receiver<()>,
+    what: &str,
+    mut until: impl FnMut(&[Event]) -> bool,
 ) -> Vec<Event> {
     let mut got = Vec::new();
-    while got
-        .iter()
-        .filter(|e| matches!(e, Event::Done { .. }))
-        .count()
-        < done
-    {
-        woken.recv_timeout(Duration::from_secs(10)).expect("woken");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !until(&got) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            woken.recv_timeout(left).is_ok(),
+            "waiting for {what}: {got:?}"
+        );
         got.extend(writer.ready());
     }
     got
+}
+
+/// Events until `done` answers have come (and whatever came with them).
+#[track_caller]
+fn answered(writer: &Writer, woken: &Receiver<()>, done: usize) -> Vec<Event> {
+    events_until(writer, woken, &format!("{done} answers"), |got| {
+        got.iter()
+            .filter(|e| matches!(e, Event::Done { .. }))
+            .count()
+            >= done
+    })
 }
 
 fn job(id: u64, work: Work) -> Job {
@@ -708,7 +773,7 @@ fn the_writer_opens_first_and_answers_after_commit() {
             Work::Write(put("k", i, &i.to_string(), &format!("o{i}")))
         )));
     }
-    let got = events_until(&writer, &woken, n as usize);
+    let got = answered(&writer, &woken, n as usize);
     assert_eq!(got[0], Event::Opened { epoch });
     let mut check_db = open(&path);
     let mut ids = Vec::new();
@@ -730,7 +795,7 @@ fn the_writer_opens_first_and_answers_after_commit() {
     assert_eq!(writer.pending(), 0);
     // Reads go to the other thread and see the commits.
     assert!(writer.submit(job(500, Work::Get("k".into()))));
-    let got = events_until(&writer, &woken, 1);
+    let got = answered(&writer, &woken, 1);
     assert!(
         matches!(&got[..], [Event::Done { id: 500, result: Ok(Answer::Doc(Doc { version, .. })) }] if *version == n),
         "{got:?}"
@@ -742,25 +807,20 @@ fn reads_are_not_held_up_by_a_locked_writer() {
     let path = temp_db();
     check(&config_at(&path)).unwrap();
     let (writer, woken) = writer_at(&path);
-    events_until(&writer, &woken, 0);
-    // Another connection holds the write lock.
+    events_until(&writer, &woken, "opened", |e| !e.is_empty());
+    // Another connection holds the write lock (for less than the busy
+    // timeout: the write waits, it does not fail).
     let mut holder = Connection::open(&path).unwrap();
     let tx = holder
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .unwrap();
     assert!(writer.submit(job(1, Work::Write(put("k", 0, "1", "o")))));
     assert!(writer.submit(job(2, Work::Get("k".into()))));
-    let got = events_until(&writer, &woken, 1);
+    let got = answered(&writer, &woken, 1);
     assert!(
         matches!(
             &got[..],
-            [
-                Event::Opened { .. },
-                Event::Done {
-                    id: 2,
-                    result: Ok(_)
-                }
-            ] | [Event::Done {
+            [Event::Done {
                 id: 2,
                 result: Ok(_)
             }]
@@ -769,7 +829,7 @@ fn reads_are_not_held_up_by_a_locked_writer() {
     );
     assert_eq!(writer.pending(), 1, "the write waits for the lock");
     drop(tx);
-    let got = events_until(&writer, &woken, 1);
+    let got = answered(&writer, &woken, 1);
     assert!(
         matches!(
             &got[..],
@@ -798,7 +858,7 @@ fn a_write_locked_out_for_the_busy_timeout_is_an_error() {
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .unwrap();
     assert!(writer.submit(job(1, Work::Write(put("k", 0, "1", "o")))));
-    let got = events_until(&writer, &woken, 1);
+    let got = answered(&writer, &woken, 1);
     let err = got.iter().find_map(|e| match e {
         Event::Done {
             id: 1,
@@ -816,7 +876,7 @@ fn a_write_locked_out_for_the_busy_timeout_is_an_error() {
     for id in [2, 3] {
         assert!(writer.submit(job(id, Work::Write(put("k", 0, "1", "o")))));
     }
-    let got = events_until(&writer, &woken, 2);
+    let got = answered(&writer, &woken, 2);
     let outcomes: Vec<&Outcome> = got
         .iter()
         .filter_map(|e| match e {
@@ -845,8 +905,49 @@ fn pending_counts_submitted_jobs_until_answered() {
     }
     assert_eq!(writer.pending(), 5);
     drop(lock);
-    events_until(&writer, &woken, 5);
+    answered(&writer, &woken, 5);
     assert_eq!(writer.pending(), 0);
+}
+
+/// Ops and clients with the characters the stores' encodings use, and
+/// values holding them, come back as written.
+pub(crate) fn scenario_odd_ops_round_trip(b: &mut impl Backend) {
+    let t = now_ms();
+    let (op, client, value) = ("3,a:b,\nc\n1,", "dev:1.x_-", r#"{"s":"1,2\n,é"}"#);
+    let w = write(WriteKind::Put(value.into()), "k", 0, client, op);
+    assert_eq!(acked(&one(b, w.clone(), t)), 1);
+    assert_eq!(acked(&one(b, delete("k", 1, ","), t)), 2);
+    let want = vec![
+        Change {
+            key: "k".into(),
+            version: 1,
+            value: Some(value.into()),
+            op: op.into(),
+            client: client.into(),
+        },
+        Change {
+            key: "k".into(),
+            version: 2,
+            value: None,
+            op: ",".into(),
+            client: "c1".into(),
+        },
+    ];
+    let since = b
+        .read(&Work::Since {
+            key: "k".into(),
+            after: 0,
+        })
+        .unwrap();
+    assert_eq!(
+        since,
+        Answer::Since {
+            key: "k".into(),
+            version: 2,
+            changes: want
+        }
+    );
+    assert_eq!(one(b, w, t), Outcome::Repeat(ack(1, true)));
 }
 
 /// Integers beyond 2^53 (which a double, like Lua's, cannot hold) keep
@@ -860,9 +961,4 @@ pub(crate) fn scenario_big_integers(b: &mut impl Backend) {
         get(b, "k").value.as_deref(),
         Some(r#"{"m":1,"n":9007199254740993}"#)
     );
-}
-
-#[test]
-fn big_integers_survive_a_patch() {
-    scenario_big_integers(&mut open(&temp_db()));
 }
