@@ -148,6 +148,27 @@ struct Window {
     end: u64,
 }
 
+impl Window {
+    /// Whether `t` is inside the measure window.
+    fn contains(&self, t: u64) -> bool {
+        (self.measure..self.end).contains(&t)
+    }
+}
+
+impl Stats {
+    /// Counts a delivery that arrived at `now`; its latency too if it was
+    /// sent (`sent`, from its payload) inside the window.
+    fn delivery(&mut self, w: Window, now: u64, sent: Option<u64>) {
+        self.received_total += 1;
+        if w.contains(now) {
+            self.received_in_window += 1;
+        }
+        if let Some(ts) = sent.filter(|ts| w.contains(*ts)) {
+            self.latency.record_ns(now.saturating_sub(ts));
+        }
+    }
+}
+
 struct Gen {
     cfg: LoadConfig,
     poll: Poll,

@@ -341,7 +341,10 @@ mod tests {
             ("[sync]\napi_key = \"a b\"", "sync.api_key"),
             ("[server]\nmax_frame_bytes = 10", "server.max_frame_bytes"),
             ("[server]\ncount = 0", "server.count"),
-            ("[server]\noutput_overflow = \"drop\"", "server.output_overflow"),
+            (
+                "[server]\noutput_overflow = \"drop\"",
+                "server.output_overflow",
+            ),
             ("[auth]\nsecret = \"\"", "auth.secret"),
         ] {
             let e = parse(text).unwrap_err();

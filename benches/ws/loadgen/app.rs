@@ -245,7 +245,7 @@ impl Gen {
             }
             ("ack" | "conflict", true) => {
                 let w = self.window;
-                let in_window = (w.measure..w.end).contains(&now);
+                let in_window = w.contains(now);
                 let k = c.app.next_key;
                 c.app.versions[k] = f.version;
                 if f.kind == "ack" {
@@ -253,7 +253,7 @@ impl Gen {
                     if in_window {
                         self.stats.received_in_window += 1;
                     }
-                    if (w.measure..w.end).contains(&c.app.first_try) {
+                    if w.contains(c.app.first_try) {
                         self.stats.latency.record_ns(now - c.app.first_try);
                     }
                     c.app.first_try = 0;
@@ -301,11 +301,11 @@ impl Gen {
         let Some(c) = self.conns[i].as_mut() else {
             return;
         };
-        let w = self.window;
         c.received += 1;
-        self.stats.received_total += 1;
-        if (w.measure..w.end).contains(&now) {
-            self.stats.received_in_window += 1;
+        let parsed = payload.and_then(|p| read_payload(p.as_bytes()));
+        self.stats.delivery(self.window, now, parsed.map(|p| p.2));
+        if parsed.is_none() {
+            self.stats.errors += 1;
         }
         match pos.cmp(&(c.app.last + 1)) {
             std::cmp::Ordering::Equal => c.app.last = pos,
@@ -315,13 +315,6 @@ impl Gen {
                 c.app.last = pos;
             }
             std::cmp::Ordering::Less => self.stats.duplicated += 1,
-        }
-        match payload.and_then(|p| read_payload(p.as_bytes())) {
-            Some((_, _, ts)) if (w.measure..w.end).contains(&ts) => {
-                self.stats.latency.record_ns(now.saturating_sub(ts))
-            }
-            Some(_) => {}
-            None => self.stats.errors += 1,
         }
     }
 }

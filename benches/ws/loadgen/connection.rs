@@ -196,16 +196,11 @@ impl Gen {
         };
         let w = self.window;
         c.received += 1;
-        self.stats.received_total += 1;
-        if (w.measure..w.end).contains(&now) {
-            self.stats.received_in_window += 1;
-        }
-        let Some((sender, seq, ts)) = wire::read_payload(payload) else {
+        let parsed = wire::read_payload(payload);
+        self.stats.delivery(w, now, parsed.map(|p| p.2));
+        let Some((sender, seq, _)) = parsed else {
             return;
         };
-        if (w.measure..w.end).contains(&ts) {
-            self.stats.latency.record_ns(now.saturating_sub(ts));
-        }
         if let Some(next) = c.expect.get_mut(sender as usize) {
             match seq.cmp(next) {
                 std::cmp::Ordering::Equal => *next += 1,
