@@ -377,7 +377,7 @@ fn judge(row: &mut Row) {
     // The applications promise every change once and in order, and the
     // bench must never be refused (its rate limit is raised) nor meet a
     // conflict as a key's only writer.
-    if row.status == "ok" && matches!(row.spec.name, "sync" | "chat") {
+    if matches!(row.spec.name, "sync" | "chat") {
         let broken: Vec<String> = [
             ("reordered", "out of order"),
             ("duplicated", "repeated"),
@@ -391,8 +391,13 @@ fn judge(row: &mut Row) {
         })
         .collect();
         if !broken.is_empty() {
+            let before = if row.status == "ok" {
+                String::new()
+            } else {
+                format!("{}; ", row.reason)
+            };
             row.status = "failed";
-            row.reason = broken.join(", ");
+            row.reason = format!("{before}{}", broken.join(", "));
         }
     }
     if row.status != "ok" {

@@ -307,14 +307,13 @@ impl Gen {
         if parsed.is_none() {
             self.stats.errors += 1;
         }
-        match pos.cmp(&(c.app.last + 1)) {
-            std::cmp::Ordering::Equal => c.app.last = pos,
-            // A gap: what is missing shows as lost after the drain.
-            std::cmp::Ordering::Greater => {
-                self.stats.reordered += 1;
-                c.app.last = pos;
-            }
-            std::cmp::Ordering::Less => self.stats.duplicated += 1,
+        // A gap is not counted here: what is missing shows as lost after
+        // the drain, unless it comes later, out of order.
+        if pos > c.app.last {
+            c.app.last = pos;
+        } else {
+            // At or below a version already seen: late or repeated.
+            self.stats.reordered += 1;
         }
     }
 }
