@@ -276,12 +276,16 @@ impl Gen {
     }
 
     /// Closed loop: the next write (or retry) while the run lasts.
+    /// A write first tried inside the window is retried after it too
+    /// (while the runner drains): dropping the ones still conflicting at
+    /// the end would leave the slowest successes out of the latency.
     fn write_again(&mut self, app: App, i: usize, now: u64) {
         let Some(c) = self.conns[i].as_mut() else {
             return;
         };
         c.awaiting = false;
-        if self.running && now < self.window.end {
+        let unfinished = c.app.first_try != 0 && self.window.contains(c.app.first_try);
+        if (self.running && now < self.window.end) || unfinished {
             self.app_send(app, i, now);
         } else {
             c.app.first_try = 0;
