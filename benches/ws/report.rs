@@ -34,6 +34,7 @@ const WORST: &[&str] = &[
     "closed_by_server",
     "errors",
     "writer_conflicts",
+    "conflicts",
 ];
 
 /// Combines runs: median per figure (max for error counts).

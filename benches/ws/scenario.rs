@@ -282,6 +282,7 @@ fn drive(
         }
         Kind::Writes | Kind::HotKey => {
             fig.insert("acks_per_s".into(), sum.received_in_window as f64 / secs);
+            fig.insert("conflicts".into(), sum.conflicts as f64);
             fig.insert("conflicts_per_s".into(), sum.conflicts as f64 / secs);
             fig.insert("errors".into(), sum.errors as f64);
         }
