@@ -6,122 +6,64 @@
 //! A second test does the same over `https://` and `wss://`.
 //!
 //! Under CI (`CI=true`) a setup failure fails the test; elsewhere (say, a
-//! laptop without root) it is reported and the test returns early.
+//! laptop without root) it is reported and the test returns early (see
+//! `common::browser`).
 
 mod chat_util;
 mod common;
 
 use chat_util::ChatServer;
-use std::io::{BufRead, BufReader, Write};
+use common::browser;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::{mpsc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// What tests/browser/chat.mjs expects of the server: ticks, 5 messages of
 /// history on join, 200 characters per message.
 const CONFIG: &str = "[chat]\ntick_interval_ms = 250\nhistory_on_join = 5\nmax_text_chars = 200\n";
 
-/// Runs `scripts/setup-browser.sh` (idempotent). `false`: skip the test
-/// (never under CI, where a failed setup fails the test).
-fn browser_ready(root: &Path) -> bool {
-    static SETUP: Mutex<Option<bool>> = Mutex::new(None);
-    let mut done = SETUP.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(ok) = *done {
-        return ok;
-    }
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    let setup = Command::new("bash")
-        .arg(root.join("scripts/setup-browser.sh"))
-        .current_dir(root)
-        .status();
-    let ok = setup.as_ref().is_ok_and(|s| s.success());
-    if !ok {
-        assert!(!ci, "scripts/setup-browser.sh failed: {setup:?}");
-        eprintln!(
-            "SKIPPED: scripts/setup-browser.sh failed ({setup:?}); the browser test needs it"
-        );
-    }
-    *done = Some(ok);
-    ok
-}
-
-/// Screenshots `chat-browser-{alice,bob}.png` in `dir`, each a real image.
-#[track_caller]
-fn assert_screenshots(dir: &Path) {
-    for shot in ["chat-browser-alice.png", "chat-browser-bob.png"] {
-        let len = std::fs::metadata(dir.join(shot)).map_or(0, |m| m.len());
-        assert!(
-            len > 1000,
-            "screenshot {shot} missing under {}",
-            dir.display()
-        );
-    }
-}
+/// The screenshots chat.mjs takes.
+const SHOTS: [&str; 2] = ["chat-browser-alice.png", "chat-browser-bob.png"];
 
 #[test]
 fn two_browsers_chat_through_the_page() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    if !browser_ready(root) {
+    if !browser::ready(root) {
         return;
     }
 
-    let mut server = ChatServer::start("browser", 2, CONFIG);
+    let mut server = Some(ChatServer::start("browser", 2, CONFIG));
     let shots = common::target_dir();
-    for old in ["chat-browser-alice.png", "chat-browser-bob.png"] {
+    for old in SHOTS {
         let _ = std::fs::remove_file(shots.join(old));
     }
-    let mut node = Command::new("node")
-        .arg(root.join("tests/browser/chat.mjs"))
-        .arg(server.http_url())
-        .arg(&shots)
-        .arg("--restart")
-        .current_dir(root.join("tests/browser"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run node");
-    let stdout = node.stdout.take().expect("node stdout");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("{line}");
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let url = server.as_ref().expect("server").http_url();
     let mut restarted = false;
-    let status = loop {
-        if let Some(status) = node.try_wait().expect("wait for node") {
-            break status;
-        }
-        if let Ok(line) = lines.try_recv() {
-            if line == "RESTART" {
-                // Stop (clients see 1001) and start again on the same port and
-                // database.
-                let (dir, addr) = (server.dir.clone(), server.addr.clone());
-                server.keep_dir = true;
-                drop(server);
-                server = ChatServer::start_at(&dir, 2, CONFIG, &addr);
-                server.keep_dir = false;
-                let stdin = node.stdin.as_mut().expect("node stdin");
-                stdin.write_all(b"restarted\n").expect("tell node");
-                stdin.flush().expect("flush");
-                restarted = true;
+    let status = browser::run_script(
+        root,
+        "chat.mjs",
+        &[&url, shots.to_str().expect("utf-8 path"), "--restart"],
+        Duration::from_secs(180),
+        |line| {
+            if line != "RESTART" {
+                return None;
             }
-        }
-        if Instant::now() > deadline {
-            let _ = node.kill();
-            let _ = node.wait();
-            panic!("tests/browser/chat.mjs took longer than 3 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+            // Stop (clients see 1001) and start again on the same port and
+            // database.
+            let mut old = server.take().expect("server");
+            let (dir, addr) = (old.dir.clone(), old.addr.clone());
+            old.keep_dir = true;
+            drop(old);
+            let mut new = ChatServer::start_at(&dir, 2, CONFIG, &addr);
+            new.keep_dir = false;
+            server = Some(new);
+            restarted = true;
+            Some("restarted".into())
+        },
+    );
     assert!(status.success(), "tests/browser/chat.mjs failed: {status}");
     assert!(restarted, "the page script never asked for the restart");
-    assert_screenshots(&shots);
+    browser::assert_screenshots(&shots, &SHOTS);
 }
 
 /// The same page over `https://`, its socket over `wss://` (the script checks
@@ -130,7 +72,7 @@ fn two_browsers_chat_through_the_page() {
 #[test]
 fn two_browsers_chat_over_https_and_wss() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    if !browser_ready(root) {
+    if !browser::ready(root) {
         return;
     }
     let dir = chat_util::temp_dir("browser-tls");
@@ -163,7 +105,7 @@ fn two_browsers_chat_over_https_and_wss() {
         Duration::from_secs(180),
     );
     assert!(done.status.success(), "chat.mjs over {url}: {done:?}");
-    assert_screenshots(&shots);
+    browser::assert_screenshots(&shots, &SHOTS);
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,11 +10,8 @@
 // both pages reconnect by themselves and chat again. Screenshots go to
 // SCREENSHOT_DIR (default target/). Exits non-zero with the reason on any
 // failure.
-import { chromium } from "playwright-core";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
+import { askForRestart, checkSchemes, openPage, run } from "./lib.mjs";
 
 const url = process.argv[2];
 const shots = process.argv[3] || "target";
@@ -23,43 +20,14 @@ if (!url) {
   console.error("usage: node chat.mjs URL [SCREENSHOT_DIR]");
   process.exit(2);
 }
-const WAIT = 15000;
-const ARGS = [
-  "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-  "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
-];
-
-const profiles = [];
-const contexts = [];
 
 async function person(name, viewport) {
-  const dir = mkdtempSync(join(tmpdir(), `chat-browser-${name}-`));
-  profiles.push(dir);
-  const context = await chromium.launchPersistentContext(dir, {
-    executablePath: "/usr/bin/chromium",
-    headless: true,
-    args: ARGS,
-    viewport,
-    ignoreHTTPSErrors: true,  // the TLS test serves a certificate made for it
-  });
-  contexts.push(context);
-  const page = context.pages()[0] || (await context.newPage());
-  page.setDefaultTimeout(WAIT);
-  await page.emulateMedia({ reducedMotion: "reduce" });  // no drawer animation in screenshots
-  page.on("pageerror", (e) => console.error(`[${name}] page error: ${e.message}`));
-  page.on("console", (m) => { if (m.type() === "error") console.error(`[${name}] console: ${m.text()}`); });
-  const sockets = [];
-  page.on("websocket", (ws) => sockets.push(ws.url()));
-  await page.goto(url);
+  const { page, sockets } = await openPage(name, url, viewport);
   await page.fill("#name", name);
   await page.click("#login-btn");
   await page.waitForSelector("#status.online");
   await page.waitForFunction((n) => document.querySelector("#me").textContent === n, name);
-  // An https:// page must talk over wss://, an http:// one over ws://.
-  const scheme = url.startsWith("https:") ? "wss:" : "ws:";
-  if (!sockets.length || !sockets.every((u) => u.startsWith(scheme))) {
-    throw new Error(`[${name}] expected ${scheme} sockets, saw ${JSON.stringify(sockets)}`);
-  }
+  checkSchemes(name, url, sockets);
   return page;
 }
 
@@ -88,7 +56,6 @@ async function sees(page, from, text) {
 }
 
 async function main() {
-  mkdirSync(shots, { recursive: true });
   const alice = await person("alice", { width: 1100, height: 700 });
   const bob = await person("bob", { width: 390, height: 760 });  // a phone
 
@@ -159,10 +126,7 @@ async function main() {
   await bob.click('#rooms li[data-conv="#general"]');
 
   if (restart) {
-    console.log("RESTART");
-    const lines = createInterface({ input: process.stdin });
-    await new Promise((resolve) => lines.once("line", resolve));
-    lines.close();
+    await askForRestart();
     // Both pages notice, back off, reconnect, log in and rejoin on their own.
     await alice.waitForSelector("#status.online", { timeout: 30000 });
     await bob.waitForSelector("#status.online", { timeout: 30000 });
@@ -175,17 +139,6 @@ async function main() {
 
   await alice.screenshot({ path: join(shots, "chat-browser-alice.png") });
   await bob.screenshot({ path: join(shots, "chat-browser-bob.png") });
-  console.log("chat browser test: passed");
 }
 
-let failed = false;
-try {
-  await main();
-} catch (e) {
-  failed = true;
-  console.error(`chat browser test: FAILED: ${e.stack || e}`);
-} finally {
-  for (const c of contexts) await c.close().catch(() => {});
-  for (const d of profiles) rmSync(d, { recursive: true, force: true });
-}
-process.exit(failed ? 1 : 0);
+await run("chat browser test", shots, main);

@@ -6,6 +6,7 @@
 //! none sleeps to let something happen.
 #![allow(dead_code, unused_imports)]
 
+pub mod browser;
 pub mod cert;
 pub mod cluster;
 pub mod dialer;
