@@ -64,7 +64,7 @@ impl Probe {
             .set_read_timeout(Some(Duration::from_millis(100)))
             .map_err(err)?;
         stream
-            .write_all(&wire::upgrade_request(&addr.to_string()))
+            .write_all(&wire::upgrade_request(&addr.to_string(), "/"))
             .map_err(err)?;
         let mut p = Probe {
             stream,

@@ -11,7 +11,13 @@
 //!   `sent {json Stats}` and waits for `expect N` (messages every connection
 //!   must have received) before draining and printing `done {json Stats}`.
 //! - stdin closed: close every connection with 1000 and exit.
+//!
+//! The `sync-*` and `chat-fanout` scenarios speak the applications' JSON
+//! protocols instead of the bench payload (`app.rs`); their connections
+//! count as connected once the protocol's setup is answered, and their
+//! fanout writer waits for its writes' acks before `sent`.
 
+mod app;
 mod connection;
 
 use std::collections::VecDeque;
@@ -26,16 +32,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::hist::Histogram;
 use crate::wire::{self, MaskRng};
+use app::{App, AppConn};
 use connection::flush;
 
 const WAKER: Token = Token(usize::MAX);
+/// `sync-writes`: keys each client writes in turn.
+pub const KEYS_PER_WRITER: usize = 4;
 /// Source addresses used: 127.0.0.2 ..= 127.0.0.(1 + SOURCE_ADDRS).
 const SOURCE_ADDRS: usize = 32;
 
 /// What one load generator process does (shipped as JSON on its command line).
 #[derive(Clone, Serialize, Deserialize)]
 pub struct LoadConfig {
-    /// `idle`, `echo`, `fanout` or `churn`.
+    /// `idle`, `echo`, `fanout`, `churn`, or an application's: `sync-writes`,
+    /// `sync-hot`, `sync-fanout`, `chat-fanout`.
     pub scenario: String,
     /// Server address.
     pub target: SocketAddr,
@@ -86,6 +96,17 @@ pub struct Stats {
     pub closed_by_server: u64,
     /// Latency of messages sent inside the window.
     pub latency: Histogram,
+    /// Applications: writes (`put`, `say`) acknowledged over the whole run.
+    #[serde(default)]
+    pub acked: u64,
+    /// Applications: `conflict` replies (inside the window for the write
+    /// scenarios; over the whole run for a fanout writer).
+    #[serde(default)]
+    pub conflicts: u64,
+    /// Applications: `error` replies, and frames that were not the
+    /// protocol's, over the whole run.
+    #[serde(default)]
+    pub errors: u64,
 }
 
 #[derive(PartialEq, Clone, Copy)]
@@ -116,6 +137,8 @@ struct Conn {
     received: u64,
     /// Fanout: next expected sequence per global sender id.
     expect: Vec<u32>,
+    /// Applications: the connection's protocol state.
+    app: AppConn,
 }
 
 /// The loop's clock marks for the current run.
@@ -123,6 +146,27 @@ struct Conn {
 struct Window {
     measure: u64,
     end: u64,
+}
+
+impl Window {
+    /// Whether `t` is inside the measure window.
+    fn contains(&self, t: u64) -> bool {
+        (self.measure..self.end).contains(&t)
+    }
+}
+
+impl Stats {
+    /// Counts a delivery that arrived at `now`; its latency too if it was
+    /// sent (`sent`, from its payload) inside the window.
+    fn delivery(&mut self, w: Window, now: u64, sent: Option<u64>) {
+        self.received_total += 1;
+        if w.contains(now) {
+            self.received_in_window += 1;
+        }
+        if let Some(ts) = sent.filter(|ts| w.contains(*ts)) {
+            self.latency.record_ns(now.saturating_sub(ts));
+        }
+    }
 }
 
 struct Gen {
@@ -144,6 +188,8 @@ struct Gen {
     senders: Vec<usize>,
     /// When the connect phase's latest upgrade completed (ns).
     last_upgrade: u64,
+    /// The application protocol spoken, if any (from `cfg.scenario`).
+    app: Option<App>,
 }
 
 /// Entry point of a load generator child; `arg` is the JSON [`LoadConfig`].
@@ -164,6 +210,7 @@ pub fn main(arg: &str) -> io::Result<()> {
         let _ = tx.send(None);
         let _ = waker.wake();
     });
+    let cfg_scenario = cfg.scenario.clone();
     let mut g = Gen {
         host: cfg.target.to_string(),
         rng: MaskRng::new(cfg.conn_base as u32 ^ 0x9E37_79B9),
@@ -180,6 +227,7 @@ pub fn main(arg: &str) -> io::Result<()> {
         started: 0,
         senders: Vec::new(),
         last_upgrade: 0,
+        app: App::parse(&cfg_scenario),
     };
     let mut events = Events::with_capacity(1024);
     let churn = g.cfg.scenario == "churn";
@@ -263,7 +311,7 @@ impl Gen {
                 continue;
             }
             match (c.sender, self.cfg.scenario.as_str()) {
-                (Some(id), "fanout") if period > 0 => {
+                (Some(id), _) if period > 0 => {
                     c.next_due = now + period * id as u64 / self.cfg.senders_total.max(1) as u64;
                 }
                 (Some(_), _) => self.send_next(i, now),
@@ -284,7 +332,9 @@ impl Gen {
             report("sent", &self.stats);
             return Ok(());
         }
-        // Echo: let the messages in flight come back, within the deadline.
+        // Echo and applications: let the messages in flight come back
+        // (a fanout writer's acks: only acked writes are owed to every
+        // subscriber), within the deadline.
         let deadline = wire::mono_ns() + self.cfg.drain_ms * 1_000_000;
         while self
             .conns
@@ -295,28 +345,46 @@ impl Gen {
         {
             self.turn(events, Some(deadline))?;
         }
-        report("done", &self.stats);
+        let tag = if self.app.is_some_and(App::fanout) {
+            "sent"
+        } else {
+            "done"
+        };
+        report(tag, &self.stats);
         Ok(())
     }
 
-    /// Fanout: waits until every connection received `expected` messages.
+    /// Fanout: waits until every receiving connection got `expected`
+    /// messages (an application's writer is not one: it is not subscribed).
     fn drain(&mut self, expected: u64, events: &mut Events) -> io::Result<()> {
         let deadline = wire::mono_ns() + self.cfg.drain_ms * 1_000_000;
         let all_in = |g: &Gen| {
-            g.conns
-                .iter()
-                .flatten()
+            g.receivers()
                 .all(|c| c.received >= expected || c.state == State::Dead)
         };
         while !all_in(self) && wire::mono_ns() < deadline {
             self.turn(events, Some(deadline))?;
         }
-        for c in self.conns.iter().flatten() {
-            self.stats.lost += expected.saturating_sub(c.received);
-            self.stats.duplicated += c.received.saturating_sub(expected);
-        }
+        let (lost, extra) = self.receivers().fold((0, 0), |(l, d), c| {
+            (
+                l + expected.saturating_sub(c.received),
+                d + c.received.saturating_sub(expected),
+            )
+        });
+        self.stats.lost += lost;
+        self.stats.duplicated += extra;
         report("done", &self.stats);
         Ok(())
+    }
+
+    /// The connections a fanout delivers to: all of them, but an
+    /// application's writers, which are not subscribed.
+    fn receivers(&self) -> impl Iterator<Item = &Conn> {
+        let writers_listen = self.app.is_none();
+        self.conns
+            .iter()
+            .flatten()
+            .filter(move |c| writers_listen || c.sender.is_none())
     }
 
     /// Rate mode: sends every message that is due, stamped with its due time.
@@ -336,8 +404,12 @@ impl Gen {
         }
     }
 
-    /// Sends connection `i`'s next bench message stamped `ts`.
+    /// Sends connection `i`'s next bench message stamped `ts` (an
+    /// application's next request carrying it).
     fn send_next(&mut self, i: usize, ts: u64) {
+        if let Some(app) = self.app {
+            return self.app_send(app, i, ts);
+        }
         let Some(c) = self.conns[i].as_mut() else {
             return;
         };

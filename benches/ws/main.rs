@@ -4,10 +4,11 @@
 //! cargo bench --bench ws                     # quick profile, < 5 min
 //! cargo bench --bench ws -- --full           # long profile, median of 3 runs
 //! cargo bench --bench ws -- --servers foreman,uws --scenarios fanout-sat,echo
+//! cargo bench --bench ws -- --scenarios sync       # the sync server's three
 //! ```
 //!
-//! The runner builds the server examples (`broadcast`, `echo`, `peer_tokio`)
-//! in release mode, then for every (server, scenario) pair starts the server
+//! The runner builds the server examples (`broadcast`, `echo`, `peer_tokio`,
+//! `chat`, `sync`) in release mode, then for every (server, scenario) pair starts the server
 //! as a child process on an ephemeral port, spreads the client connections
 //! over load generator processes (this binary again, `ws loadgen <json>`),
 //! drives the scenario, samples the server tree's RSS and CPU from /proc, stops
@@ -19,10 +20,26 @@
 //! - `--full`: 10 s windows, 3 runs per pair (median), adds `idle-36k`.
 //! - `--servers LIST`: among `foreman`, `foreman1` (count 1), `tokio`, `uws`, `ws`,
 //!   `foreman-cluster` (2 nodes x count 1 joined by a `redis-server` the bench
-//!   starts; it runs only `cluster-fanout`).
+//!   starts; it runs only `cluster-fanout`), `sync` and `chat` (the example
+//!   applications, count 2, each run with a fresh SQLite database under
+//!   `target/bench/apps/`, their defaults but a rate limit no load here
+//!   reaches and no chat tick; they run only the `sync-*` scenarios).
 //! - `--scenarios LIST`: among `idle-10k`, `idle-36k`, `echo`, `fanout-sat`,
 //!   `fanout-rate`, `churn`, `cluster-fanout` (`fanout-sat`'s load against
-//!   `foreman-cluster` and one `foreman` node with count 2).
+//!   `foreman-cluster` and one `foreman` node with count 2), and the sync
+//!   server's (`sync` names all three):
+//!   - `sync-writes`: 200 clients each `put` their own 4 keys in turn from
+//!     the version they hold, one write in flight; acks/s and the ack's
+//!     latency.
+//!   - `sync-hot`: 50 clients `put` one key from their last seen version,
+//!     retrying each conflict from the version it carries; acks/s,
+//!     conflicts/s and the latency of a successful write from its first try.
+//!   - `sync-fanout`: 1,000 subscribers of one key and one more client
+//!     writing it at 200 writes/s (not waiting for acks), against the chat:
+//!     1,000 members of one room and one more sending to it at the same rate;
+//!     deliveries/s, latency from the write's send time, lost and
+//!     out-of-order changes per subscriber (a row with any fails), and the
+//!     connections each worker holds.
 //! - `--runs N`, `--measure-ms N`, `--conns N`: override the profile.
 //! - `--no-build`: use the examples as they are in `target/release/examples`.
 //!
@@ -30,6 +47,7 @@
 //! (run 1 of each, then run 2, ...), so drifting load from the rest of the
 //! machine falls on all of them alike.
 
+mod apps;
 mod cluster;
 mod hist;
 mod nofile;
@@ -149,6 +167,15 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
         cluster: true,
         ..base("cluster-fanout", Kind::Fanout, 1000, 2)
     });
+    // Issue 12: the sync server. Writes are durable commits (SQLite,
+    // synchronous=FULL): concurrent clients let them share a commit.
+    v.push(base("sync-writes", Kind::Writes, 200, 2));
+    v.push(base("sync-hot", Kind::HotKey, 50, 2));
+    v.push(Scenario {
+        senders: 1,
+        rate: 200.0,
+        ..base("sync-fanout", Kind::AppFanout, 1000, 2)
+    });
     if let Some(n) = o.conns {
         for sc in &mut v {
             sc.conns = n;
@@ -174,10 +201,15 @@ fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
                 nodes: 2,
             },
         ),
+        ("sync", ServerSpec::single("sync", 2)),
+        ("chat", ServerSpec::single("chat", 2)),
     ];
+    // `sync` in `--scenarios` names the sync server's three.
     let wanted = |list: &Option<Vec<String>>, name: &str| match list {
         None => true,
-        Some(l) => l.iter().any(|x| x == name),
+        Some(l) => l
+            .iter()
+            .any(|x| x == name || (x == "sync" && name.starts_with("sync-"))),
     };
     let mut out = Vec::new();
     for sc in scenarios(o) {
@@ -193,6 +225,17 @@ fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
             // node of count 2 alone.
             let cluster_pair = matches!(*key, "foreman" | "foreman-cluster");
             if (sc.cluster && !cluster_pair) || (*key == "foreman-cluster" && !sc.cluster) {
+                continue;
+            }
+            // The applications run only their scenarios: the sync server
+            // all three, the chat the fan-out beside it.
+            let app_scenario = matches!(sc.kind, Kind::Writes | Kind::HotKey | Kind::AppFanout);
+            let app_server = match *key {
+                "sync" => app_scenario,
+                "chat" => sc.kind == Kind::AppFanout,
+                _ => !app_scenario,
+            };
+            if !app_server {
                 continue;
             }
             if wanted(&o.servers, key) {
@@ -239,7 +282,15 @@ fn build_examples(paths: &Paths) {
     let Ok(cargo) = std::env::var("CARGO") else {
         return;
     };
-    for group in [&["peer_tokio"][..], &["broadcast", "echo"][..]] {
+    // One group each for the applications: a build error in one must not
+    // skip the other.
+    let groups = [
+        &["peer_tokio"][..],
+        &["broadcast", "echo"][..],
+        &["chat"][..],
+        &["sync"][..],
+    ];
+    for group in groups {
         let mut cmd = Command::new(&cargo);
         cmd.current_dir(&paths.manifest)
             .args(["build", "--release", "--quiet"]);
@@ -319,9 +370,39 @@ fn judge(row: &mut Row) {
         );
     }
     let lost = row.median.get("lost").copied().unwrap_or(0.0);
-    if row.status == "ok" && lost > 0.0 && row.spec.name == "foreman" {
+    if row.status == "ok" && lost > 0.0 && row.spec.on_foreman() {
         row.status = "failed";
         row.reason = format!("{lost} deliveries lost");
+    }
+    // The applications promise every change once and in order, and the
+    // bench must never be refused (its rate limit is raised) nor meet a
+    // conflict as a key's only writer.
+    if matches!(row.spec.name, "sync" | "chat") {
+        let mut checks = vec![
+            ("reordered", "out of order"),
+            ("duplicated", "repeated"),
+            ("errors", "error replies"),
+            ("writer_conflicts", "conflicts of the only writer"),
+        ];
+        if row.scenario.kind == Kind::Writes {
+            checks.push(("conflicts", "conflicts on keys of one client each"));
+        }
+        let broken: Vec<String> = checks
+            .iter()
+            .filter_map(|(k, what)| {
+                let n = row.median.get(*k).copied().unwrap_or(0.0);
+                (n > 0.0).then(|| format!("{n} {what}"))
+            })
+            .collect();
+        if !broken.is_empty() {
+            let before = if row.status == "ok" {
+                String::new()
+            } else {
+                format!("{}; ", row.reason)
+            };
+            row.status = "failed";
+            row.reason = format!("{before}{}", broken.join(", "));
+        }
     }
     if row.status != "ok" {
         eprintln!(

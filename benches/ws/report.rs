@@ -32,6 +32,9 @@ const WORST: &[&str] = &[
     "reordered",
     "connect_failed",
     "closed_by_server",
+    "errors",
+    "writer_conflicts",
+    "conflicts",
 ];
 
 /// Combines runs: median per figure (max for error counts).
@@ -101,6 +104,31 @@ fn kind_columns(kind: Kind) -> &'static [(&'static str, &'static str)] {
             ("handshakes_per_s", "handshakes/s"),
             ("connect_failed", "failed"),
             ("server_cpu_pct", "server CPU %"),
+            ("client_cpu_pct", "client CPU %"),
+            ("other_cpu_pct", "other CPU %"),
+        ],
+        Kind::Writes | Kind::HotKey => &[
+            ("acks_per_s", "acks/s"),
+            ("conflicts_per_s", "conflicts/s"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+            ("max_ms", "max ms"),
+            ("errors", "errors"),
+            ("server_cpu_pct", "server CPU %"),
+            ("client_cpu_pct", "client CPU %"),
+            ("other_cpu_pct", "other CPU %"),
+        ],
+        Kind::AppFanout => &[
+            ("deliveries_per_s", "deliveries/s"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+            ("max_ms", "max ms"),
+            ("lost", "lost"),
+            ("reordered", "out of order"),
+            ("worker_conns_min", "conns/worker min"),
+            ("worker_conns_max", "conns/worker max"),
+            ("server_cpu_pct", "server CPU %"),
+            ("deliveries_per_cpu_s", "deliveries/CPU-s"),
             ("client_cpu_pct", "client CPU %"),
             ("other_cpu_pct", "other CPU %"),
         ],
@@ -208,6 +236,29 @@ pub fn describe(sc: &Scenario) -> String {
             sc.conns, sc.senders, sc.size
         ),
         Kind::Churn => format!("open, upgrade, close; {} concurrent attempts", sc.conns),
+        Kind::Writes => format!(
+            "{} clients each `put` their own {} keys in turn from the version they hold, \
+             one write in flight, {} B values; latency send -> ack",
+            sc.conns,
+            crate::loadgen::KEYS_PER_WRITER,
+            sc.size
+        ),
+        Kind::HotKey => format!(
+            "{} clients `put` one key from their last seen version, one write in flight, \
+             a conflict retried at once from the version it carries; latency of a \
+             successful write from its first try",
+            sc.conns
+        ),
+        Kind::AppFanout => format!(
+            "{} subscribers of one sync key (members of one chat room), {} writer(s) \
+             at {} writes/s = {} deliveries/s offered, {} B values; latency from the \
+             write's send time",
+            sc.conns,
+            sc.senders,
+            fmt(sc.rate),
+            fmt(sc.rate * sc.conns as f64),
+            sc.size
+        ),
     }
 }
 
@@ -322,6 +373,7 @@ pub fn bars(rows: &[Row]) -> Vec<String> {
         }
         None => out.push("fanout-rate foreman c=2: n/a".into()),
     }
+    sync_bars(rows, &mut out);
     for sc in ["idle-10k", "idle-36k"] {
         match ours(sc).and_then(|f| f.get("rss_per_conn_b")) {
             Some(b) => out.push(format!(
@@ -333,6 +385,65 @@ pub fn bars(rows: &[Row]) -> Vec<String> {
         }
     }
     out
+}
+
+/// The sync server's lines: its write rates, and its fan-out against the
+/// chat's under the same load, measured in the same run.
+fn sync_bars(rows: &[Row], out: &mut Vec<String>) {
+    let sync = |sc: &str| find(rows, "sync", 2, sc);
+    let get = |f: &Figures, k: &str| f.get(k).copied().unwrap_or(f64::NAN);
+    match sync("sync-writes") {
+        Some(f) => out.push(format!(
+            "sync-writes sync c=2: {} acks/s to distinct keys, ack p50 {:.2} / p99 {:.2} ms, \
+             errors {}",
+            fmt(get(f, "acks_per_s")),
+            get(f, "p50_ms"),
+            get(f, "p99_ms"),
+            fmt(get(f, "errors"))
+        )),
+        None => out.push("sync-writes sync c=2: n/a".into()),
+    }
+    match sync("sync-hot") {
+        Some(f) => out.push(format!(
+            "sync-hot sync c=2: {} acks/s to one key, {} conflicts/s, successful write \
+             p50 {:.2} / p99 {:.2} ms",
+            fmt(get(f, "acks_per_s")),
+            fmt(get(f, "conflicts_per_s")),
+            get(f, "p50_ms"),
+            get(f, "p99_ms")
+        )),
+        None => out.push("sync-hot sync c=2: n/a".into()),
+    }
+    let (s, c) = (sync("sync-fanout"), find(rows, "chat", 2, "sync-fanout"));
+    let mut ratio = |what: &str, key: &str| {
+        out.push(match (s.map(|f| get(f, key)), c.map(|f| get(f, key))) {
+            (Some(x), Some(y)) if y > 0.0 => {
+                format!(
+                    "sync-fanout {what}, sync / chat: {} / {} = {:.2}x",
+                    fmt(x),
+                    fmt(y),
+                    x / y
+                )
+            }
+            _ => format!("sync-fanout {what}, sync / chat: n/a (a side was skipped or failed)"),
+        })
+    };
+    ratio("deliveries/s", "deliveries_per_s");
+    ratio("p50 ms", "p50_ms");
+    ratio("p99 ms", "p99_ms");
+    ratio("deliveries per CPU-second", "deliveries_per_cpu_s");
+    for (name, f) in [("sync", s), ("chat", c)] {
+        if let Some(f) = f {
+            out.push(format!(
+                "sync-fanout {name} c=2: lost {}, out of order {} (bar 0 and 0); \
+                 connections per worker {}-{}",
+                fmt(get(f, "lost")),
+                fmt(get(f, "reordered")),
+                fmt(get(f, "worker_conns_min")),
+                fmt(get(f, "worker_conns_max"))
+            ));
+        }
+    }
 }
 
 /// Writes the JSON report to `dir/ws-<profile>-<unix>.json` and

@@ -8,6 +8,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+use crate::apps::{self, AppFiles};
 use crate::cluster::{self, Cluster};
 use crate::loadgen::{LoadConfig, Stats};
 use crate::redis_server::RedisServer;
@@ -25,6 +26,14 @@ pub enum Kind {
     Fanout,
     /// Open, upgrade, close in a loop.
     Churn,
+    /// The sync server: every client `put`s its own keys (closed loop).
+    Writes,
+    /// The sync server: every client `put`s one key, retrying conflicts.
+    HotKey,
+    /// An application's fan-out: `conns` subscribers of one sync key (or
+    /// members of one chat room) and `senders` more connections writing
+    /// it at `rate`.
+    AppFanout,
 }
 
 /// One scenario with its parameters.
@@ -53,6 +62,17 @@ pub struct Scenario {
     pub measure: Duration,
 }
 
+impl Scenario {
+    /// Connections the load generators open: an application fan-out's
+    /// writers come on top of its subscribers.
+    pub fn connections(&self) -> usize {
+        match self.kind {
+            Kind::AppFanout => self.conns + self.senders,
+            _ => self.conns,
+        }
+    }
+}
+
 /// Figures of one run, by name (see the table legend in `report.rs`).
 pub type Figures = BTreeMap<String, f64>;
 
@@ -70,6 +90,11 @@ pub fn run(spec: &ServerSpec, sc: &Scenario, tag: &str, paths: &Paths) -> Result
     } else {
         None
     };
+    // An application's config and fresh database, removed after the run.
+    let app = match spec.name {
+        "sync" | "chat" => Some(AppFiles::write(spec.name, tag, &paths.out)?),
+        _ => None,
+    };
     let mut servers = Vec::new();
     let mut result = Ok(Figures::new());
     for i in 0..spec.nodes {
@@ -78,7 +103,7 @@ pub fn run(spec: &ServerSpec, sc: &Scenario, tag: &str, paths: &Paths) -> Result
                 let (name, config) = c.node(i);
                 server::start(spec, mode, &format!("{tag}-{name}"), paths, Some(config))
             }
-            None => server::start(spec, mode, tag, paths, None),
+            None => server::start(spec, mode, tag, paths, app.as_ref().map(|a| &*a.config)),
         };
         match started {
             Ok(s) => servers.push(s),
@@ -95,7 +120,7 @@ pub fn run(spec: &ServerSpec, sc: &Scenario, tag: &str, paths: &Paths) -> Result
     if result.is_ok() {
         let redis = cluster.as_ref().map(|c| &c.redis);
         let empty = sample_all(&mut servers);
-        result = drive(&mut servers, redis, sc, empty);
+        result = drive(&mut servers, redis, spec, sc, empty);
     }
     for srv in &mut servers {
         if let Some(status) = srv.exited() {
@@ -135,11 +160,12 @@ fn sample_all(servers: &mut [server::Running]) -> Sample {
 fn drive(
     servers: &mut [server::Running],
     redis: Option<&RedisServer>,
+    spec: &ServerSpec,
     sc: &Scenario,
     empty: Sample,
 ) -> Result<Figures, String> {
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
-    let mut lg = Loadgens::spawn(configs(sc, &addrs))?;
+    let mut lg = Loadgens::spawn(configs(spec, sc, &addrs))?;
     let mut fig = Figures::new();
     // The load generators give up on stuck attempts first and report them.
     let connect_deadline = Duration::from_millis(connect_bound_ms(sc) + 10_000);
@@ -153,7 +179,18 @@ fn drive(
         fig.insert("handshakes_per_s".into(), connected as f64 / secs);
         // Fewer upgraded connections than asked: measure what we have; the
         // runner marks the row failed from `connect_failed`.
-        fig.insert("connect_failed".into(), sc.conns as f64 - connected as f64);
+        fig.insert(
+            "connect_failed".into(),
+            sc.connections() as f64 - connected as f64,
+        );
+    }
+    if sc.kind == Kind::AppFanout {
+        // The subscribers must be on every worker for the cross-worker path
+        // to be measured: shown, not assumed.
+        let per = apps::conns_per_worker(servers[0].pid(), servers[0].addr.port());
+        let (min, max) = (per.iter().min(), per.iter().max());
+        fig.insert("worker_conns_min".into(), min.copied().unwrap_or(0) as f64);
+        fig.insert("worker_conns_max".into(), max.copied().unwrap_or(0) as f64);
     }
     let holding = sample_all(servers);
     fig.insert("rss_empty_mib".into(), empty.rss as f64 / 1048576.0);
@@ -203,9 +240,15 @@ fn drive(
     fig.insert("rss_mib".into(), s1.rss as f64 / 1048576.0);
 
     let tail = Duration::from_secs(30);
-    let stats = if sc.kind == Kind::Fanout {
+    let fanout = matches!(sc.kind, Kind::Fanout | Kind::AppFanout);
+    let stats = if fanout {
         let sent = lg.expect_all("sent", tail)?;
-        let total: u64 = sent.iter().map(|s| s.sent).sum();
+        // An application owes its subscribers the writes it acked.
+        let total: u64 = if sc.kind == Kind::AppFanout {
+            sent.iter().map(|s| s.acked).sum()
+        } else {
+            sent.iter().map(|s| s.sent).sum()
+        };
         fig.insert("sent".into(), total as f64);
         fig.insert("expected".into(), (total * sc.conns as u64) as f64);
         lg.send_all(&format!("expect {total}"))?;
@@ -224,6 +267,9 @@ fn drive(
         sum.duplicated += s.duplicated;
         sum.reordered += s.reordered;
         sum.closed_by_server += s.closed_by_server;
+        sum.acked += s.acked;
+        sum.conflicts += s.conflicts;
+        sum.errors += s.errors;
         sum.latency.merge(&s.latency);
     }
     match sc.kind {
@@ -234,7 +280,17 @@ fn drive(
         Kind::Echo => {
             fig.insert("msgs_per_s".into(), sum.received_in_window as f64 / secs);
         }
-        Kind::Fanout => {
+        Kind::Writes | Kind::HotKey => {
+            fig.insert("acks_per_s".into(), sum.received_in_window as f64 / secs);
+            fig.insert("conflicts".into(), sum.conflicts as f64);
+            fig.insert("conflicts_per_s".into(), sum.conflicts as f64 / secs);
+            fig.insert("errors".into(), sum.errors as f64);
+        }
+        Kind::Fanout | Kind::AppFanout => {
+            if sc.kind == Kind::AppFanout {
+                fig.insert("errors".into(), sum.errors as f64);
+                fig.insert("writer_conflicts".into(), sum.conflicts as f64);
+            }
             fig.insert(
                 "deliveries_per_s".into(),
                 sum.received_in_window as f64 / secs,
@@ -264,22 +320,36 @@ fn drive(
     Ok(fig)
 }
 
+/// What a load generator plays for `spec` x `sc` (`LoadConfig::scenario`).
+fn loadgen_scenario(spec: &ServerSpec, sc: &Scenario) -> String {
+    match sc.kind {
+        Kind::Writes => "sync-writes".into(),
+        Kind::HotKey => "sync-hot".into(),
+        Kind::AppFanout => format!("{}-fanout", spec.name),
+        kind => format!("{kind:?}").to_lowercase(),
+    }
+}
+
 /// Splits the scenario's connections (and senders) over its client
 /// processes; client `i` talks to `targets[i % targets.len()]`.
-fn configs(sc: &Scenario, targets: &[SocketAddr]) -> Vec<LoadConfig> {
+fn configs(spec: &ServerSpec, sc: &Scenario, targets: &[SocketAddr]) -> Vec<LoadConfig> {
     let n = sc.clients.max(1);
     let mut out = Vec::new();
     let (mut conn_base, mut sender_base) = (0, 0);
     for i in 0..n {
-        let conns = sc.conns / n + usize::from(i < sc.conns % n);
-        let senders = (sc.senders / n + usize::from(i < sc.senders % n)).min(conns);
+        let senders = sc.senders / n + usize::from(i < sc.senders % n);
+        let mut conns = sc.conns / n + usize::from(i < sc.conns % n);
+        if sc.kind == Kind::AppFanout {
+            conns += senders;
+        }
+        let senders = senders.min(conns);
         let rate_per_sender = if sc.senders > 0 {
             sc.rate / sc.senders as f64
         } else {
             0.0
         };
         out.push(LoadConfig {
-            scenario: format!("{:?}", sc.kind).to_lowercase(),
+            scenario: loadgen_scenario(spec, sc),
             target: targets[i % targets.len()],
             conns,
             conn_base,

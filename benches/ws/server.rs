@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 /// An implementation under test and the worker count it runs with.
 #[derive(Clone, Debug)]
 pub struct ServerSpec {
-    /// `foreman`, `tokio`, `uws` or `ws`.
+    /// `foreman`, `tokio`, `uws`, `ws`, or an application on foreman:
+    /// `sync`, `chat` (their example binaries, with a config of the bench's).
     pub name: &'static str,
     /// `--count`: worker processes (foreman), runtime threads (tokio), 1 (node).
     pub count: usize,
@@ -42,23 +43,29 @@ impl ServerSpec {
         }
     }
 
+    /// Whether it is foreman's (a master and `count` workers).
+    pub fn on_foreman(&self) -> bool {
+        matches!(self.name, "foreman" | "sync" | "chat")
+    }
+
     /// Whether all connections live in one process (bound by its fd cap).
     pub fn single_process(&self) -> bool {
-        self.name != "foreman" || self.count * self.nodes == 1
+        !self.on_foreman() || self.count * self.nodes == 1
     }
 
     /// Processes the tree has once it is up.
     fn expected_procs(&self) -> usize {
-        if self.name == "foreman" {
+        if self.on_foreman() {
             self.count + 1
         } else {
             1
         }
     }
 
-    /// The command that starts this server in `mode` (`broadcast`/`echo`)
-    /// on an ephemeral port, or why it cannot run here. `config`: a foreman
-    /// config file (`-c`), for a cluster node's `[cluster]` table.
+    /// The command that starts this server in `mode` (`broadcast`/`echo`;
+    /// the applications have one mode) on an ephemeral port, or why it
+    /// cannot run here. `config`: a foreman config file (`-c`), for a
+    /// cluster node's `[cluster]` table or an application's settings.
     pub fn command(
         &self,
         mode: &str,
@@ -68,8 +75,12 @@ impl ServerSpec {
         let listen = "websocket://127.0.0.1:0";
         let count = self.count.to_string();
         match self.name {
-            "foreman" => {
-                let bin = paths.examples.join(mode);
+            "foreman" | "sync" | "chat" => {
+                let bin = paths.examples.join(if self.name == "foreman" {
+                    mode
+                } else {
+                    self.name
+                });
                 if !bin.exists() {
                     return Err(format!("{} not built", bin.display()));
                 }
@@ -78,7 +89,7 @@ impl ServerSpec {
                 if let Some(c) = config {
                     cmd.arg("-c").arg(c);
                 }
-                if mode == "broadcast" {
+                if self.name == "foreman" && mode == "broadcast" {
                     cmd.args(["--tick-ms", "0"]);
                 }
                 Ok(cmd)

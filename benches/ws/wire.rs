@@ -21,10 +21,11 @@ pub const OP_PONG: u8 = 0xA;
 /// Bytes the bench payload needs before padding: sender, sequence, time.
 pub const PAYLOAD_MIN: usize = 32;
 
-/// The HTTP upgrade request for `host` (as sent in the `Host` header).
-pub fn upgrade_request(host: &str) -> Vec<u8> {
+/// The HTTP upgrade request for `path` on `host` (as sent in the `Host`
+/// header).
+pub fn upgrade_request(host: &str, path: &str) -> Vec<u8> {
     format!(
-        "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .into_bytes()

@@ -9,7 +9,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 use socket2::{Domain, Socket, Type};
 
-use super::{Conn, Gen, State, SOURCE_ADDRS};
+use super::{App, AppConn, Conn, Gen, State, SOURCE_ADDRS};
 use crate::wire::{self, Upgrade};
 
 /// Linux `IP_BIND_ADDRESS_NO_PORT`: pick the port at connect, per 4-tuple.
@@ -43,12 +43,15 @@ impl Gen {
                         next_due: 0,
                         received: 0,
                         expect: Vec::new(),
+                        app: AppConn::default(),
                     };
                     if !churn {
                         let local = idx;
-                        conn.sender = match self.cfg.scenario.as_str() {
-                            "echo" => Some((global) as u32),
-                            "fanout" if local < self.cfg.senders => {
+                        conn.sender = match (self.cfg.scenario.as_str(), self.app) {
+                            ("echo", _) => Some((global) as u32),
+                            // Every client of the write scenarios writes.
+                            (_, Some(app)) if !app.fanout() => Some(global as u32),
+                            ("fanout", _) | (_, Some(_)) if local < self.cfg.senders => {
                                 Some(self.cfg.sender_base + local as u32)
                             }
                             _ => None,
@@ -87,7 +90,9 @@ impl Gen {
             match c.stream.take_error() {
                 Ok(None) if c.stream.peer_addr().is_ok() => {
                     let _ = c.stream.set_nodelay(true);
-                    c.wbuf.extend_from_slice(&wire::upgrade_request(&self.host));
+                    let path = self.app.map_or("/", App::path);
+                    c.wbuf
+                        .extend_from_slice(&wire::upgrade_request(&self.host, path));
                     c.state = State::Upgrading;
                 }
                 Ok(None) => return, // not connected yet
@@ -128,7 +133,12 @@ impl Gen {
                 Upgrade::Done(n) => {
                     c.state = State::Open;
                     pos = n;
-                    self.finish_attempt(i, true);
+                    // An application's connection is connected once its
+                    // setup (hello, subscribe, ...) is answered.
+                    match self.app {
+                        Some(app) => self.app_open(app, i),
+                        None => self.finish_attempt(i, true),
+                    }
                 }
             }
         }
@@ -178,21 +188,19 @@ impl Gen {
 
     /// A complete text message arrived on connection `i` at `now`.
     fn message(&mut self, i: usize, payload: &[u8], now: u64) {
+        if let Some(app) = self.app {
+            return self.app_message(app, i, payload, now);
+        }
         let Some(c) = self.conns[i].as_mut() else {
             return;
         };
         let w = self.window;
         c.received += 1;
-        self.stats.received_total += 1;
-        if (w.measure..w.end).contains(&now) {
-            self.stats.received_in_window += 1;
-        }
-        let Some((sender, seq, ts)) = wire::read_payload(payload) else {
+        let parsed = wire::read_payload(payload);
+        self.stats.delivery(w, now, parsed.map(|p| p.2));
+        let Some((sender, seq, _)) = parsed else {
             return;
         };
-        if (w.measure..w.end).contains(&ts) {
-            self.stats.latency.record_ns(now.saturating_sub(ts));
-        }
         if let Some(next) = c.expect.get_mut(sender as usize) {
             match seq.cmp(next) {
                 std::cmp::Ordering::Equal => *next += 1,
@@ -216,7 +224,7 @@ impl Gen {
     /// Connection attempt `i` finished (upgraded or failed).
     /// Outside churn an attempt stops counting as pending here; in churn a
     /// connection counts against the concurrency until it is dropped.
-    fn finish_attempt(&mut self, i: usize, ok: bool) {
+    pub(super) fn finish_attempt(&mut self, i: usize, ok: bool) {
         let churn = self.cfg.scenario == "churn";
         if !churn {
             self.pending = self.pending.saturating_sub(1);
@@ -247,6 +255,9 @@ impl Gen {
         };
         match c.state {
             State::Connecting | State::Upgrading => return self.finish_attempt(i, false),
+            State::Open if self.app.is_some() && !c.app.ready => {
+                return self.finish_attempt(i, false)
+            }
             State::Open => {
                 self.stats.closed_by_server += 1;
                 c.state = State::Dead;
