@@ -85,7 +85,6 @@ pub struct AuthSection {
     pub secret: Option<String>,
 }
 
-
 /// Everything the chat needs, validated, with defaults filled in.
 #[derive(Debug, Clone)]
 pub struct ChatConfig {

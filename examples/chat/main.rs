@@ -17,6 +17,7 @@
 //! (login tokens, over the shared JWT verifier `../common/jwt.rs`), `rate`
 //! (token bucket), `worker` (the handler), `page.html`.
 
+#[path = "../common/auth.rs"]
 mod auth;
 mod config;
 #[path = "../common/jwt.rs"]

@@ -79,8 +79,6 @@ pub struct SyncConfig {
     pub server: Config,
     /// Largest value or merge, as compact JSON, sent or merged.
     pub max_value_bytes: usize,
-    /// Largest frame (and HTTP body).
-    pub max_frame_bytes: usize,
     /// Versions per key kept for `since`.
     pub keep_versions: u64,
     /// How long op memory lasts.
@@ -237,7 +235,6 @@ impl SyncConfig {
         Ok(SyncConfig {
             server,
             max_value_bytes,
-            max_frame_bytes,
             keep_versions,
             op_ttl: Duration::from_millis(op_ttl),
             max_subscriptions,
@@ -279,7 +276,6 @@ mod tests {
         assert_eq!(c.server.listen_url(), "websocket://127.0.0.1:8001");
         assert_eq!(c.server.websocket_path.as_deref(), Some("/sync"));
         assert_eq!(c.max_value_bytes, 65_536);
-        assert_eq!(c.max_frame_bytes, 262_144);
         assert_eq!(c.server.max_frame_bytes, 262_144);
         assert_eq!(c.server.max_http_body_bytes, 262_144);
         assert_eq!(c.keep_versions, 100);
@@ -341,7 +337,10 @@ mod tests {
             ("[sync]\napi_key = \"a b\"", "sync.api_key"),
             ("[server]\nmax_frame_bytes = 10", "server.max_frame_bytes"),
             ("[server]\ncount = 0", "server.count"),
-            ("[server]\noutput_overflow = \"drop\"", "server.output_overflow"),
+            (
+                "[server]\noutput_overflow = \"drop\"",
+                "server.output_overflow",
+            ),
             ("[auth]\nsecret = \"\"", "auth.secret"),
         ] {
             let e = parse(text).unwrap_err();

@@ -1,4 +1,3 @@
-#![allow(dead_code)] // the skeleton: removed once every module is wired in
 //! The sync server: live keyed JSON documents with optimistic locking, over
 //! WebSocket for devices and HTTP for backends, on foreman. It speaks
 //! `shared/sync-protocol.md` (version 1) and serves its own page at `/`: a
@@ -20,20 +19,32 @@
 //! gaps, to this worker's subscribers), `http` (`/doc/KEY`), `worker` (the
 //! handler), `page.html`.
 
+#[path = "../common/auth.rs"]
+mod auth;
 mod config;
+mod feed;
+mod http;
 #[path = "../common/jwt.rs"]
 mod jwt;
 mod merge;
 #[path = "../common/rate.rs"]
 mod rate;
+mod reply;
+mod request;
 mod store;
+mod store_redis;
+mod store_sqlite;
+mod worker;
 
 use clap::{Parser, Subcommand};
 use config::SyncConfig;
 use foreman::cli::{Command, Flags};
-use foreman::Error;
+use foreman::{Error, Server};
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::Arc;
 
 /// The sync server's command line: foreman's commands and flags, and
 /// `token CLIENT`.
@@ -74,7 +85,7 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), Error> {
     let Cli { command, flags } = Cli::parse();
-    let (_command, _token_for) = match command {
+    let (command, token_for) = match command {
         None => (Command::default(), None),
         Some(SyncCommand::Server(command)) => (command, None),
         Some(SyncCommand::Token { client }) => (Command::default(), Some(client)),
@@ -84,8 +95,62 @@ fn run() -> Result<(), Error> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("sync.toml"));
     let mut config = SyncConfig::load(&path)?;
+    if let Some(client) = token_for {
+        return print_token(&config, &client);
+    }
     flags.apply(&mut config.server)?;
-    let _ = store::check;
-    let _ = merge::merge_patch;
-    Err(Error::Usage("not written yet".into()))
+    if command.starts() {
+        check_database(&config)?;
+    }
+    // `reload` reads sync.toml again: the master swaps in the new settings,
+    // and the workers it then forks start with them.
+    let current = Rc::new(RefCell::new(Arc::new(config)));
+    let reloaded = current.clone();
+    let server = Server::new(current.borrow().server.clone())
+        .command(command)
+        .reload_config(move || {
+            let mut config = SyncConfig::load(&path)?;
+            flags.apply(&mut config.server)?;
+            config.server.validate()?;
+            config.server.check_files()?;
+            check_database(&config)?;
+            let server = config.server.clone();
+            *reloaded.borrow_mut() = Arc::new(config);
+            Ok(server)
+        });
+    server.run(move |_worker| worker::SyncWorker::new(current.borrow().clone()))
+}
+
+/// Creates the database, its schema and its epoch now, so a bad path stops
+/// start-up (or a reload) here with a message; closed again before any fork
+/// (workers open their own). On a cluster the store is Redis, which may be
+/// down at start: nothing to check.
+fn check_database(config: &SyncConfig) -> Result<(), Error> {
+    store::check(config).map(drop).map_err(|e| {
+        Error::Config(format!(
+            "sync.db_path = {:?}: {e}",
+            config.db_path.display()
+        ))
+    })
+}
+
+/// `sync token CLIENT`: prints a device token for CLIENT, valid for a day,
+/// signed with the configured `[auth] secret` (for trying auth out; real
+/// deployments issue tokens from their own backend).
+fn print_token(config: &SyncConfig, client: &str) -> Result<(), Error> {
+    let Some(secret) = &config.auth_secret else {
+        return Err(Error::Usage(
+            "token: set [auth] secret in the config first".into(),
+        ));
+    };
+    if !request::valid_client(client) {
+        return Err(Error::Usage(format!(
+            "token: {client:?} is not a valid client name"
+        )));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    println!("{}", auth::sign(secret, client, now + 86_400));
+    Ok(())
 }

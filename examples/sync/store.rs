@@ -1,22 +1,51 @@
 //! Documents, their versions and op memory, off the event loop.
 //!
-//! INTERFACE SKELETON (filled in by the store work): the types below are the
-//! contract between the worker (`worker.rs`) and the store; the bodies
-//! marked `todo!` are to be written.
+//! Each worker owns one [`Writer`]: two threads, each with its own
+//! connection to the store ([`Backend`]), fed [`Job`]s over channels. The
+//! write thread group-commits: it takes every write waiting (up to
+//! `max_batch`) and runs them in one transaction (one fsync), and hands back
+//! [`Event::Done`] for them only after the commit. The read thread answers
+//! `get`, `subscribe`, `list` and the feed's catch-up reads on a connection
+//! of its own, so a read never waits behind a write that waits for another
+//! worker's lock; it sees every commit made before the read starts.
 //!
-//! Each worker owns one [`Writer`]: a thread with its own connection to the
-//! store, fed [`Job`]s over a channel. Writes are group-committed (every
-//! write waiting, up to `max_batch`, in one transaction: one fsync), and a
-//! [`Event::Done`] for a write is handed back only after its commit. Reads
-//! see every commit made before they start.
+//! The embedded store is this file's SQLite [`Store`] (WAL,
+//! `synchronous=FULL`, `BEGIN IMMEDIATE`, a busy timeout) at
+//! `sync.db_path`, shared by all workers. On a cluster it is Redis
+//! (`store_redis.rs`), and changes written by any worker of any node come
+//! back as [`Event::Change`] from the store's feed, in commit order.
 //!
-//! The embedded store is SQLite (WAL, `synchronous=FULL`, `BEGIN
-//! IMMEDIATE`, a busy timeout) at `sync.db_path`, shared by all workers. On
-//! a cluster it is Redis (`store_redis.rs`), and changes written by any
-//! worker of any node come back as [`Event::Change`] from the store's feed,
-//! in commit order.
+//! # A write
+//!
+//! In the protocol's order, inside the transaction: op memory (a
+//! remembered `(client, op)` not yet expired: the same fingerprint is
+//! [`Outcome::Repeat`], another [`Outcome::OpReused`]); the base version
+//! (else a [`Decided::Conflict`], remembered); a delete of an absent key
+//! ([`Outcome::NotFound`]); the merged size ([`Outcome::TooLarge`]); then
+//! version V+1 is written with its version row, versions older than the
+//! last `keep_versions` are pruned, and the ack is remembered until now +
+//! `op_ttl`. Writes of one batch run in order, so a later one sees an
+//! earlier one's version. A key's row stays after a delete (value NULL), so
+//! versions never go down or repeat.
+//!
+//! # Failures
+//!
+//! A batch that fails is retried [`ATTEMPTS`] times, then each of its jobs
+//! is answered `Err` (the worker replies `unavailable`; the client resends
+//! with the same op, which op memory makes safe). A batch locked out by
+//! another worker for the whole busy timeout is answered `Err` at once, not
+//! retried (each try would wait that long again). Expired op rows are
+//! purged a bounded number at a time with each batch (a few more than the
+//! batch can add), never in one unbounded `DELETE`.
 
+pub use crate::store_sqlite::Store;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::Value;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// One version of a key, as `change` events and `changes` replays show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,42 +291,481 @@ pub struct Settings {
     pub max_batch: usize,
 }
 
-/// A worker's handle on its store thread.
+impl Settings {
+    /// The store's part of the config.
+    pub fn from_config(config: &crate::config::SyncConfig) -> Settings {
+        Settings {
+            max_value_bytes: config.max_value_bytes,
+            keep_versions: config.keep_versions,
+            op_ttl_ms: config.op_ttl.as_millis() as u64,
+            max_batch: config.max_batch,
+        }
+    }
+}
+
+/// Attempts at a failing batch before its jobs are answered `Err`.
+pub const ATTEMPTS: u32 = 3;
+
+/// A store operation that failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// What went wrong, for the log and the `Err` answer.
+    pub message: String,
+    /// Whether trying the same batch again may help (not after a busy
+    /// timeout: the next try would wait as long again).
+    pub retry: bool,
+}
+
+impl Failure {
+    /// A failure worth another try.
+    pub fn transient(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            retry: true,
+        }
+    }
+}
+
+/// What the [`Writer`]'s threads run on: the SQLite [`Store`], or the Redis
+/// store of a cluster (`crate::store_redis::RedisStore`). Both keep one
+/// contract (the module docs), checked by the same scenarios in the tests.
+pub trait Backend {
+    /// The history's epoch; a store that connects lazily connects here.
+    fn epoch(&mut self) -> Result<String, Failure>;
+
+    /// Runs `writes` in order as one atomic, durable unit (or each write as
+    /// one, on Redis) at time `now_ms` (ms since the Unix epoch: op memory's
+    /// clock); one outcome each. On `Err` the batch may or may not have been
+    /// applied.
+    fn write(&mut self, writes: &[Write], now_ms: u64) -> Result<Vec<Outcome>, Failure>;
+
+    /// Answers any work but a write, in one consistent view.
+    fn read(&mut self, work: &Work) -> Result<Answer, Failure>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// 32 hex characters from the system's random source: a new epoch.
+pub fn random_epoch() -> std::io::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The smallest string greater than every key that starts with `prefix`
+/// (`None` for the empty prefix: no bound). Keys are ASCII below DEL, so
+/// raising the last byte stays ASCII.
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut bytes = prefix.as_bytes().to_vec();
+    let last = bytes.pop()?;
+    bytes.push(last + 1);
+    String::from_utf8(bytes).ok()
+}
+
+/// Whether a client at version `since` of a key now at `version` is
+/// answered the versions it missed: within `keep` behind, not ahead.
+pub fn replayable(since: u64, version: u64, keep: u64) -> bool {
+    since <= version && version - since <= keep
+}
+
+/// The value a write leaves, or the outcome that stops it there: step (3)
+/// and (4) of a write, once its base has passed. `current` is the value
+/// found (`None` if absent).
+pub fn new_value(
+    kind: &WriteKind,
+    current: Option<&str>,
+    max_value_bytes: usize,
+) -> Result<Option<String>, NewValue> {
+    match kind {
+        WriteKind::Put(value) => Ok(Some(value.clone())),
+        WriteKind::Delete if current.is_none() => Err(NewValue::NotFound),
+        WriteKind::Delete => Ok(None),
+        WriteKind::Patch(merge) => {
+            let mut target = match current {
+                None => Value::Object(serde_json::Map::new()),
+                Some(text) => serde_json::from_str(text)
+                    .map_err(|e| NewValue::Corrupt(format!("stored value: {e}")))?,
+            };
+            crate::merge::merge_patch(&mut target, merge);
+            let text =
+                serde_json::to_string(&target).map_err(|e| NewValue::Corrupt(e.to_string()))?;
+            if text.len() > max_value_bytes {
+                return Err(NewValue::TooLarge);
+            }
+            Ok(Some(text))
+        }
+    }
+}
+
+/// Why [`new_value`] made none.
+#[derive(Debug)]
+pub enum NewValue {
+    /// A delete of an absent key: [`Outcome::NotFound`].
+    NotFound,
+    /// The merged value is too large: [`Outcome::TooLarge`].
+    TooLarge,
+    /// The stored value is not JSON: a store failure.
+    Corrupt(String),
+}
+
+/// The change an ack makes.
+pub fn change_of(write: &Write, version: u64, value: Option<String>) -> Change {
+    Change {
+        key: write.key.clone(),
+        version,
+        value,
+        op: write.op.clone(),
+        client: write.client.clone(),
+    }
+}
+
+/// What the threads of a [`Writer`] share to hand events to the loop.
+#[derive(Clone)]
+pub struct Sink {
+    /// Events out.
+    events: Sender<Event>,
+    /// The loop's waker, shared by the threads.
+    notify: Arc<dyn Fn() + Send + Sync>,
+    /// Jobs submitted and not yet answered.
+    pending: Arc<AtomicUsize>,
+}
+
+impl Sink {
+    /// Queues an event (false once the [`Writer`] is gone); the caller
+    /// wakes the loop with [`Sink::wake`] after a burst.
+    pub fn send(&self, event: Event) -> bool {
+        self.events.send(event).is_ok()
+    }
+
+    /// Wakes the loop.
+    pub fn wake(&self) {
+        (self.notify)()
+    }
+
+    /// Hands back the answers of finished jobs, then counts them done and
+    /// wakes the loop.
+    fn answer(&self, done: impl IntoIterator<Item = (u64, Result<Answer, String>)>) -> bool {
+        let mut n = 0;
+        for (id, result) in done {
+            n += 1;
+            if !self.send(Event::Done { id, result }) {
+                return false;
+            }
+        }
+        self.pending.fetch_sub(n, Ordering::AcqRel);
+        self.wake();
+        true
+    }
+}
+
+/// A worker's handle on its store threads.
 pub struct Writer {
-    _todo: (),
+    /// Writes in; `None` once dropping.
+    writes: Option<Sender<Job>>,
+    /// Other work in; `None` once dropping.
+    reads: Option<Sender<Job>>,
+    /// Events out.
+    events: Receiver<Event>,
+    /// Jobs submitted and not yet answered.
+    pending: Arc<AtomicUsize>,
+    /// The write and read threads, joined on drop (they finish what is
+    /// queued).
+    threads: Vec<JoinHandle<()>>,
+    /// Tells the cluster feed's thread to end (it is not joined: it may be
+    /// waiting for Redis for a read timeout).
+    stop: Arc<AtomicBool>,
+    /// For the cluster feed's thread.
+    sink: Sink,
 }
 
 impl Writer {
-    /// Starts the store thread for worker slot `worker`, from the config;
+    /// Starts the store threads for worker slot `worker`, from the config;
     /// `notify` runs whenever events are queued (the worker passes its
-    /// waker). A failure to open is logged and ends the worker process.
+    /// waker). A failure to open the SQLite database is logged and ends the
+    /// worker process (the master replaces it). On a cluster whose Redis is
+    /// down, writes are answered `Err` until it is up, and
+    /// [`Event::Opened`] comes once it is (so then `Done` events may come
+    /// first); otherwise `Opened` is the first event.
     pub fn spawn(
-        _config: &crate::config::SyncConfig,
-        _worker: usize,
-        _notify: impl Fn() + Send + 'static,
+        config: &crate::config::SyncConfig,
+        worker: usize,
+        notify: impl Fn() + Send + 'static,
     ) -> std::io::Result<Writer> {
-        todo!()
+        let settings = Settings::from_config(config);
+        let notify = Mutex::new(notify);
+        let notify: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Ok(f) = notify.lock() {
+                f()
+            }
+        });
+        match &config.server.cluster {
+            Some(cluster) => {
+                let writer = {
+                    let (cluster, settings) = (cluster.clone(), settings.clone());
+                    move || crate::store_redis::RedisStore::new(&cluster, &settings)
+                };
+                let w = Writer::start(writer, settings.max_batch, worker, notify)?;
+                crate::store_redis::spawn_feed(cluster, worker, w.sink.clone(), w.stop.clone())?;
+                Ok(w)
+            }
+            None => {
+                let (path, busy) = (config.db_path.clone(), config.busy_timeout);
+                let s = settings.clone();
+                let open = move || {
+                    Store::open(&path, busy, s.clone())
+                        .map_err(|e| format!("{}: {e}", path.display()))
+                };
+                Writer::start(open, settings.max_batch, worker, notify)
+            }
+        }
     }
 
-    /// Queues a job; false if the thread is gone.
-    pub fn submit(&self, _job: Job) -> bool {
-        todo!()
+    /// Starts the write and read threads on stores made by `open` (each
+    /// thread its own, made in that thread, so not even opening runs on the
+    /// loop).
+    pub fn start<B: Backend + 'static>(
+        open: impl Fn() -> Result<B, String> + Send + Clone + 'static,
+        max_batch: usize,
+        worker: usize,
+        notify: Arc<dyn Fn() + Send + Sync>,
+    ) -> std::io::Result<Writer> {
+        let (write_tx, write_rx) = crossbeam_channel::unbounded::<Job>();
+        let (read_tx, read_rx) = crossbeam_channel::unbounded::<Job>();
+        let (event_tx, event_rx) = crossbeam_channel::unbounded();
+        // Closed by the write thread once it has tried to open its store,
+        // so that reads are answered after `Opened` when the store is up.
+        let (tried_tx, tried_rx) = crossbeam_channel::bounded::<()>(0);
+        let pending = Arc::new(AtomicUsize::new(0));
+        let sink = Sink {
+            events: event_tx,
+            notify,
+            pending: pending.clone(),
+        };
+        let mut threads = Vec::new();
+        let (s, o) = (sink.clone(), open.clone());
+        let r = sink.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("sync-write-{worker}"))
+                .spawn(move || write_loop(opened(o), write_rx, max_batch, s, tried_tx))?,
+        );
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("sync-read-{worker}"))
+                .spawn(move || {
+                    let _ = tried_rx.recv();
+                    read_loop(opened(open), read_rx, r)
+                })?,
+        );
+        Ok(Writer {
+            writes: Some(write_tx),
+            reads: Some(read_tx),
+            events: event_rx,
+            pending,
+            threads,
+            stop: Arc::new(AtomicBool::new(false)),
+            sink,
+        })
     }
 
-    /// Jobs submitted and not yet answered.
+    /// Queues a job; false if the thread is gone. Never blocks: the worker
+    /// bounds the queue with [`Writer::pending`].
+    pub fn submit(&self, job: Job) -> bool {
+        let to = match job.work {
+            Work::Write(_) => &self.writes,
+            _ => &self.reads,
+        };
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        let sent = to.as_ref().is_some_and(|tx| tx.send(job).is_ok());
+        if !sent {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent
+    }
+
+    /// Jobs submitted and not yet answered (their answers may wait in
+    /// [`Writer::ready`]).
     pub fn pending(&self) -> usize {
-        todo!()
+        self.pending.load(Ordering::Acquire)
     }
 
     /// Events queued since the last call.
     pub fn ready(&self) -> Vec<Event> {
-        todo!()
+        self.events.try_iter().collect()
+    }
+}
+
+impl Drop for Writer {
+    /// Lets the threads finish the queued jobs, then joins them; tells the
+    /// feed to end.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.writes = None;
+        self.reads = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A thread's store, or the end of the worker process: a store that cannot
+/// even be made (a SQLite file that does not open) leaves nothing to serve.
+fn opened<B: Backend>(open: impl FnOnce() -> Result<B, String>) -> B {
+    match open() {
+        Ok(store) => store,
+        Err(e) => {
+            log::error!("sync: cannot open the store: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// How long the write thread waits before it asks a store that is down
+/// (Redis at start) for its epoch again.
+const REOPEN_PAUSE: Duration = Duration::from_millis(250);
+
+/// The write thread: the epoch first, then batches of writes, each
+/// answered after its commit.
+fn write_loop<B: Backend>(
+    mut store: B,
+    jobs: Receiver<Job>,
+    max_batch: usize,
+    sink: Sink,
+    tried: Sender<()>,
+) {
+    let mut tried = Some(tried);
+    let mut open = false;
+    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
+    loop {
+        if !open {
+            match store.epoch() {
+                Ok(epoch) => {
+                    open = sink.send(Event::Opened { epoch });
+                    if !open {
+                        return;
+                    }
+                    sink.wake();
+                }
+                Err(e) => log::warn!("sync store: cannot read the epoch: {}", e.message),
+            }
+            drop(tried.take());
+        }
+        let first = match open {
+            true => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            false => jobs.recv_timeout(REOPEN_PAUSE),
+        };
+        match first {
+            Ok(job) => batch.push(job),
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        while batch.len() < max_batch {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = match open {
+            true => run_batch(&mut store, &batch),
+            false => Err("the store is not reachable".to_string()),
+        };
+        let answers: Vec<_> = match results {
+            Ok(answers) => batch.drain(..).map(|j| j.id).zip(answers).collect(),
+            Err(e) => batch.drain(..).map(|j| (j.id, Err(e.clone()))).collect(),
+        };
+        if !sink.answer(answers) {
+            return;
+        }
+    }
+}
+
+/// Runs one batch with retries: an answer per job, in order. Work other
+/// than writes (never routed here) is read.
+fn run_batch<B: Backend>(
+    store: &mut B,
+    batch: &[Job],
+) -> Result<Vec<Result<Answer, String>>, String> {
+    let writes: Vec<Write> = batch
+        .iter()
+        .filter_map(|j| match &j.work {
+            Work::Write(w) => Some(w.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    if !writes.is_empty() {
+        let mut attempt = 0;
+        outcomes = loop {
+            match store.write(&writes, now_ms()) {
+                Ok(outcomes) => break outcomes,
+                Err(f) => {
+                    attempt += 1;
+                    log::warn!(
+                        "sync store: a batch of {} writes failed (try {attempt}): {}",
+                        writes.len(),
+                        f.message
+                    );
+                    if !f.retry || attempt >= ATTEMPTS {
+                        return Err(f.message);
+                    }
+                    std::thread::sleep(Duration::from_millis(50 * u64::from(attempt)));
+                }
+            }
+        };
+    }
+    let mut outcomes = outcomes.into_iter();
+    Ok(batch
+        .iter()
+        .map(|j| match &j.work {
+            Work::Write(_) => outcomes
+                .next()
+                .map(Answer::Write)
+                .ok_or_else(|| "the store answered fewer writes than it was given".to_string()),
+            work => store.read(work).map_err(|f| f.message),
+        })
+        .collect())
+}
+
+/// The read thread: one job at a time, each in one consistent view.
+fn read_loop<B: Backend>(mut store: B, jobs: Receiver<Job>, sink: Sink) {
+    while let Ok(job) = jobs.recv() {
+        let mut done = vec![(job.id, store.read(&job.work).map_err(|f| f.message))];
+        // Whatever else is waiting goes out with one wake-up.
+        while done.len() < 64 {
+            match jobs.try_recv() {
+                Ok(job) => done.push((job.id, store.read(&job.work).map_err(|f| f.message))),
+                Err(_) => break,
+            }
+        }
+        if !sink.answer(done) {
+            return;
+        }
     }
 }
 
 /// Opens (creating if needed) the SQLite history at `config.db_path`, so a
 /// bad path stops start-up with a message; returns its epoch. On a cluster:
 /// nothing (Redis may be down at start), `None`.
-pub fn check(_config: &crate::config::SyncConfig) -> Result<Option<String>, String> {
-    todo!()
+pub fn check(config: &crate::config::SyncConfig) -> Result<Option<String>, String> {
+    if config.server.cluster.is_some() {
+        return Ok(None);
+    }
+    let path = &config.db_path;
+    let mut store =
+        Store::open(path, config.busy_timeout, Settings::from_config(config)).map_err(|e| {
+            format!(
+                "sync.db_path {}: cannot open the database: {e}",
+                path.display()
+            )
+        })?;
+    store.epoch().map(Some).map_err(|f| f.message)
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+pub(crate) mod tests;

@@ -1,10 +1,12 @@
-//! Login tokens: HS256 JSON Web Tokens whose `sub` is the user name.
+//! Login tokens: HS256 JSON Web Tokens whose `sub` is the name a client
+//! logs in with (the chat's user name, the sync server's `client`). Shared by
+//! the example apps: `#[path = "../common/auth.rs"] mod auth;` beside `jwt`.
 //!
-//! The application's own backend issues tokens; the chat server only verifies
+//! The application's own backend issues tokens; the servers only verify
 //! them with the shared verifier (`examples/common/jwt.rs`, see [`crate::jwt`]
 //! for every rule): `alg` must be HS256, the signature must match the
 //! configured secret, `exp` is required and may have passed by at most
-//! [`crate::jwt::LEEWAY_SECS`]; here, `sub` must also equal the login name.
+//! [`crate::jwt::LEEWAY_SECS`]; here, `sub` must also equal the name.
 
 use crate::jwt::{self, JwtError};
 
@@ -19,12 +21,12 @@ pub enum TokenError {
     /// signature, no or a past `exp`.
     #[error(transparent)]
     Token(#[from] JwtError),
-    /// `sub` is missing or another user.
-    #[error("the token is for another user")]
+    /// `sub` is missing or another name.
+    #[error("the token is for another name")]
     Subject,
 }
 
-/// Checks `token` for user `name` at `now_secs` (Unix seconds).
+/// Checks `token` for `name` at `now_secs` (Unix seconds).
 pub fn verify(
     secret: &[u8],
     token: Option<&str>,
