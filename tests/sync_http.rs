@@ -203,7 +203,7 @@ fn patch_and_media_types() {
 #[test]
 fn bad_bodies_and_keys() {
     let setup = Setup::default()
-        .sync("max_value_bytes", 100)
+        .sync("max_value_bytes", 200)
         .sync("max_frame_bytes", 1024);
     let server = SyncServer::start_with("http-bad", setup);
     let h = Http::new(server.addr());
@@ -233,7 +233,7 @@ fn bad_bodies_and_keys() {
     assert_eq!(r.status, 201, "64 levels: {:?}", r.raw);
     // Too large as a value (413 too_large) and as a body (413).
     let (n, v) = if_match(1);
-    let r = h.put("b", &json!("x".repeat(99)), &[(n, &v)]);
+    let r = h.put("b", &json!("x".repeat(199)), &[(n, &v)]);
     assert_eq!((r.status, &r.json["code"]), (413, &json!("too_large")));
     let r = h.put("b", &json!("x".repeat(2000)), &[(n, &v)]);
     assert_eq!(r.status, 413);

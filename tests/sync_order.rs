@@ -166,8 +166,10 @@ fn a_repeated_op_is_not_applied_twice_across_workers() {
         (&json!("conflict"), &json!(1)),
         "{r}"
     );
-    let r = other
-        .request(json!({"type": "put", "key": "r", "base_version": 1, "value": [1], "op": "once"}));
+    // That conflict is remembered under (tablet, once): a new op now.
+    let r = other.request(
+        json!({"type": "put", "key": "r", "base_version": 1, "value": [1], "op": "twice"}),
+    );
     assert_eq!(
         (&r["type"], &r["version"]),
         (&json!("ack"), &json!(2)),

@@ -250,7 +250,9 @@ pub fn race(writers: &mut [Client], key: &str, start: u64) -> (Acks, Vec<usize>)
             .filter_map(|(i, w)| {
                 let b = base[i]?;
                 let value = json!({"writer": i, "round": round});
-                let op = format!("{key}-{i}-{round}");
+                // Unique per race too: a race from another start must not
+                // repeat an op.
+                let op = format!("{key}-{start}-{i}-{round}");
                 let r = w.send_request(put(key, b, &value, &op));
                 Some((i, r, value, b))
             })
@@ -261,7 +263,9 @@ pub fn race(writers: &mut [Client], key: &str, start: u64) -> (Acks, Vec<usize>)
         let mut lost = 0;
         for (i, r, value, b) in sent {
             let reply = writers[i].reply_to(&r);
-            let version = reply["version"].as_u64().expect("version");
+            let version = reply["version"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("a write's reply: {reply}"));
             match reply["type"].as_str() {
                 Some("ack") => {
                     assert_eq!(version, b + 1, "{reply}");
