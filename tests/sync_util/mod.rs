@@ -308,3 +308,27 @@ pub fn expect_every_change(c: &mut Client, key: &str, acked: &Acks) {
         );
     }
 }
+
+/// `put KEY` from `base` with `value` as write attempt `op` on `c`; the
+/// reply.
+#[track_caller]
+pub fn put_reply(c: &mut Client, key: &str, base: u64, value: Value, op: &str) -> Value {
+    c.request(put(key, base, &value, op))
+}
+
+/// A `put` that must be acked (for `key` and `op`); returns the version.
+#[track_caller]
+pub fn put_ok(c: &mut Client, key: &str, base: u64, value: Value, op: &str) -> u64 {
+    let a = put_reply(c, key, base, value, op);
+    assert_eq!(a["type"], "ack", "put {key} from {base}: {a}");
+    assert_eq!((&a["key"], &a["op"]), (&json!(key), &json!(op)), "{a}");
+    a["version"].as_u64().expect("ack.version")
+}
+
+/// `get KEY` on `c`: the `doc`.
+#[track_caller]
+pub fn get_doc(c: &mut Client, key: &str) -> Value {
+    let d = c.request(json!({"type": "get", "key": key}));
+    assert_eq!((&d["type"], &d["key"]), (&json!("doc"), &json!(key)), "{d}");
+    d
+}
