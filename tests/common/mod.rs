@@ -6,11 +6,13 @@
 //! none sleeps to let something happen.
 #![allow(dead_code, unused_imports)]
 
+pub mod app;
 pub mod browser;
 pub mod cert;
 pub mod cluster;
 pub mod dialer;
 pub mod http;
+pub mod jwt;
 pub mod nodes;
 pub mod procfs;
 pub mod redis;
@@ -30,8 +32,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub use app::AppServer;
 pub use cluster::*;
 pub use http::*;
+pub use jwt::*;
 pub use nodes::*;
 pub use procfs::*;
 pub use redis::*;
@@ -122,6 +126,20 @@ pub fn example(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A fresh, empty directory for one test's files:
+/// `foreman-APP-NAME-PID-N` in the temp dir.
+pub fn temp_dir(app: &str, name: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "foreman-{app}-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
 }
 
 /// A file in the temp dir removed on drop (configs for the servers).
@@ -397,6 +415,20 @@ impl Drop for Server {
             for line in tail.iter().rev() {
                 eprintln!("{line}");
             }
+        }
+    }
+}
+
+/// Waits for processes to exit, SIGKILLing those still alive after
+/// `timeout`.
+pub fn wait_gone(pids: &[i32], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    for &p in pids {
+        while is_alive(p) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if is_alive(p) {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
         }
     }
 }

@@ -100,6 +100,36 @@ impl Ws {
             .unwrap_or_else(|e| panic!("send: {e}"));
     }
 
+    /// Sends a text message; false if the connection is already gone.
+    pub fn try_send_text(&mut self, text: &str) -> bool {
+        self.ws.send(WsMessage::text(text)).is_ok()
+    }
+
+    /// Sends a text frame whose payload is not valid UTF-8 (`{` 0xc3 0x28
+    /// `}`: a lead byte without its continuation).
+    #[track_caller]
+    pub fn send_invalid_utf8(&mut self) {
+        use tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tungstenite::protocol::frame::Frame;
+        let payload = vec![b'{', 0xc3, 0x28, b'}'];
+        let frame = Frame::message(payload, OpCode::Data(Data::Text), true);
+        self.ws
+            .send(WsMessage::Frame(frame))
+            .unwrap_or_else(|e| panic!("send: {e}"));
+    }
+
+    /// Closes from the client side and reads until the connection ends or
+    /// `timeout` passes.
+    pub fn close_and_drain(&mut self, timeout: Duration) {
+        let _ = self.ws.close(None);
+        let _ = self.ws.flush();
+        let deadline = Instant::now() + timeout;
+        while !matches!(
+            self.recv_until(deadline),
+            Recv::Close(_) | Recv::Gone(_) | Recv::Timeout
+        ) {}
+    }
+
     /// Reads the next data or close frame, waiting until `deadline`.
     pub fn recv_until(&mut self, deadline: Instant) -> Recv {
         loop {

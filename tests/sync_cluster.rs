@@ -1,0 +1,116 @@
+//! Two sync nodes as one through a Redis of the test's own
+//! (`tests/common/redis.rs`): each node a master with two workers, both
+//! with a `[cluster]` table naming the Redis and node `a` or `b`. Writes on
+//! either node reach subscribers on both in order, and concurrent writes
+//! from one base on both nodes give one ack per version.
+
+mod common;
+mod sync_util;
+
+use common::{cluster_toml, RedisServer, NODE_NAMES, PRESENCE_TTL};
+use serde_json::json;
+use sync_util::{
+    clients_on_both_workers, expect_every_change, put, race, Client, Setup, SyncServer,
+};
+
+/// A Redis and nodes `a` and `b` on it (fields drop in order: the nodes
+/// first).
+struct Cluster {
+    nodes: Vec<SyncServer>,
+    _redis: RedisServer,
+}
+
+impl Cluster {
+    #[track_caller]
+    fn start(name: &str) -> Cluster {
+        let redis = RedisServer::start();
+        let nodes = NODE_NAMES
+            .iter()
+            .map(|node| {
+                let setup = Setup::default().extra(&cluster_toml(&redis.url(), node, PRESENCE_TTL));
+                SyncServer::start_with(&format!("{name}-{node}"), setup)
+            })
+            .collect();
+        Cluster {
+            nodes,
+            _redis: redis,
+        }
+    }
+
+    /// `n` clients on node `node`, alternating between its workers.
+    #[track_caller]
+    fn clients(&mut self, node: usize, name: &str, n: usize) -> Vec<Client> {
+        clients_on_both_workers(
+            &mut self.nodes[node],
+            &format!("{name}-{}", NODE_NAMES[node]),
+            n,
+        )
+    }
+}
+
+#[test]
+fn writes_on_either_node_reach_subscribers_on_both_in_order() {
+    let mut cluster = Cluster::start("cl-order");
+    let mut subscribers = cluster.clients(1, "sub", 2);
+    subscribers.extend(cluster.clients(0, "sub", 2));
+    // Writers on both workers of both nodes.
+    let mut writers = cluster.clients(0, "pen", 2);
+    writers.extend(cluster.clients(1, "pen", 2));
+    // One epoch for the cluster.
+    let epochs: Vec<&str> = subscribers
+        .iter()
+        .chain(&writers)
+        .map(|c| c.epoch.as_str())
+        .collect();
+    assert!(epochs.iter().all(|e| *e == epochs[0]), "{epochs:?}");
+    for s in &mut subscribers {
+        assert_eq!(s.subscribe(&["shared"], None)[0]["version"], 0);
+    }
+    let mut acked = sync_util::Acks::new();
+    let mut base = 0;
+    for _ in 0..10 {
+        let (got, _) = race(&mut writers, "shared", base);
+        base = *got.keys().last().expect("acks");
+        acked.extend(got);
+    }
+    assert_eq!(
+        acked.keys().copied().collect::<Vec<u64>>(),
+        (1..=base).collect::<Vec<u64>>()
+    );
+    for s in &mut subscribers {
+        expect_every_change(s, "shared", &acked);
+    }
+    // A get or HTTP GET on the other node after an ack sees it.
+    let a = writers[0].request(put("shared", base, &json!("a"), "shared-a"));
+    assert_eq!(a["version"], base + 1);
+    let d = subscribers[0].request(json!({"type": "get", "key": "shared"}));
+    assert!(d["version"].as_u64() >= Some(base + 1), "{d}");
+    let r = sync_util::Http::new(cluster.nodes[1].addr()).get("shared");
+    assert!(r.json["version"].as_u64() >= Some(base + 1), "{:?}", r.raw);
+}
+
+#[test]
+fn fifty_concurrent_writes_on_two_nodes_give_one_ack_per_version() {
+    let mut cluster = Cluster::start("cl-race");
+    let mut writers = cluster.clients(0, "w", 25);
+    writers.extend(cluster.clients(1, "w", 25));
+    let first = writers[0].request(put("race", 0, &json!("start"), "race-start"));
+    assert_eq!(first["version"], 1, "{first}");
+    let (acked, rounds) = race(&mut writers, "race", 1);
+    assert_eq!(rounds[0], 49, "round one: exactly one ack: {rounds:?}");
+    assert_eq!(
+        acked.keys().copied().collect::<Vec<u64>>(),
+        (2..=51).collect::<Vec<u64>>()
+    );
+    // A repeated op, sent to node b, is not applied twice.
+    let (_, (value, op, client)) = acked.iter().next().expect("an ack");
+    let mut again = Client::hello_to(cluster.nodes[1].addr(), client, None);
+    let r = again.request(put("race", 1, value, op));
+    assert_eq!(
+        (&r["type"], &r["version"]),
+        (&json!("ack"), &json!(2)),
+        "{r}"
+    );
+    let d = again.request(json!({"type": "get", "key": "race"}));
+    assert_eq!(d["version"], 51);
+}
