@@ -64,9 +64,9 @@ pub enum Action<T> {
 /// Where a subscriber is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    /// Snapshots in flight (a `subscribe` answered by the store later);
-    /// nothing is sent meanwhile.
-    Awaiting(u32),
+    /// The snapshot of the latest `subscribe` is in flight; nothing is
+    /// sent meanwhile.
+    Awaiting,
     /// Gets each version as the feed delivers it.
     Live,
     /// A read of the versions it misses is in flight.
@@ -75,8 +75,15 @@ enum State {
 
 #[derive(Clone, Debug)]
 struct Sub {
+    /// The last version sent.
     last: u64,
     state: State,
+    /// The token of the latest `subscribe` (see [`Feeds::subscribe`]).
+    token: u64,
+    /// Writes of this connection to this key waiting for their answer:
+    /// while there are any it is sent nothing, so that its `change` comes
+    /// after its `ack` ([`Feeds::hold`]).
+    holds: u32,
 }
 
 /// One key's feed on this worker.
@@ -118,6 +125,8 @@ pub struct Feeds<T> {
     gapped: HashSet<String>,
     /// Versions kept in each feed's `recent`.
     recent: usize,
+    /// The last subscription token handed out.
+    tokens: u64,
 }
 
 impl<T: Clone> Feeds<T> {
@@ -127,22 +136,70 @@ impl<T: Clone> Feeds<T> {
             keys: HashMap::new(),
             gapped: HashSet::new(),
             recent: recent.max(1),
+            tokens: 0,
         }
     }
 
-    /// `conn` subscribes to `key` (again): nothing is sent to it until its
-    /// snapshot is in ([`Feeds::snapshot`]).
-    pub fn subscribe(&mut self, key: &str, conn: ConnId) {
+    /// `conn` subscribes to `key` (again): nothing is sent to it until the
+    /// snapshot of this subscription is in ([`Feeds::snapshot`] with the
+    /// token returned here). The answer of an earlier subscription still on
+    /// its way is then ignored, so the stream restarts at the newest
+    /// snapshot only.
+    pub fn subscribe(&mut self, key: &str, conn: ConnId) -> u64 {
+        self.tokens += 1;
+        let token = self.tokens;
         let feed = self.keys.entry(key.to_string()).or_insert_with(Feed::new);
         let sub = feed.subs.entry(conn).or_insert(Sub {
             last: 0,
-            state: State::Awaiting(0),
+            state: State::Awaiting,
+            token,
+            holds: 0,
         });
-        sub.state = match sub.state {
-            State::Awaiting(n) => State::Awaiting(n + 1),
-            // A read in flight for the old stream is ignored when it comes.
-            State::Live | State::Catching => State::Awaiting(1),
+        sub.state = State::Awaiting;
+        sub.token = token;
+        token
+    }
+
+    /// The subscription with `token` failed: `conn` no longer follows `key`,
+    /// unless it subscribed again since. True if it was dropped.
+    pub fn abandon(&mut self, key: &str, conn: ConnId, token: u64) -> bool {
+        let current = self
+            .keys
+            .get(key)
+            .and_then(|f| f.subs.get(&conn))
+            .is_some_and(|s| s.token == token);
+        if current {
+            self.unsubscribe(key, conn);
+        }
+        current
+    }
+
+    /// A write of `conn` to `key` is on its way to the store: nothing is
+    /// sent to `conn` about `key` until [`Feeds::release`], so that its own
+    /// `change` cannot overtake its `ack`. False if it does not follow
+    /// `key` (nothing to hold).
+    pub fn hold(&mut self, key: &str, conn: ConnId) -> bool {
+        match self.keys.get_mut(key).and_then(|f| f.subs.get_mut(&conn)) {
+            Some(sub) => {
+                sub.holds += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The write [`Feeds::hold`] held for has been answered (its `ack` sent):
+    /// `conn` gets what it was not sent meanwhile.
+    pub fn release(&mut self, key: &str, conn: ConnId) -> Vec<Action<T>> {
+        let mut actions = Vec::new();
+        let Some(sub) = self.keys.get_mut(key).and_then(|f| f.subs.get_mut(&conn)) else {
+            return actions;
         };
+        sub.holds = sub.holds.saturating_sub(1);
+        if sub.holds == 0 && sub.state == State::Live {
+            self.go_live(key, conn, &mut actions);
+        }
+        actions
     }
 
     /// `conn` no longer follows `key`.
@@ -169,9 +226,18 @@ impl<T: Clone> Feeds<T> {
             .is_some_and(|f| f.subs.contains_key(&conn))
     }
 
-    /// The store answered one of `conn`'s subscriptions to `key` at
+    /// The store answered `conn`'s subscription `token` to `key` at
     /// `version` (its `doc` or `changes` reply is sent by the caller first).
-    pub fn snapshot(&mut self, key: &str, conn: ConnId, version: u64) -> Vec<Action<T>> {
+    /// The answer of a subscription that was replaced or dropped since is
+    /// ignored.
+    pub fn snapshot(
+        &mut self,
+        key: &str,
+        conn: ConnId,
+        token: u64,
+        version: u64,
+        now: Instant,
+    ) -> Vec<Action<T>> {
         let mut actions = Vec::new();
         let Some(feed) = self.keys.get_mut(key) else {
             return actions;
@@ -179,22 +245,27 @@ impl<T: Clone> Feeds<T> {
         let Some(sub) = feed.subs.get_mut(&conn) else {
             return actions;
         };
-        let State::Awaiting(n) = sub.state else {
-            return actions;
-        };
-        sub.last = version;
-        if n > 1 {
-            // A newer subscription of the same key is on its way.
-            sub.state = State::Awaiting(n - 1);
+        if sub.state != State::Awaiting || sub.token != token {
             return actions;
         }
+        sub.last = version;
         sub.state = State::Catching;
         if feed.head.is_none() {
             feed.head = Some(version);
-            let _ = self.drain(key, &mut actions);
+            if self.drain(key, &mut actions) {
+                self.open_gap(key, now);
+            }
         }
         self.go_live(key, conn, &mut actions);
         actions
+    }
+
+    /// Notes that the feed of `key` has a gap since `now`.
+    fn open_gap(&mut self, key: &str, now: Instant) {
+        if let Some(feed) = self.keys.get_mut(key) {
+            feed.gap_since.get_or_insert(now);
+            self.gapped.insert(key.to_string());
+        }
     }
 
     /// The store's answer to an [`Action::ConnSince`]: versions after the
@@ -205,6 +276,12 @@ impl<T: Clone> Feeds<T> {
             return actions;
         };
         if sub.state != State::Catching {
+            return actions;
+        }
+        if sub.holds > 0 {
+            // What the read found may hold this connection's own write,
+            // whose `ack` is not out yet: [`Feeds::release`] catches up.
+            sub.state = State::Live;
             return actions;
         }
         for (version, item) in items {
@@ -233,7 +310,8 @@ impl<T: Clone> Feeds<T> {
         let Some(sub) = feed.subs.get_mut(&conn) else {
             return;
         };
-        if sub.last >= head {
+        if sub.last >= head || sub.holds > 0 {
+            // At the head, or held: [`Feeds::release`] catches it up.
             sub.state = State::Live;
             return;
         }
@@ -305,7 +383,7 @@ impl<T: Clone> Feeds<T> {
         };
         feed.head = Some(version);
         for (&conn, sub) in feed.subs.iter_mut() {
-            if sub.state == State::Live && sub.last + 1 == version {
+            if sub.state == State::Live && sub.holds == 0 && sub.last + 1 == version {
                 sub.last = version;
                 actions.push(Action::Send(conn, item.clone()));
             }
@@ -387,12 +465,14 @@ impl<T: Clone> Feeds<T> {
                 continue;
             }
             if version > head + 1 {
-                // Gone from the store: whoever is at the head cannot be
-                // sent the next version without a gap.
+                // Gone from the store: a live subscriber that still needs a
+                // version before this one cannot be sent it without a gap.
+                // (One waiting for its snapshot starts from that; one
+                // catching up reads its own versions.)
                 let stuck: Vec<ConnId> = self.keys[key]
                     .subs
                     .iter()
-                    .filter(|(_, s)| !matches!(s.state, State::Awaiting(_)))
+                    .filter(|(_, s)| s.state == State::Live && s.last + 1 < version)
                     .map(|(c, _)| *c)
                     .collect();
                 for conn in stuck {
@@ -433,9 +513,8 @@ impl<T: Clone> Feeds<T> {
     pub fn fill_failed(&mut self, key: &str, now: Instant) {
         if let Some(feed) = self.keys.get_mut(key) {
             feed.filling = false;
-            feed.gap_since.get_or_insert(now);
-            self.gapped.insert(key.to_string());
         }
+        self.open_gap(key, now);
     }
 
     /// A catch-up read for `conn` failed: it is tried again (its state stays

@@ -70,6 +70,9 @@ struct Session {
     keys: HashSet<String>,
     /// The rate limit (after `hello`).
     bucket: Bucket,
+    /// Its `welcome` waits for the store's epoch: until it is sent, other
+    /// requests are answered `unavailable` (nothing may come before it).
+    welcoming: bool,
 }
 
 /// A `hello` waiting for the store's epoch.
@@ -103,10 +106,21 @@ enum Pending {
 }
 
 enum WsWhat {
-    Write { key: String, op: String },
+    /// `held`: the connection follows the key and is sent nothing of it
+    /// until this write is answered ([`Feeds::hold`]).
+    Write {
+        key: String,
+        op: String,
+        held: bool,
+    },
     Get,
-    Subscribe { keys: Vec<String> },
-    List { prefix: String },
+    /// With each key's subscription token ([`Feeds::subscribe`]).
+    Subscribe {
+        keys: Vec<(String, u64)>,
+    },
+    List {
+        prefix: String,
+    },
 }
 
 enum HttpWhat {
@@ -254,15 +268,15 @@ impl SyncWorker {
                 if self.store_full() {
                     return Self::unavailable(ctx, conn, reference);
                 }
-                if let Some(session) = self.sessions.get_mut(&conn) {
-                    for key in &s.keys {
-                        session.keys.insert(key.clone());
-                        self.feeds.subscribe(key, conn);
-                    }
-                }
-                let what = WsWhat::Subscribe {
-                    keys: s.keys.clone(),
+                let Some(session) = self.sessions.get_mut(&conn) else {
+                    return;
                 };
+                let mut keys = Vec::with_capacity(s.keys.len());
+                for key in &s.keys {
+                    session.keys.insert(key.clone());
+                    keys.push((key.clone(), self.feeds.subscribe(key, conn)));
+                }
+                let what = WsWhat::Subscribe { keys };
                 let work = Work::Subscribe {
                     keys: s.keys,
                     since: s.since,
@@ -306,21 +320,70 @@ impl SyncWorker {
                 Self::write_work(write)
             }
         };
-        let undo: Vec<String> = match &what {
-            WsWhat::Subscribe { keys } => keys.clone(),
-            _ => Vec::new(),
-        };
-        if undo.is_empty() && self.store_full() {
+        let subscribe = matches!(what, WsWhat::Subscribe { .. });
+        if !subscribe && self.store_full() {
             return Self::unavailable(ctx, conn, reference);
         }
-        let pending = Pending::Ws {
-            conn,
-            reference: reference.clone(),
-            what,
+        let what = match what {
+            WsWhat::Write { key, op, .. } => {
+                let held = self.feeds.hold(&key, conn);
+                WsWhat::Write { key, op, held }
+            }
+            other => other,
         };
-        if !self.submit(work, pending) {
-            self.drop_keys(conn, &undo);
+        if !self.submit_ws(work, conn, reference.clone(), what) {
             Self::unavailable(ctx, conn, reference);
+        }
+    }
+
+    /// Submits a request's work; if the store is gone, undoes what the
+    /// request did ahead of it (its subscriptions, its hold) and says false.
+    fn submit_ws(
+        &mut self,
+        work: Work,
+        conn: ConnId,
+        reference: Option<String>,
+        what: WsWhat,
+    ) -> bool {
+        let Some(store) = &self.store else {
+            return false;
+        };
+        self.next_job += 1;
+        let id = self.next_job;
+        if store.submit(Job { id, work }) {
+            let pending = Pending::Ws {
+                conn,
+                reference,
+                what,
+            };
+            self.pending.insert(id, pending);
+            return true;
+        }
+        log::error!("sync: the store thread is gone");
+        self.undo(conn, &what);
+        false
+    }
+
+    /// A request the store did not do: its subscriptions are dropped
+    /// (unless the connection subscribed again since), its hold released.
+    /// What the hold kept back is sent by the caller's [`Self::act`] on the
+    /// returned actions.
+    fn undo(&mut self, conn: ConnId, what: &WsWhat) -> Vec<Action<Prepared>> {
+        match what {
+            WsWhat::Subscribe { keys } => {
+                for (key, token) in keys {
+                    if self.feeds.abandon(key, conn, *token) {
+                        if let Some(session) = self.sessions.get_mut(&conn) {
+                            session.keys.remove(key);
+                        }
+                    }
+                }
+                Vec::new()
+            }
+            WsWhat::Write {
+                key, held: true, ..
+            } => self.feeds.release(key, conn),
+            _ => Vec::new(),
         }
     }
 
@@ -338,6 +401,7 @@ impl SyncWorker {
         let what = WsWhat::Write {
             key: write.key.clone(),
             op: write.op.clone(),
+            held: false,
         };
         (Work::Write(write), what)
     }
@@ -368,6 +432,7 @@ impl SyncWorker {
             return;
         };
         session.client = Some(hello.client.clone());
+        session.welcoming = self.epoch.is_none();
         match &self.epoch {
             Some(epoch) => {
                 ctx.send(
@@ -390,10 +455,11 @@ impl SyncWorker {
     /// The store said its epoch: the `welcome`s waiting for it.
     fn opened(&mut self, ctx: &mut Ctx, epoch: String) {
         for w in std::mem::take(&mut self.welcomes) {
-            ctx.send(
-                w.conn,
-                reply::welcome(&epoch, &w.client, w.reference.as_deref()),
-            );
+            if let Some(session) = self.sessions.get_mut(&w.conn) {
+                session.welcoming = false;
+                let text = reply::welcome(&epoch, &w.client, w.reference.as_deref());
+                ctx.send(w.conn, text);
+            }
         }
         self.epoch = Some(epoch);
     }
@@ -408,6 +474,7 @@ impl SyncWorker {
         for w in late {
             if let Some(session) = self.sessions.get_mut(&w.conn) {
                 session.client = None;
+                session.welcoming = false;
             }
             Self::unavailable(ctx, w.conn, w.reference);
         }
@@ -558,51 +625,46 @@ impl SyncWorker {
         let answer = match result {
             Ok(answer) => answer,
             Err(e) => {
+                // The client is told the request failed: a subscription is
+                // not held (it may subscribe again), a write may resend.
                 log::error!("sync: store failed: {e}");
-                if let WsWhat::Subscribe { keys } = &what {
-                    // The client is told the subscription failed: it holds
-                    // none of these keys now, and may subscribe again.
-                    self.drop_keys(conn, keys);
-                }
-                return Self::unavailable(ctx, conn, reference);
+                Self::unavailable(ctx, conn, reference);
+                let actions = self.undo(conn, &what);
+                return self.act(ctx, actions);
             }
         };
         match (what, answer) {
-            (WsWhat::Write { key, op }, Answer::Write(outcome)) => {
-                let decided = match &outcome {
-                    Outcome::Decided { decided, .. } | Outcome::Repeat(decided) => decided,
+            (WsWhat::Write { key, op, held }, Answer::Write(outcome)) => {
+                let refused = |code, message: &str| {
+                    reply::error(&Refusal {
+                        code,
+                        message: message.into(),
+                        reference: reference.clone(),
+                    })
+                };
+                let text = match &outcome {
+                    Outcome::Decided { decided, .. } | Outcome::Repeat(decided) => match decided {
+                        Decided::Ack { version, .. } => reply::ack(&key, *version, &op, r),
+                        Decided::Conflict { version, value } => {
+                            reply::conflict(&key, *version, value.as_deref(), &op, r)
+                        }
+                    },
                     Outcome::OpReused => {
-                        let refusal = Refusal {
-                            code: ErrorCode::OpReused,
-                            message: "this op was used for another write".into(),
-                            reference,
-                        };
-                        return Self::refuse(ctx, conn, &refusal);
+                        refused(ErrorCode::OpReused, "this op was used for another write")
                     }
-                    Outcome::NotFound => {
-                        let refusal = Refusal {
-                            code: ErrorCode::NotFound,
-                            message: "the key is absent".into(),
-                            reference,
-                        };
-                        return Self::refuse(ctx, conn, &refusal);
-                    }
-                    Outcome::TooLarge => {
-                        let refusal = Refusal {
-                            code: ErrorCode::TooLarge,
-                            message: "the merged value is over max_value_bytes".into(),
-                            reference,
-                        };
-                        return Self::refuse(ctx, conn, &refusal);
-                    }
+                    Outcome::NotFound => refused(ErrorCode::NotFound, "the key is absent"),
+                    Outcome::TooLarge => refused(
+                        ErrorCode::TooLarge,
+                        "the merged value is over max_value_bytes",
+                    ),
                 };
-                let text = match decided {
-                    Decided::Ack { version, .. } => reply::ack(&key, *version, &op, r),
-                    Decided::Conflict { version, value } => {
-                        reply::conflict(&key, *version, value.as_deref(), &op, r)
-                    }
-                };
+                // The reply first; then what the hold kept from this
+                // connection (versions before its own); then its own change.
                 ctx.send(conn, text);
+                if held {
+                    let actions = self.feeds.release(&key, conn);
+                    self.act(ctx, actions);
+                }
                 if let Outcome::Decided {
                     change: Some(change),
                     ..
@@ -618,8 +680,9 @@ impl SyncWorker {
                 ctx.send(conn, reply::listed(&prefix, &items, r));
             }
             (WsWhat::Subscribe { keys }, Answer::Subscribed(snapshots)) => {
-                for snapshot in snapshots {
-                    let (key, version, text) = match &snapshot {
+                let now = Instant::now();
+                for (snapshot, (_, token)) in snapshots.iter().zip(&keys) {
+                    let (key, version, text) = match snapshot {
                         Snapshot::Doc(doc) => (&doc.key, doc.version, reply::doc(doc, r)),
                         Snapshot::Changes {
                             key,
@@ -633,14 +696,17 @@ impl SyncWorker {
                         ),
                     };
                     ctx.send(conn, text);
-                    let actions = self.feeds.snapshot(key, conn, version);
+                    let actions = self.feeds.snapshot(key, conn, *token, version, now);
                     self.act(ctx, actions);
                 }
+                let keys: Vec<String> = keys.into_iter().map(|(k, _)| k).collect();
                 ctx.send(conn, reply::keys_reply("subscribed", &keys, r));
             }
-            (_, other) => {
+            (what, other) => {
                 log::error!("sync: the store answered with {other:?}");
                 Self::unavailable(ctx, conn, reference);
+                let actions = self.undo(conn, &what);
+                self.act(ctx, actions);
             }
         }
     }
@@ -730,6 +796,7 @@ impl Handler for SyncWorker {
             client: None,
             keys: HashSet::new(),
             bucket: Bucket::new(self.config.rate_limit, Instant::now()),
+            welcoming: false,
         };
         self.sessions.insert(conn, session);
     }
@@ -771,7 +838,9 @@ impl Handler for SyncWorker {
             subscription_count: keys.len(),
             rate_limited: limited,
         };
+        let welcoming = session.welcoming;
         match request::parse(text, &gate) {
+            Ok(frame) if welcoming => Self::unavailable(ctx, conn, frame.reference),
             Ok(frame) => self.handle(ctx, conn, frame),
             Err(refusal) => Self::refuse(ctx, conn, &refusal),
         }
