@@ -339,6 +339,14 @@ pub trait Backend {
 
     /// Answers any work but a write, in one consistent view.
     fn read(&mut self, work: &Work) -> Result<Answer, Failure>;
+
+    /// Whether a call since the last [`Backend::epoch`] found the history
+    /// gone (Redis emptied under a running server: every call is refused
+    /// until the epoch is read again, and then it is a new one). SQLite
+    /// never loses its history under an open connection.
+    fn lost(&self) -> bool {
+        false
+    }
 }
 
 /// Milliseconds since the Unix epoch.

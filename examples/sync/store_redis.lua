@@ -4,12 +4,19 @@
 --
 -- ARGV[1] key prefix ("PREFIX:sync:"), ARGV[2] "write" or "read", ARGV[3]
 -- now (ms, the writer's clock: op memory's), ARGV[4] op_ttl (ms), ARGV[5]
--- keep_versions, then the operations.
+-- keep_versions, ARGV[6] the epoch the caller knows, then the operations.
 
 local p = ARGV[1]
 local now = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local keep = tonumber(ARGV[5])
+
+-- Redis lost the history under us (restarted without its data, flushed):
+-- nothing is read or written under the old epoch, so versions are never
+-- reused under it. The caller reads the epoch again (a new one).
+if redis.call('GET', p .. 'epoch') ~= ARGV[6] then
+  return redis.error_reply('EPOCH the history is gone: its epoch changed')
+end
 
 local function int(n)
   return string.format('%d', n)
@@ -27,7 +34,7 @@ local function entry(v, client, op, value)
 end
 
 local out = {}
-local i = 6
+local i = 7
 
 local function append(t, items)
   for _, x in ipairs(items) do

@@ -125,6 +125,11 @@ pub struct RedisStore {
     /// The last call failed (so only the first failure of a spell is a
     /// warning).
     failing: bool,
+    /// The epoch read last; every script call checks that Redis still has
+    /// it ([`Backend::lost`]).
+    epoch: String,
+    /// A call found another epoch (or none): the history is gone.
+    lost: bool,
 }
 
 impl RedisStore {
@@ -138,6 +143,8 @@ impl RedisStore {
             settings: settings.clone(),
             script: redis::Script::new(SCRIPT),
             failing: false,
+            epoch: String::new(),
+            lost: false,
         })
     }
 
@@ -163,6 +170,17 @@ impl RedisStore {
                 }
                 Ok(v)
             }
+            Err(e) if e.code() == Some("EPOCH") => {
+                log::error!(
+                    "sync store: Redis no longer has this history (epoch {}): it was emptied or replaced; a new epoch starts",
+                    self.epoch
+                );
+                self.lost = true;
+                Err(Failure {
+                    message: format!("Redis: {what}: the history is gone"),
+                    retry: false,
+                })
+            }
             Err(e) => {
                 self.con = None;
                 let message = format!("Redis: {what}: {e}");
@@ -184,15 +202,21 @@ impl RedisStore {
     /// One call of the script: `mode` (`write` or `read`) and the
     /// operations' arguments; one answer each.
     fn call(&mut self, mode: &str, now: u64, args: &[String]) -> Result<Vec<Value>, Failure> {
+        if self.epoch.is_empty() {
+            // The read thread's store, or a store whose Redis was down when
+            // it opened: it learns the epoch it checks against first.
+            self.epoch()?;
+        }
         let (prefix, s) = (self.prefix.clone(), self.settings.clone());
-        let script = self.script.clone();
+        let (script, epoch) = (self.script.clone(), self.epoch.clone());
         let answer = self.with(mode, |con| {
             let mut call = script.prepare_invoke();
             call.arg(&prefix)
                 .arg(mode)
                 .arg(now)
                 .arg(s.op_ttl_ms)
-                .arg(s.keep_versions);
+                .arg(s.keep_versions)
+                .arg(&epoch);
             for a in args {
                 call.arg(a);
             }
@@ -406,14 +430,21 @@ impl Backend for RedisStore {
     fn epoch(&mut self) -> Result<String, Failure> {
         let key = format!("{}epoch", self.prefix);
         let fresh = random_epoch().map_err(|e| Failure::transient(format!("/dev/urandom: {e}")))?;
-        self.with("the epoch", |con| {
+        let epoch = self.with("the epoch", |con| {
             redis::cmd("SET")
                 .arg(&key)
                 .arg(&fresh)
                 .arg("NX")
                 .exec(con)?;
             redis::cmd("GET").arg(&key).query::<String>(con)
-        })
+        })?;
+        self.epoch.clone_from(&epoch);
+        self.lost = false;
+        Ok(epoch)
+    }
+
+    fn lost(&self) -> bool {
+        self.lost
     }
 
     fn write(&mut self, writes: &[Write], now_ms: u64) -> Result<Vec<Outcome>, Failure> {

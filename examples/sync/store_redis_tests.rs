@@ -71,6 +71,19 @@ fn only_failed(events: &[Event], id: u64) {
     }
 }
 
+/// `events` holds the failure of job `id`, and nothing else of it.
+#[track_caller]
+fn failed(events: &[Event], id: u64) {
+    let answers: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Done { id: i, result } if *i == id => Some(result.is_err()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers, [true], "{events:?}");
+}
+
 fn opened(events: &[Event]) -> bool {
     events.iter().any(|e| matches!(e, Event::Opened { .. }))
 }
@@ -297,4 +310,64 @@ fn a_hung_redis_times_out_and_a_resent_write_applies_once() {
         None => panic!("{events:?}"),
     }
     assert_eq!(get(&mut store(&redis), "k").version, 1);
+}
+
+/// The epoch of the first `Opened` in `events`.
+fn epoch_of(events: &[Event]) -> Option<String> {
+    events.iter().find_map(|e| match e {
+        Event::Opened { epoch } => Some(epoch.clone()),
+        _ => None,
+    })
+}
+
+/// Redis emptied under a running store (FLUSHALL, or a restart without its
+/// data): nothing is written or read under the old epoch; the store says a
+/// new one, and versions start again under it.
+#[test]
+fn a_history_lost_in_redis_starts_a_new_epoch() {
+    let redis = RedisServer::start();
+    let (writer, woken) = writer_of(&config(&redis));
+    let first = epoch_of(&events_until(&writer, &woken, "opened", opened)).unwrap();
+    let submit = |id, work| assert!(writer.submit(Job { id, work }));
+    submit(1, Work::Write(put("k", 0, "1", "o1")));
+    let done = |id| {
+        move |e: &[Event]| {
+            e.iter()
+                .any(|e| matches!(e, Event::Done { id: i, .. } if *i == id))
+        }
+    };
+    events_until(&writer, &woken, "the first write", done(1));
+    redis.cmd(&["FLUSHALL"]);
+
+    // A read alone finds it.
+    submit(2, Work::Get("k".into()));
+    let events = events_until(&writer, &woken, "a new epoch after a read", opened);
+    failed(&events, 2);
+    let second = epoch_of(&events).unwrap();
+    assert_ne!(second, first);
+
+    // A write finds it too, after another flush; then writes go on under
+    // the newest epoch, from version 1.
+    redis.cmd(&["FLUSHALL"]);
+    submit(3, Work::Write(put("k", 0, "2", "o2")));
+    let events = events_until(&writer, &woken, "a new epoch after a write", opened);
+    failed(&events, 3);
+    let third = epoch_of(&events).unwrap();
+    assert!(third != second && third != first);
+    submit(4, Work::Write(put("k", 0, "3", "o3")));
+    let events = events_until(&writer, &woken, "the write after", done(4));
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Done {
+                id: 4,
+                result: Ok(Answer::Write(Outcome::Decided {
+                    decided: Decided::Ack { version: 1, .. },
+                    ..
+                }))
+            }
+        )),
+        "{events:?}"
+    );
+    assert_eq!(store(&redis).epoch().unwrap(), third);
 }

@@ -276,6 +276,9 @@ fn write_loop<B: Backend>(
         if !sink.answer(answers) {
             return;
         }
+        // The history is gone: read the epoch again (a new one) and say it,
+        // before anything else is written.
+        open &= !store.lost();
     }
 }
 
@@ -328,6 +331,10 @@ fn run_batch<B: Backend>(
 
 /// The read thread: one job at a time, each in one consistent view.
 fn read_loop<B: Backend>(mut store: B, jobs: Receiver<Job>, sink: Sink) {
+    // The epoch its calls are checked against (Redis), read now, right
+    // after the write thread's: if Redis is down, the store reads it on its
+    // first call instead.
+    let _ = store.epoch();
     while let Ok(job) = jobs.recv() {
         let mut done = vec![(job.id, store.read(&job.work).map_err(|f| f.message))];
         // Whatever else is waiting goes out with one wake-up.
@@ -339,6 +346,19 @@ fn read_loop<B: Backend>(mut store: B, jobs: Receiver<Job>, sink: Sink) {
         }
         if !sink.answer(done) {
             return;
+        }
+        // Reads alone may find the history gone (no write comes to find
+        // it): the read thread then says the new epoch itself.
+        if store.lost() {
+            match store.epoch() {
+                Ok(epoch) => {
+                    if !sink.send(Event::Opened { epoch }) {
+                        return;
+                    }
+                    sink.wake();
+                }
+                Err(e) => log::warn!("sync store: cannot read the epoch: {}", e.message),
+            }
         }
     }
 }

@@ -452,8 +452,18 @@ impl SyncWorker {
         }
     }
 
-    /// The store said its epoch: the `welcome`s waiting for it.
+    /// The store said its epoch: the `welcome`s waiting for it. A new one
+    /// while running means the history was lost (Redis emptied): every
+    /// client is closed (1012) so that it says `hello` again, learns the new
+    /// epoch and drops its versions, and the feeds start over.
     fn opened(&mut self, ctx: &mut Ctx, epoch: String) {
+        if self.epoch.as_ref().is_some_and(|old| *old != epoch) {
+            log::error!("sync: the history was lost; new epoch {epoch}: closing every client");
+            for conn in ctx.local_connections() {
+                ctx.close_with(conn, 1012, "history lost");
+            }
+            self.feeds = Feeds::new(RECENT);
+        }
         for w in std::mem::take(&mut self.welcomes) {
             if let Some(session) = self.sessions.get_mut(&w.conn) {
                 session.welcoming = false;
