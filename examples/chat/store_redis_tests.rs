@@ -327,9 +327,9 @@ fn a_stopped_redis_times_out_and_a_late_batch_does_nothing() {
 #[test]
 fn the_writer_reports_redis_results_and_reaped_leaves() {
     let redis = RedisServer::start();
-    let mut dead = RedisStore::new(&redis.cluster("b", 300), 0).unwrap();
+    let mut dead = RedisStore::new(&redis.cluster("b", 1000), 0).unwrap();
     dead.run(&[join("5.0.1.1", "bo", "r")]);
-    let cluster = redis.cluster("a", 300);
+    let cluster = redis.cluster("a", 1000);
     let (tx, rx) = crossbeam_channel::unbounded();
     let writer = Writer::spawn(
         move || RedisStore::new(&cluster, 0),
@@ -349,6 +349,10 @@ fn the_writer_reports_redis_results_and_reaped_leaves() {
         for done in writer.ready() {
             match done {
                 Done::Said { message, .. } => ids.push(message.id),
+                // On a loaded machine a's own heartbeat may come late and
+                // find its presence expired: it puts itself back. Not what
+                // this test is about (b's leave is).
+                Done::Revived => {}
                 other => reaped.push(other),
             }
         }

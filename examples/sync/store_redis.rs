@@ -73,6 +73,10 @@ pub const RECONNECT: Duration = Duration::from_millis(250);
 
 /// How long the feed waits for a message before it looks whether its
 /// writer is gone.
+/// Events the feed lets wait for the loop before it drops changes (and
+/// reports a gap): every node's changes of every key come to every worker,
+/// so a stalled loop must not make the queue grow without bound.
+const MAX_QUEUED_CHANGES: usize = 65_536;
 const FEED_POLL: Duration = Duration::from_secs(1);
 
 /// Rounds of a batch in a row in which every write left was a patch that
@@ -635,6 +639,8 @@ fn feed(client: redis::Client, channel: String, sink: Sink, stop: Arc<AtomicBool
             }
             sink.wake();
         }
+        // Changes dropped because the loop was behind.
+        let mut dropped = false;
         loop {
             if stop.load(Ordering::Acquire) {
                 return;
@@ -646,6 +652,16 @@ fn feed(client: redis::Client, channel: String, sink: Sink, stop: Arc<AtomicBool
                         .and_then(feed_change);
                     match change {
                         Ok(change) => {
+                            if sink.queued() >= MAX_QUEUED_CHANGES {
+                                // The loop is far behind: the queue holds no
+                                // more (memory stays bounded); the worker
+                                // reads what it missed when told of the gap.
+                                dropped = true;
+                                continue;
+                            }
+                            if std::mem::take(&mut dropped) && !sink.send(Event::FeedGap) {
+                                return;
+                            }
                             if !sink.send(Event::Change(change)) {
                                 return;
                             }

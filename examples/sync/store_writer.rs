@@ -37,6 +37,11 @@ impl Sink {
         self.events.send(event).is_ok()
     }
 
+    /// Events queued and not yet taken by the loop.
+    pub fn queued(&self) -> usize {
+        self.events.len()
+    }
+
     /// Wakes the loop.
     pub fn wake(&self) {
         (self.notify)()
