@@ -5,6 +5,7 @@
 //! every key optional) -> [`ChatConfig::from_file`] (defaults, validation). A
 //! bad key or value stops start-up with a message naming it.
 
+use crate::app::{self, bad, in_range};
 pub use crate::rate::RateLimit;
 use foreman::{ClusterSection, Config, Error, ServerSection};
 use serde::Deserialize;
@@ -111,34 +112,10 @@ pub struct ChatConfig {
     pub auth_secret: Option<Vec<u8>>,
 }
 
-fn bad<T>(message: String) -> Result<T, Error> {
-    Err(Error::Config(message))
-}
-
-fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
-    key: &str,
-    value: Option<T>,
-    default: T,
-    min: T,
-    max: T,
-) -> Result<T, Error> {
-    let v = value.unwrap_or(default);
-    if v < min || v > max {
-        return bad(format!("{key} = {v}: must be {min} to {max}"));
-    }
-    Ok(v)
-}
-
 impl ChatConfig {
     /// Reads and validates `path`. Errors name the file and the key.
     pub fn load(path: &Path) -> Result<ChatConfig, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        ChatConfig::from_toml_str(&text, base)
-            .map_err(|e| Error::Config(format!("{}: {}", path.display(), plain(e))))
+        app::load(path, ChatConfig::from_toml_str)
     }
 
     /// Parses TOML text; relative database paths are taken relative to `base`.
@@ -218,15 +195,6 @@ impl ChatConfig {
             max_queue,
             auth_secret,
         })
-    }
-}
-
-/// The message of a config error without the `config: ` prefix, so a file
-/// name can go in front.
-fn plain(e: Error) -> String {
-    match e {
-        Error::Config(m) => m,
-        other => other.to_string(),
     }
 }
 

@@ -17,6 +17,8 @@
 //! (login tokens, over the shared JWT verifier `../common/jwt.rs`), `rate`
 //! (token bucket), `worker` (the handler), `page.html`.
 
+#[path = "../common/app.rs"]
+mod app;
 #[path = "../common/auth.rs"]
 mod auth;
 mod config;

@@ -49,15 +49,6 @@ fn group(room: &str) -> String {
     format!("room:{room}")
 }
 
-/// The page with the WebSocket path written into its script as a JSON
-/// string (escaped so that it cannot end the script element).
-fn page(ws_path: &str) -> Bytes {
-    let literal = serde_json::Value::from(ws_path)
-        .to_string()
-        .replace('<', "\\u003c");
-    Bytes::from(PAGE.replace("\"{{WS_PATH}}\"", &literal))
-}
-
 /// What this worker knows about one of its connections.
 struct Session {
     /// The user, once logged in.
@@ -92,7 +83,7 @@ impl ChatWorker {
             sessions: HashMap::new(),
             writer: None,
             tick: None,
-            page: page(config.server.websocket_path.as_deref().unwrap_or("/")),
+            page: crate::app::page(PAGE, config.server.websocket_path.as_deref().unwrap_or("/")),
             config,
             stopping: false,
         }

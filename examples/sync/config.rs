@@ -6,6 +6,7 @@
 //! `shared/sync-protocol.md`, validation). A bad key or value stops start-up
 //! with a message naming it.
 
+use crate::app::{self, bad, in_range};
 use crate::rate::RateLimit;
 use foreman::{ClusterSection, Config, Error, ServerSection};
 use serde::Deserialize;
@@ -102,34 +103,10 @@ pub struct SyncConfig {
     pub max_queue: usize,
 }
 
-fn bad<T>(message: String) -> Result<T, Error> {
-    Err(Error::Config(message))
-}
-
-fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
-    key: &str,
-    value: Option<T>,
-    default: T,
-    min: T,
-    max: T,
-) -> Result<T, Error> {
-    let v = value.unwrap_or(default);
-    if v < min || v > max {
-        return bad(format!("{key} = {v}: must be {min} to {max}"));
-    }
-    Ok(v)
-}
-
 impl SyncConfig {
     /// Reads and validates `path`. Errors name the file and the key.
     pub fn load(path: &Path) -> Result<SyncConfig, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        SyncConfig::from_toml_str(&text, base)
-            .map_err(|e| Error::Config(format!("{}: {}", path.display(), plain(e))))
+        app::load(path, SyncConfig::from_toml_str)
     }
 
     /// Parses TOML text; a relative `db_path` is taken relative to `base`.
@@ -250,15 +227,6 @@ impl SyncConfig {
             max_batch,
             max_queue,
         })
-    }
-}
-
-/// The message of a config error without the `config: ` prefix, so a file
-/// name can go in front.
-fn plain(e: Error) -> String {
-    match e {
-        Error::Config(m) => m,
-        other => other.to_string(),
     }
 }
 

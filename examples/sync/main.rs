@@ -19,6 +19,8 @@
 //! gaps, to this worker's subscribers), `http` (`/doc/KEY`), `worker` (the
 //! handler), `page.html`.
 
+#[path = "../common/app.rs"]
+mod app;
 #[path = "../common/auth.rs"]
 mod auth;
 mod config;

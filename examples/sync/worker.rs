@@ -53,15 +53,6 @@ const HEADS_CHUNK: usize = 500;
 /// Versions each feed keeps for subscribers catching up.
 const RECENT: usize = 128;
 
-/// The page with the WebSocket path written into its script as a JSON
-/// string (escaped so that it cannot end the script element).
-fn page(ws_path: &str) -> Bytes {
-    let literal = serde_json::Value::from(ws_path)
-        .to_string()
-        .replace('<', "\\u003c");
-    Bytes::from(PAGE.replace("\"{{WS_PATH}}\"", &literal))
-}
-
 /// What this worker knows about one of its connections.
 struct Session {
     /// The device, once `hello` passed.
@@ -184,7 +175,10 @@ impl SyncWorker {
     /// A handler for one worker; nothing is opened until the worker starts.
     pub fn new(config: Arc<SyncConfig>) -> Self {
         SyncWorker {
-            page: page(config.server.websocket_path.as_deref().unwrap_or("/sync")),
+            page: crate::app::page(
+                PAGE,
+                config.server.websocket_path.as_deref().unwrap_or("/sync"),
+            ),
             config,
             sessions: HashMap::new(),
             store: None,
