@@ -114,3 +114,43 @@ fn fifty_concurrent_writes_on_two_nodes_give_one_ack_per_version() {
     let d = again.request(json!({"type": "get", "key": "race"}));
     assert_eq!(d["version"], 51);
 }
+
+/// A writer that follows its key gets each write's `ack` before the write's
+/// own `change`, though on a cluster the change also comes back to its
+/// worker through Redis's feed, which may beat the store's answer there;
+/// writers on the other node keep the key busy meanwhile.
+#[test]
+fn a_subscribed_writer_gets_its_ack_before_its_own_change() {
+    let mut cluster = Cluster::start("cl-ackfirst");
+    let mut writer = cluster.clients(0, "own", 1).remove(0);
+    let mut others = cluster.clients(1, "busy", 2);
+    writer.subscribe(&["own"], None);
+    let mut version = 0;
+    for i in 0..150 {
+        let op = format!("own-{i}");
+        let r = writer.send_request(put("own", version, &json!(i), &op));
+        // The others write too (from a stale base: conflicts, which the
+        // store answers in the same batches).
+        for (j, o) in others.iter_mut().enumerate() {
+            o.send_request(put("own", 1_000_000, &json!(j), &format!("busy-{i}-{j}")));
+        }
+        // Frames in arrival order until both the ack and the change are in.
+        let (mut ack_at, mut change_at) = (None, None);
+        let mut n = 0;
+        while ack_at.is_none() || change_at.is_none() {
+            let f = writer.recv();
+            if f["ref"] == r.as_str() {
+                assert_eq!(f["type"], "ack", "{f}");
+                version = f["version"].as_u64().expect("a version");
+                ack_at = Some(n);
+            } else if f["type"] == "change" && f["op"] == op.as_str() {
+                change_at = Some(n);
+            }
+            n += 1;
+        }
+        assert!(
+            ack_at < change_at,
+            "write {i}: its change came before its ack"
+        );
+    }
+}
