@@ -10,14 +10,15 @@ mod sync_util;
 use common::{cluster_toml, RedisServer, NODE_NAMES, PRESENCE_TTL};
 use serde_json::json;
 use sync_util::{
-    clients_on_both_workers, expect_every_change, put, race, Client, Setup, SyncServer,
+    clients_on_both_workers, expect_every_change, get_doc, put, put_ok, race, Client, Setup,
+    SyncServer,
 };
 
 /// A Redis and nodes `a` and `b` on it (fields drop in order: the nodes
 /// first).
 struct Cluster {
     nodes: Vec<SyncServer>,
-    _redis: RedisServer,
+    redis: RedisServer,
 }
 
 impl Cluster {
@@ -31,10 +32,7 @@ impl Cluster {
                 SyncServer::start_with(&format!("{name}-{node}"), setup)
             })
             .collect();
-        Cluster {
-            nodes,
-            _redis: redis,
-        }
+        Cluster { nodes, redis }
     }
 
     /// `n` clients on node `node`, alternating between its workers.
@@ -153,4 +151,31 @@ fn a_subscribed_writer_gets_its_ack_before_its_own_change() {
             "write {i}: its change came before its ack"
         );
     }
+}
+
+/// Redis emptied under running nodes (FLUSHALL here; a restart without its
+/// data is the same): no write is acked under the old epoch, every client
+/// is closed with 1012, and comes back to a new epoch with versions from 1.
+#[test]
+fn a_history_lost_in_redis_closes_clients_into_a_new_epoch() {
+    let mut cluster = Cluster::start("cl-lost");
+    let mut a = cluster.clients(0, "lost", 1).remove(0);
+    let mut b = cluster.clients(1, "lost", 1).remove(0);
+    let old = a.epoch.clone();
+    assert_eq!(b.epoch, old);
+    b.subscribe(&["gone"], None);
+    assert_eq!(put_ok(&mut a, "gone", 0, json!(1), "lost-1"), 1);
+    cluster.redis.cmd(&["FLUSHALL"]);
+    // The next write finds the history gone: not acked (resend, same op),
+    // and both nodes' clients are closed.
+    a.expect_error(put("gone", 1, &json!(2), "lost-2"), "unavailable");
+    assert_eq!(a.expect_close(), Some(1012));
+    assert_eq!(b.expect_close(), Some(1012));
+    for node in 0..2 {
+        let mut c = cluster.clients(node, "back", 1).remove(0);
+        assert_ne!(c.epoch, old, "node {node}");
+        assert_eq!(get_doc(&mut c, "gone")["version"], 0);
+    }
+    let mut c = cluster.clients(0, "again", 1).remove(0);
+    assert_eq!(put_ok(&mut c, "gone", 0, json!(3), "lost-3"), 1);
 }

@@ -341,29 +341,32 @@ fn read_loop<B: Backend>(mut store: B, jobs: Receiver<Job>, sink: Sink) {
     // first call instead.
     let _ = store.epoch();
     while let Ok(job) = jobs.recv() {
-        let mut done = vec![(job.id, store.read(&job.work).map_err(|f| f.message))];
+        let mut done = vec![(job.id, read(&mut store, &job.work, &sink))];
         // Whatever else is waiting goes out with one wake-up.
         while done.len() < 64 {
             match jobs.try_recv() {
-                Ok(job) => done.push((job.id, store.read(&job.work).map_err(|f| f.message))),
+                Ok(job) => done.push((job.id, read(&mut store, &job.work, &sink))),
                 Err(_) => break,
             }
         }
         if !sink.answer(done) {
             return;
         }
-        // Reads alone may find the history gone (no write comes to find
-        // it): the read thread then says the new epoch itself.
-        if store.lost() {
-            match store.epoch() {
-                Ok(epoch) => {
-                    if !sink.send(Event::Opened { epoch }) {
-                        return;
-                    }
-                    sink.wake();
-                }
-                Err(e) => log::warn!("sync store: cannot read the epoch: {}", e.message),
+    }
+}
+
+/// One read. If it finds the history gone (the write thread may have found
+/// it first, or no write comes to find it), the store reads the epoch again
+/// and says it before the read is answered, under the new epoch.
+fn read<B: Backend>(store: &mut B, work: &Work, sink: &Sink) -> Result<Answer, String> {
+    match store.read(work) {
+        Err(_) if store.lost() => match store.epoch() {
+            Ok(epoch) => {
+                let _ = sink.send(Event::Opened { epoch });
+                store.read(work).map_err(|f| f.message)
             }
-        }
+            Err(e) => Err(e.message),
+        },
+        other => other.map_err(|f| f.message),
     }
 }
