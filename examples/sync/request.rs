@@ -369,11 +369,21 @@ impl Fields<'_> {
                 return bad_request("keys must hold strings".into());
             };
             if !seen.insert(key.as_str()) {
-                return bad_request(format!("keys repeats {key:?}"));
+                return bad_request(format!("keys repeats {}", shown(key)));
             }
             keys.push(key.clone());
         }
         Ok(keys)
+    }
+}
+
+/// Client text as an error message shows it: quoted, and cut after 64
+/// characters, so that no message grows with the input.
+fn shown(text: &str) -> String {
+    const MAX: usize = 64;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{:?}...", &text[..cut]),
+        None => format!("{text:?}"),
     }
 }
 
@@ -451,7 +461,7 @@ pub fn parse(text: &str, gate: &Gate) -> Result<Frame, Refusal> {
     if !TYPES.contains(&kind) {
         return Err(refuse((
             ErrorCode::UnknownType,
-            format!("unknown type {kind:?}"),
+            format!("unknown type {}", shown(kind)),
         )));
     }
     if !gate.said_hello && kind != "hello" {
@@ -558,7 +568,10 @@ fn fields(kind: &str, f: &Fields, gate: &Gate) -> Check<Request> {
                     for key in &keys {
                         if let Some(v) = since.get(key) {
                             let Some(v) = as_version(v) else {
-                                return bad_request(format!("since.{key} must be an integer >= 0"));
+                                return bad_request(format!(
+                                    "since[{}] must be an integer >= 0",
+                                    shown(key)
+                                ));
                             };
                             wanted.push((key.clone(), v));
                         }

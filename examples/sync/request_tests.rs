@@ -216,3 +216,22 @@ fn sizes_are_compact_json() {
         )
     );
 }
+
+#[test]
+fn messages_never_grow_with_the_input() {
+    let g = gate(true);
+    let long = "x".repeat(10_000);
+    for text in [
+        format!(r#"{{"type":"{long}"}}"#),
+        format!(r#"{{"type":"subscribe","keys":["{long}","{long}"]}}"#),
+        format!(r#"{{"type":"subscribe","keys":["{long}"],"since":{{"{long}":-1}}}}"#),
+    ] {
+        let r = parse(&text, &g).expect_err("refused");
+        assert!(
+            r.message.len() < 200,
+            "{} bytes: {:?}",
+            r.message.len(),
+            r.code
+        );
+    }
+}
