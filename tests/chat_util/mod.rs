@@ -141,13 +141,16 @@ impl ChatServer {
         self.worker_pids().contains(&pid).then_some(pid)
     }
 
-    /// Waits until `count` workers run and the server answers `/healthz`.
+    /// Waits until `count` workers run, the master's log (read by another
+    /// thread, so a moment behind) names each slot's pid, and the server
+    /// answers `/healthz`.
     #[track_caller]
     pub fn wait_for_workers(&mut self, count: usize) -> Vec<i32> {
-        let what = format!("{count} workers and /healthz");
+        let what = format!("{count} workers, their log lines and /healthz");
         common::poll_until(WAIT, &what, || {
             let pids = self.worker_pids();
-            (pids.len() == count && self.get("/healthz").0 == 200).then_some(pids)
+            let logged = (0..count).all(|slot| self.worker_pid(slot).is_some());
+            (pids.len() == count && logged && self.get("/healthz").0 == 200).then_some(pids)
         })
     }
 
