@@ -195,7 +195,7 @@ pub fn doc_call(
         None => new_op(),
     };
     let content = req.header("Content-Type").map(media_type);
-    let kind = match method {
+    let (name, sent) = match method {
         "PUT" => {
             if content.as_deref() != Some("application/json") {
                 return Err(error(
@@ -204,7 +204,7 @@ pub fn doc_call(
                     "PUT takes application/json",
                 ));
             }
-            WriteKind::Put(body(req, false, max_value_bytes)?.to_string())
+            ("put", Some(body(req, false, max_value_bytes)?))
         }
         "PATCH" => {
             if content.as_deref() != Some("application/merge-patch+json") {
@@ -215,16 +215,16 @@ pub fn doc_call(
                 )
                 .header("Accept-Patch", "application/merge-patch+json"));
             }
-            WriteKind::Patch(body(req, true, max_value_bytes)?)
+            ("patch", Some(body(req, true, max_value_bytes)?))
         }
-        _ => WriteKind::Delete,
-    };
-    let (name, sent) = match &kind {
-        WriteKind::Put(text) => ("put", serde_json::from_str(text).ok()),
-        WriteKind::Patch(merge) => ("patch", Some(merge.clone())),
-        WriteKind::Delete => ("delete", None),
+        _ => ("delete", None),
     };
     let fingerprint = request::fingerprint(name, &key, base, sent.as_ref());
+    let kind = match sent {
+        Some(value) if name == "put" => WriteKind::Put(value.to_string()),
+        Some(merge) => WriteKind::Patch(merge),
+        None => WriteKind::Delete,
+    };
     Ok(DocCall::Write(Write {
         kind,
         key,

@@ -61,9 +61,6 @@ struct Session {
     keys: HashSet<String>,
     /// The rate limit (after `hello`).
     bucket: Bucket,
-    /// Its `welcome` waits for the store's epoch: until it is sent, other
-    /// requests are answered `unavailable` (nothing may come before it).
-    welcoming: bool,
 }
 
 /// A `hello` waiting for the store's epoch.
@@ -205,17 +202,23 @@ impl SyncWorker {
 
     /// Hands work to the store; false if its thread is gone.
     fn submit(&mut self, work: Work, pending: Pending) -> bool {
+        self.try_submit(work, pending).is_ok()
+    }
+
+    /// Hands work to the store; if its thread is gone, gives back who
+    /// waited for it.
+    fn try_submit(&mut self, work: Work, pending: Pending) -> Result<(), Pending> {
         let Some(store) = &self.store else {
-            return false;
+            return Err(pending);
         };
         self.next_job += 1;
         let id = self.next_job;
         if !store.submit(Job { id, work }) {
             log::error!("sync: the store thread is gone");
-            return false;
+            return Err(pending);
         }
         self.pending.insert(id, pending);
-        true
+        Ok(())
     }
 
     fn refuse(ctx: &mut Ctx, conn: ConnId, refusal: &Refusal) {
@@ -325,37 +328,17 @@ impl SyncWorker {
             }
             other => other,
         };
-        if !self.submit_ws(work, conn, reference.clone(), what) {
+        let pending = Pending::Ws {
+            conn,
+            reference: reference.clone(),
+            what,
+        };
+        // The store is gone: what the request did ahead of it is undone.
+        if let Err(Pending::Ws { what, .. }) = self.try_submit(work, pending) {
+            let actions = self.undo(conn, &what);
+            self.act(ctx, actions);
             Self::unavailable(ctx, conn, reference);
         }
-    }
-
-    /// Submits a request's work; if the store is gone, undoes what the
-    /// request did ahead of it (its subscriptions, its hold) and says false.
-    fn submit_ws(
-        &mut self,
-        work: Work,
-        conn: ConnId,
-        reference: Option<String>,
-        what: WsWhat,
-    ) -> bool {
-        let Some(store) = &self.store else {
-            return false;
-        };
-        self.next_job += 1;
-        let id = self.next_job;
-        if store.submit(Job { id, work }) {
-            let pending = Pending::Ws {
-                conn,
-                reference,
-                what,
-            };
-            self.pending.insert(id, pending);
-            return true;
-        }
-        log::error!("sync: the store thread is gone");
-        self.undo(conn, &what);
-        false
     }
 
     /// A request the store did not do: its subscriptions are dropped
@@ -426,7 +409,6 @@ impl SyncWorker {
             return;
         };
         session.client = Some(hello.client.clone());
-        session.welcoming = self.epoch.is_none();
         match &self.epoch {
             Some(epoch) => {
                 ctx.send(
@@ -459,8 +441,7 @@ impl SyncWorker {
             self.feeds = Feeds::new(RECENT);
         }
         for w in std::mem::take(&mut self.welcomes) {
-            if let Some(session) = self.sessions.get_mut(&w.conn) {
-                session.welcoming = false;
+            if self.sessions.contains_key(&w.conn) {
                 let text = reply::welcome(&epoch, &w.client, w.reference.as_deref());
                 ctx.send(w.conn, text);
             }
@@ -478,7 +459,6 @@ impl SyncWorker {
         for w in late {
             if let Some(session) = self.sessions.get_mut(&w.conn) {
                 session.client = None;
-                session.welcoming = false;
             }
             Self::unavailable(ctx, w.conn, w.reference);
         }
@@ -715,6 +695,15 @@ impl SyncWorker {
         }
     }
 
+    /// Changes may have been lost (a bus gap, the Redis feed
+    /// interrupted): the store's heads are checked now, not at the next
+    /// periodic check.
+    fn check_now(&mut self, ctx: &mut Ctx) {
+        self.ticks = CHECK_EVERY - 1;
+        self.checking = 0;
+        self.on_tick(ctx);
+    }
+
     fn on_tick(&mut self, ctx: &mut Ctx) {
         let now = Instant::now();
         if !self.welcomes.is_empty() {
@@ -800,7 +789,6 @@ impl Handler for SyncWorker {
             client: None,
             keys: HashSet::new(),
             bucket: Bucket::new(self.config.rate_limit, Instant::now()),
-            welcoming: false,
         };
         self.sessions.insert(conn, session);
     }
@@ -842,7 +830,9 @@ impl Handler for SyncWorker {
             subscription_count: keys.len(),
             rate_limited: limited,
         };
-        let welcoming = session.welcoming;
+        // Its `welcome` waits for the store's epoch: until it is sent, other
+        // requests are answered `unavailable` (nothing may come before it).
+        let welcoming = said_hello && self.epoch.is_none();
         match request::parse(text, &gate) {
             Ok(frame) if welcoming => Self::unavailable(ctx, conn, frame.reference),
             Ok(frame) => self.handle(ctx, conn, frame),
@@ -899,9 +889,7 @@ impl Handler for SyncWorker {
         log::warn!(
             "sync: changes from worker {from_worker} may have been lost; checking the store"
         );
-        self.ticks = CHECK_EVERY - 1;
-        self.checking = 0;
-        self.on_tick(ctx);
+        self.check_now(ctx);
     }
 
     fn on_wake(&mut self, ctx: &mut Ctx) {
@@ -916,11 +904,7 @@ impl Handler for SyncWorker {
                     let frame = Message::from(reply::change(&change));
                     self.arrive(ctx, &change.key, change.version, frame);
                 }
-                Event::FeedGap => {
-                    self.ticks = CHECK_EVERY - 1;
-                    self.checking = 0;
-                    self.on_tick(ctx);
-                }
+                Event::FeedGap => self.check_now(ctx),
             }
         }
     }
