@@ -39,7 +39,7 @@ use foreman::{
 };
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// The page, compiled in.
 const PAGE: &str = include_str!("page.html");
@@ -109,10 +109,7 @@ impl ChatWorker {
         match frame.request {
             Request::Login(login) => {
                 if let Some(secret) = &self.config.auth_secret {
-                    let now = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs());
-                    if let Err(e) = auth::verify(secret, login.token.as_deref(), &login.name, now) {
+                    if let Err(e) = auth::verify_now(secret, login.token.as_deref(), &login.name) {
                         let refusal = Refusal {
                             code: ErrorCode::AuthFailed,
                             message: e.to_string(),

@@ -391,10 +391,7 @@ impl SyncWorker {
         reference: Option<String>,
     ) {
         if let Some(secret) = &self.config.auth_secret {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            if let Err(e) = auth::verify(secret, hello.token.as_deref(), &hello.client, now) {
+            if let Err(e) = auth::verify_now(secret, hello.token.as_deref(), &hello.client) {
                 let refusal = Refusal {
                     code: ErrorCode::AuthFailed,
                     message: e.to_string(),
