@@ -114,7 +114,9 @@ pub use crate::core::dial::{ConnectOptions, Reconnect, WhileDown};
 pub use crate::core::membership::MAX_SESSION_BYTES;
 pub use crate::core::pool::{JobId, JobResult, PoolBusy};
 pub use crate::core::Waker;
-pub use config::{ClusterConfig, ClusterSection, Config, OverflowPolicy, RedisUrl, ServerSection};
+pub use config::{
+    ClusterConfig, ClusterSection, Config, Listen, OverflowPolicy, RedisUrl, ServerSection,
+};
 pub use ctx::{ConnInfo, Ctx};
 pub use error::{ConnError, ConnectError, Error, Result};
 pub use handler::Handler;

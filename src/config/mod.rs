@@ -95,6 +95,9 @@ pub struct ServerSection {
     pub keepalive_timeout_ms: Option<u64>,
     /// Most HTTP requests answered on one connection before it is closed.
     pub max_requests_per_connection: Option<usize>,
+    /// More listeners besides `listen`, each a listen URL (`websocket://`,
+    /// `text://`, `frame://`, `tcp://`; plain TCP, never TLS).
+    pub also_listen: Option<Vec<String>>,
 }
 
 /// A validated server configuration. Build it with [`Config::default`] and the
@@ -187,6 +190,28 @@ pub struct Config {
     /// The `[cluster]` table: `None` (default) for a single node. See
     /// [`ClusterConfig`].
     pub cluster: Option<ClusterConfig>,
+    /// More listeners besides `listen` (`also_listen`), in order: a
+    /// connection accepted on the first has [`crate::ConnInfo::listener`]
+    /// 1, and so on (0 is `listen`). Each has its own protocol; they are
+    /// plain TCP (TLS applies to `listen` only) and share `listen`'s limits
+    /// and `websocket_path`. Set with [`Config::also_listen`].
+    pub also_listen: Vec<Listen>,
+}
+
+/// One more listener of [`Config::also_listen`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// Its protocol, from the URL's scheme.
+    pub protocol: Protocol,
+    /// Its address as written.
+    pub addr: String,
+}
+
+impl Listen {
+    /// `scheme://addr`.
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.protocol.scheme(), self.addr)
+    }
 }
 
 impl Default for Config {
@@ -221,6 +246,7 @@ impl Default for Config {
             keepalive_timeout: Some(Duration::from_secs(5)),
             max_requests_per_connection: 1000,
             cluster: None,
+            also_listen: Vec::new(),
         }
     }
 }
@@ -350,6 +376,9 @@ impl Config {
         if let Some(v) = &s.allowed_origins {
             c.allowed_origins.clone_from(v);
         }
+        for url in s.also_listen.iter().flatten() {
+            c.also_listen(url)?;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -358,35 +387,24 @@ impl Config {
     /// `ws://`, `http://`, `text://`, `frame://`, `tcp://`, or a bare
     /// `host:port` (WebSocket).
     pub fn set_listen(&mut self, url: &str) -> Result<()> {
-        let (protocol, addr) = match url.split_once("://") {
-            None => (Protocol::WebSocket, url),
-            Some((scheme, rest)) => {
-                let p = match scheme.to_ascii_lowercase().as_str() {
-                    "websocket" | "ws" | "http" => Protocol::WebSocket,
-                    "text" => Protocol::Text,
-                    "frame" => Protocol::Frame,
-                    "tcp" => Protocol::Tcp,
-                    other => {
-                        return Err(Error::Config(format!(
-                            "listen = {url:?}: unknown scheme {other:?} \
-                             (use websocket, text, frame or tcp)"
-                        )))
-                    }
-                };
-                (p, rest.trim_end_matches('/'))
-            }
-        };
-        if addr
-            .rsplit_once(':')
-            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
-        {
+        let Listen { protocol, addr } = parse_listen(url)?;
+        self.protocol = protocol;
+        self.addr = addr;
+        Ok(())
+    }
+
+    /// Adds a listener (see [`Config::also_listen`]) from a listen URL, as
+    /// [`Config::set_listen`] reads them; returns its number (1 for the
+    /// first added).
+    pub fn also_listen(&mut self, url: &str) -> Result<usize> {
+        let listen = parse_listen(url)?;
+        if listen.addr == self.addr || self.also_listen.iter().any(|l| l.addr == listen.addr) {
             return Err(Error::Config(format!(
-                "listen = {url:?}: expected host:port, as in websocket://127.0.0.1:8000"
+                "also_listen = {url:?}: that address is listened on already"
             )));
         }
-        self.protocol = protocol;
-        self.addr = addr.to_string();
-        Ok(())
+        self.also_listen.push(listen);
+        Ok(self.also_listen.len())
     }
 
     /// The listen URL, `scheme://addr`.
@@ -502,6 +520,40 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A listen URL as [`Config::set_listen`] documents it.
+fn parse_listen(url: &str) -> Result<Listen> {
+    let (protocol, addr) = match url.split_once("://") {
+        None => (Protocol::WebSocket, url),
+        Some((scheme, rest)) => {
+            let p = match scheme.to_ascii_lowercase().as_str() {
+                "websocket" | "ws" | "http" => Protocol::WebSocket,
+                "text" => Protocol::Text,
+                "frame" => Protocol::Frame,
+                "tcp" => Protocol::Tcp,
+                other => {
+                    return Err(Error::Config(format!(
+                        "listen = {url:?}: unknown scheme {other:?} \
+                             (use websocket, text, frame or tcp)"
+                    )))
+                }
+            };
+            (p, rest.trim_end_matches('/'))
+        }
+    };
+    if addr
+        .rsplit_once(':')
+        .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+    {
+        return Err(Error::Config(format!(
+            "listen = {url:?}: expected host:port, as in websocket://127.0.0.1:8000"
+        )));
+    }
+    Ok(Listen {
+        protocol,
+        addr: addr.to_string(),
+    })
 }
 
 #[cfg(test)]

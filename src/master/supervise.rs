@@ -339,12 +339,14 @@ fn keep_fixed(running: &Config, mut new: Config) -> Config {
         "listen",
         new.protocol != running.protocol || new.addr != running.addr,
     );
+    keep("also_listen", new.also_listen != running.also_listen);
     keep("count", new.count != running.count);
     keep("reuse_port", new.reuse_port != running.reuse_port);
     keep("pid_file", new.pid_file != running.pid_file);
     keep("log_file", new.log_file != running.log_file);
     new.protocol = running.protocol;
     new.addr = running.addr.clone();
+    new.also_listen = running.also_listen.clone();
     new.count = running.count;
     new.reuse_port = running.reuse_port;
     new.pid_file = running.pid_file.clone();
