@@ -198,6 +198,9 @@ pub struct Config {
     pub also_listen: Vec<Listen>,
 }
 
+/// Most listeners of [`Config::also_listen`].
+pub(crate) const MAX_ALSO: usize = 32;
+
 /// One more listener of [`Config::also_listen`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listen {
@@ -398,6 +401,11 @@ impl Config {
     /// first added).
     pub fn also_listen(&mut self, url: &str) -> Result<usize> {
         let listen = parse_listen(url)?;
+        if self.also_listen.len() >= MAX_ALSO {
+            return Err(Error::Config(format!(
+                "also_listen = {url:?}: at most {MAX_ALSO} more listeners"
+            )));
+        }
         if listen.addr == self.addr || self.also_listen.iter().any(|l| l.addr == listen.addr) {
             return Err(Error::Config(format!(
                 "also_listen = {url:?}: that address is listened on already"
@@ -414,11 +422,7 @@ impl Config {
 
     /// Resolves the listen address.
     pub(crate) fn socket_addr(&self) -> Result<SocketAddr> {
-        self.addr
-            .to_socket_addrs()
-            .map_err(|e| Error::Config(format!("listen = {:?}: {e}", self.addr)))?
-            .next()
-            .ok_or_else(|| Error::Config(format!("listen = {:?}: no address", self.addr)))
+        resolve(&self.addr)
     }
 
     /// Reads and checks the files the config names (the TLS certificate and
@@ -520,6 +524,14 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Resolves a listen address (`host:port`) to its first socket address.
+pub(crate) fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .map_err(|e| Error::Config(format!("listen = {addr:?}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Config(format!("listen = {addr:?}: no address")))
 }
 
 /// A listen URL as [`Config::set_listen`] documents it.

@@ -207,6 +207,9 @@ pub(crate) struct Marks {
     /// Counted in the worker's per-address table (`max_connections_per_ip`):
     /// released when the connection is removed.
     pub(crate) per_ip: bool,
+    /// The listener it was accepted on: 0 for `listen`, 1.. for
+    /// `also_listen` (0 for outbound connections).
+    pub(crate) listener: u8,
 }
 
 /// One connection in the worker's slab.

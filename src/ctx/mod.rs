@@ -46,6 +46,9 @@ pub struct ConnInfo {
     pub open: bool,
     /// The WebSocket subprotocol the server chose (outbound connections).
     pub subprotocol: Option<String>,
+    /// The listener it was accepted on: 0 for `listen`, 1 for the first of
+    /// [`Config::also_listen`], and so on (0 for outbound connections).
+    pub listener: usize,
 }
 
 /// The worker's state as handlers see it: sending, closing, the registry,
@@ -129,6 +132,7 @@ impl<'a> Ctx<'a> {
                 || c.dial.as_ref().is_some_and(|d| d.tls.is_some()),
             open: c.life.is_open(),
             subprotocol: c.dial.as_ref().and_then(|d| d.protocol.clone()),
+            listener: c.marks.listener.into(),
         })
     }
 

@@ -68,6 +68,8 @@ pub(super) struct Master<F> {
     pid: u32,
     /// Names the bus addresses: the pid at bind time.
     bus_id: u32,
+    /// The sockets of `also_listen`, in order.
+    also: Vec<TcpListener>,
     slots: Vec<Slot>,
     signals: SignalFd,
     stop_deadline: Option<Instant>,

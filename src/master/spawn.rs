@@ -16,6 +16,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{fork, ForkResult};
 use std::io::Write;
+use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixListener;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -81,6 +82,7 @@ impl<F> Master<F> {
             });
         }
         drop(listeners);
+        let also = bind_also(&cfg)?;
         // Before any fork: every worker inherits the same mapping.
         let board = Scoreboard::new(cfg.count).map_err(|e| Error::io("map the scoreboard", e))?;
         if cfg.cluster.is_some() {
@@ -92,6 +94,11 @@ impl<F> Master<F> {
         let url = format!("{}://{}", cfg.protocol.scheme(), addr);
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on {url}");
+        for (l, sock) in cfg.also_listen.iter().zip(&also) {
+            if let Ok(a) = sock.local_addr() {
+                let _ = writeln!(out, "also listening on {}://{a}", l.protocol.scheme());
+            }
+        }
         let _ = out.flush();
         drop(out);
         output.settle()?;
@@ -136,6 +143,7 @@ impl<F> Master<F> {
             tls,
             board,
             next_check: Instant::now(),
+            also,
         };
         for slot in 0..master.slots.len() {
             master.spawn(slot);
@@ -213,18 +221,20 @@ impl<F> Master<F> {
         // SAFETY: as above, the master's signalfd is not used in the child.
         unsafe { libc::close(self.signals.as_fd().as_raw_fd()) };
         let s = &self.slots[slot];
-        let setup = match (s.listener.try_clone(), s.bus_listener.try_clone()) {
-            (Ok(listener), Ok(bus_listener)) => Setup {
+        let also: std::io::Result<Vec<_>> = self.also.iter().map(|l| l.try_clone()).collect();
+        let setup = match (s.listener.try_clone(), s.bus_listener.try_clone(), also) {
+            (Ok(listener), Ok(bus_listener), Ok(also)) => Setup {
                 cfg: self.cfg.clone(),
                 tls: self.tls.clone(),
                 slot: slot as u16,
                 incarnation: s.incarnation,
                 bus_id: self.bus_id,
                 listener,
+                also,
                 bus_listener,
                 board: self.board.clone(),
             },
-            (Err(e), _) | (_, Err(e)) => {
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 log::error!("worker {slot}: {e}");
                 return 1;
             }
@@ -245,4 +255,20 @@ impl<F> Master<F> {
             }
         }
     }
+}
+
+/// Binds the listeners of `also_listen`: one socket each, shared by every
+/// worker.
+fn bind_also(cfg: &Config) -> Result<Vec<TcpListener>> {
+    cfg.also_listen
+        .iter()
+        .map(|l| {
+            let err = |source| Error::Listen {
+                addr: l.addr.clone(),
+                source,
+            };
+            let addr = crate::config::resolve(&l.addr)?;
+            bind(addr, false).map_err(err)
+        })
+        .collect()
 }

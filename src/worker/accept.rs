@@ -7,6 +7,7 @@ use super::Worker;
 use crate::core::conn::{Conn, Lifecycle, Proto};
 use crate::handler::Handler;
 use crate::net::Transport;
+use crate::proto::codec::Wire;
 use crate::proto::Protocol;
 use crate::shm::Admission;
 use bytes::BytesMut;
@@ -14,6 +15,13 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 use std::io::{self, Read, Write};
 use std::time::Duration;
+
+/// Which listener a connection came from, and its wire.
+#[derive(Clone, Copy)]
+struct From {
+    listener: u8,
+    wire: Wire,
+}
 
 /// How long accepting pauses after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -28,7 +36,15 @@ const PER_IP_REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
     too many connections from your address\n";
 
 impl<H: Handler> Worker<H> {
+    /// Accepts on every listener (after a pause, or room below the cap).
     pub(super) fn accept(&mut self) {
+        for n in 0..=self.also.len() {
+            self.accept_from(n);
+        }
+    }
+
+    /// Accepts on listener `n`: 0 is `listen`, 1.. `also_listen`.
+    pub(super) fn accept_from(&mut self, n: usize) {
         if self.stop_deadline.is_some() || self.accept_resume.is_some() {
             return;
         }
@@ -40,14 +56,25 @@ impl<H: Handler> Worker<H> {
                 self.accept_full = true;
                 return;
             }
-            let Some(listener) = self.listener.as_ref() else {
-                return;
+            let (accepted, wire) = match n {
+                0 => match self.listener.as_ref() {
+                    Some(l) => (l.accept(), self.core.wire),
+                    None => return,
+                },
+                _ => match self.also.get(n - 1) {
+                    Some((l, wire)) => (l.accept(), *wire),
+                    None => return,
+                },
             };
-            match listener.accept() {
+            match accepted {
                 Ok((sock, peer)) => {
                     self.accept_starved = false;
-                    if let Some(counted) = self.limit_per_ip(&sock, peer) {
-                        self.admit(sock, peer, counted);
+                    let from = From {
+                        listener: n as u8,
+                        wire,
+                    };
+                    if let Some(counted) = self.limit_per_ip(&sock, peer, from) {
+                        self.admit(sock, peer, counted, from);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -66,7 +93,7 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    fn admit(&mut self, mut sock: TcpStream, peer: std::net::SocketAddr, per_ip: bool) {
+    fn admit(&mut self, mut sock: TcpStream, peer: std::net::SocketAddr, per_ip: bool, from: From) {
         let _ = sock.set_nodelay(true);
         let entry = self.core.conns.vacant_entry();
         let key = entry.key();
@@ -78,7 +105,8 @@ impl<H: Handler> Worker<H> {
             log::error!("register: {e}");
             return self.unadmit(peer, per_ip);
         }
-        let io = match &self.tls {
+        let tls = self.tls.as_ref().filter(|_| from.listener == 0);
+        let io = match tls {
             None => Transport::Plain(sock),
             Some(config) => match rustls::ServerConnection::new(config.clone()) {
                 Ok(session) => Transport::tls(sock, session),
@@ -89,7 +117,7 @@ impl<H: Handler> Worker<H> {
             },
         };
         let serial = self.core.board.next_serial(self.core.slot as usize);
-        let websocket = self.core.cfg.protocol == Protocol::WebSocket;
+        let websocket = from.wire.protocol == Protocol::WebSocket;
         let proto = if websocket {
             Proto::Http(Box::default())
         } else {
@@ -98,17 +126,17 @@ impl<H: Handler> Worker<H> {
         // A request head, or a TLS handshake, must come in time.
         let life = Lifecycle::handshaking(self.core.now + self.core.cfg.handshake_timeout);
         let handshaking = io.handshaking();
-        let wire = self.core.wire;
         entry.insert(Conn::accepted(
             io,
             peer,
             serial,
-            wire,
+            from.wire,
             proto,
             life,
             self.core.now,
         ));
         self.core.conns[key].marks.per_ip = per_ip;
+        self.core.conns[key].marks.listener = from.listener;
         // A plain protocol's connection opens at once, or once its TLS
         // handshake is done (see `transport_ready`), so that what
         // `on_connect` sends has a session to go through.
@@ -124,14 +152,20 @@ impl<H: Handler> Worker<H> {
     /// written at once on the fresh socket; a TLS or `text://`, `frame://`,
     /// `tcp://` one is closed at once (a TLS client sees its handshake
     /// fail: answering would cost a handshake per refusal).
-    fn limit_per_ip(&mut self, sock: &TcpStream, peer: std::net::SocketAddr) -> Option<bool> {
+    fn limit_per_ip(
+        &mut self,
+        sock: &TcpStream,
+        peer: std::net::SocketAddr,
+        from: From,
+    ) -> Option<bool> {
         let limit = self.core.cfg.max_connections_per_ip;
         let slot = self.core.slot as usize;
         match self.core.board.admit(slot, peer.ip(), limit) {
             Admission::Counted => Some(true),
             Admission::Uncounted => Some(false),
             Admission::Refused => {
-                if self.core.cfg.protocol == Protocol::WebSocket && self.tls.is_none() {
+                let tls = self.tls.is_some() && from.listener == 0;
+                if from.wire.protocol == Protocol::WebSocket && !tls {
                     let _ = (&*sock).write(PER_IP_REFUSAL);
                     let _ = sock.shutdown(std::net::Shutdown::Write);
                     // What the client sent already is read (a few KiB at

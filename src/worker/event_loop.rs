@@ -4,15 +4,17 @@
 //! write pass). Every callback runs through [`Worker::guard`], which lends
 //! the core to the handler as a [`Ctx`] and catches panics.
 
-use super::{panic_text, Worker, LISTENER, SIGNALS, SWEEP, WAKER};
+use super::{panic_text, Worker, ALSO_BASE, LISTENER, SIGNALS, SWEEP, WAKER};
 use crate::cluster::bus::{self, BusToken, Inbox};
 use crate::cluster::node;
+use crate::config::MAX_ALSO;
 use crate::core::Deferred;
 use crate::ctx::Ctx;
 use crate::error::ConnError;
 use crate::handler::Handler;
 use crate::id::ConnId;
 use mio::Events;
+use mio::Token;
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -89,12 +91,15 @@ impl<H: Handler> Worker<H> {
 
     pub(super) fn dispatch(&mut self, event: &mio::event::Event) {
         match event.token() {
-            LISTENER => self.accept(),
+            LISTENER => self.accept_from(0),
             WAKER => {
                 self.core.collect_jobs();
                 self.guard(None, |h, ctx| h.on_wake(ctx));
             }
             SIGNALS => self.read_signals(),
+            Token(t) if (ALSO_BASE..ALSO_BASE + MAX_ALSO).contains(&t) => {
+                self.accept_from(t - ALSO_BASE + 1)
+            }
             node::CMD | node::SUB => self.core.cluster_event(event.token(), event),
             token => match bus::classify(token) {
                 Some(BusToken::Listen) => self.core.bus.accept(&self.core.mio),

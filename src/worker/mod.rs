@@ -22,6 +22,7 @@ use crate::cluster::bus::Bus;
 use crate::config::Config;
 use crate::core::{Core, CoreParts};
 use crate::handler::Handler;
+use crate::proto::codec::Wire;
 use crate::shm::Scoreboard;
 use crate::signals::worker_signals;
 use mio::net::TcpListener;
@@ -39,6 +40,10 @@ use tungstenite::protocol::WebSocketConfig;
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
+/// The `also_listen` listeners: `ALSO_BASE + i` for the listener numbered
+/// `i + 1`; below every other fixed token and above every bus token.
+const ALSO_BASE: usize = usize::MAX - 64 - MAX_ALSO;
+use crate::config::MAX_ALSO;
 /// The shared receive buffer: one per worker, not one per connection.
 const SCRATCH: usize = 64 * 1024;
 /// How often deadlines (handshake, close, idle, ping) are checked.
@@ -52,6 +57,8 @@ pub(crate) struct Setup {
     /// Names the bus addresses (the master's pid when it bound them).
     pub(crate) bus_id: u32,
     pub(crate) listener: std::net::TcpListener,
+    /// The `also_listen` sockets, in order.
+    pub(crate) also: Vec<std::net::TcpListener>,
     /// TLS for every connection, when configured.
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) bus_listener: std::os::unix::net::UnixListener,
@@ -66,6 +73,8 @@ pub(crate) struct Worker<H: Handler> {
     core: Core,
     poll: Poll,
     listener: Option<TcpListener>,
+    /// The `also_listen` listeners with their wires (closed at stop).
+    also: Vec<(TcpListener, Wire)>,
     tls: Option<Arc<rustls::ServerConfig>>,
     signals: SignalFd,
     scratch: Vec<u8>,
@@ -132,6 +141,14 @@ impl<H: Handler> Worker<H> {
         let mut listener = TcpListener::from_std(setup.listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut also = Vec::with_capacity(setup.also.len());
+        for (i, (sock, l)) in setup.also.into_iter().zip(&cfg.also_listen).enumerate() {
+            sock.set_nonblocking(true)?;
+            let mut sock = TcpListener::from_std(sock);
+            poll.registry()
+                .register(&mut sock, Token(ALSO_BASE + i), Interest::READABLE)?;
+            also.push((sock, Wire::server(l.protocol)));
+        }
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
         let signals = SignalFd::with_flags(
             &worker_signals(),
@@ -168,6 +185,7 @@ impl<H: Handler> Worker<H> {
             core,
             poll,
             listener: Some(listener),
+            also,
             tls: setup.tls,
             signals,
             scratch: vec![0; SCRATCH],

@@ -131,6 +131,9 @@ impl<H: Handler> Worker<H> {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        for (mut l, _) in std::mem::take(&mut self.also) {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
         self.guard(None, |h, ctx| h.on_worker_stop(ctx));
         let keys: Vec<usize> = self.core.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
