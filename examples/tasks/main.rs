@@ -26,22 +26,29 @@
 mod app;
 #[path = "../common/auth.rs"]
 mod auth;
+mod brain;
 mod config;
+mod front;
 mod jobs;
 #[path = "../common/jwt.rs"]
 mod jwt;
+mod link;
 mod live;
 mod reply;
 mod request;
 mod store;
 mod types;
+mod worker;
 
 use clap::{Parser, Subcommand};
 use config::TasksConfig;
 use foreman::cli::{Command, Flags};
-use foreman::Error;
+use foreman::{Error, Server};
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::Arc;
 
 /// The scheduler's command line: foreman's commands and flags, and
 /// `token NAME`.
@@ -82,11 +89,59 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), Error> {
     let Cli { command, flags } = Cli::parse();
+    let (command, token_for) = match command {
+        None => (Command::default(), None),
+        Some(TasksCommand::Server(command)) => (command, None),
+        Some(TasksCommand::Token { name }) => (Command::default(), Some(name)),
+    };
     let path = flags
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from("tasks.toml"));
-    let config = TasksConfig::load(&path)?;
-    let _ = (command, config);
-    Err(Error::Usage("not yet".into()))
+    let mut config = TasksConfig::load(&path)?;
+    if let Some(name) = token_for {
+        return print_token(&config, &name);
+    }
+    flags.apply(&mut config.server)?;
+    if command.starts() {
+        check_database(&config)?;
+    }
+    // `reload` reads tasks.toml again: the master swaps in the new
+    // settings, and the workers it then forks start with them.
+    let current = Rc::new(RefCell::new(Arc::new(config)));
+    let reloaded = current.clone();
+    let server = Server::new(current.borrow().server.clone())
+        .command(command)
+        .reload_config(move || {
+            let mut config = TasksConfig::load(&path)?;
+            flags.apply(&mut config.server)?;
+            config.server.validate()?;
+            check_database(&config)?;
+            let server = config.server.clone();
+            *reloaded.borrow_mut() = Arc::new(config);
+            Ok(server)
+        });
+    server.run(move |_worker| worker::TasksWorker::new(current.borrow().clone()))
+}
+
+/// Creates the database and its schema now, so a bad path stops start-up
+/// (or a reload) here with a message; closed again before any fork (the
+/// brain opens its own).
+fn check_database(config: &TasksConfig) -> Result<(), Error> {
+    store::check(&config.database).map_err(|e| Error::Config(format!("tasks.database: {e}")))
+}
+
+/// `tasks token NAME`: prints a hello token for NAME, valid for a day,
+/// signed with the configured `[auth] secret`.
+fn print_token(config: &TasksConfig, name: &str) -> Result<(), Error> {
+    let Some(secret) = &config.auth_secret else {
+        return Err(Error::Usage(
+            "token: set [auth] secret in the config first".into(),
+        ));
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    println!("{}", auth::sign(secret, name, now + 86_400));
+    Ok(())
 }

@@ -5,9 +5,9 @@
 //! STUB: the interface the brain is written against; the store is being
 //! written on its own branch.
 
+use crate::config::Database;
 use crate::types::{Recovered, Write};
 use foreman::Waker;
-use std::path::Path;
 
 /// The writer thread's handle.
 pub struct Store {}
@@ -16,7 +16,7 @@ impl Store {
     /// Opens (creating it and its schema if new) the database at `path`,
     /// reads every kept job, and starts the writer thread, which wakes
     /// `waker` after each commit.
-    pub fn open(path: &Path, waker: Waker) -> Result<(Store, Recovered), String> {
+    pub fn open(path: &Database, waker: Waker) -> Result<(Store, Recovered), String> {
         let _ = (path, waker);
         Ok((Store {}, Recovered::default()))
     }
@@ -43,7 +43,7 @@ impl Store {
 
 /// Creates the database and its schema if needed, so that a bad path stops
 /// start-up in the master (before any fork) with a message.
-pub fn check(path: &Path) -> Result<(), String> {
+pub fn check(path: &Database) -> Result<(), String> {
     let _ = path;
     Ok(())
 }

@@ -406,7 +406,10 @@ impl Config {
                 "also_listen = {url:?}: at most {MAX_ALSO} more listeners"
             )));
         }
-        if listen.addr == self.addr || self.also_listen.iter().any(|l| l.addr == listen.addr) {
+        let any_port = listen.addr.ends_with(":0");
+        let taken =
+            listen.addr == self.addr || self.also_listen.iter().any(|l| l.addr == listen.addr);
+        if taken && !any_port {
             return Err(Error::Config(format!(
                 "also_listen = {url:?}: that address is listened on already"
             )));
