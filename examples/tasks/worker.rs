@@ -46,7 +46,7 @@ impl TasksWorker {
     }
 
     /// Hands `msg` to the brain: here, or over the bus.
-    fn to_brain(&mut self, ctx: &mut Ctx, msg: Option<Msg>) {
+    fn forward(&mut self, ctx: &mut Ctx, msg: Option<Msg>) {
         let Some(msg) = msg else {
             return;
         };
@@ -77,17 +77,17 @@ impl Handler for TasksWorker {
 
     fn on_connect(&mut self, ctx: &mut Ctx, conn: ConnId) {
         let msg = self.front.open(ctx, conn);
-        self.to_brain(ctx, msg);
+        self.forward(ctx, msg);
     }
 
     fn on_message(&mut self, ctx: &mut Ctx, conn: ConnId, msg: Message) {
         let msg = self.front.message(ctx, conn, &msg);
-        self.to_brain(ctx, msg);
+        self.forward(ctx, msg);
     }
 
     fn on_close(&mut self, ctx: &mut Ctx, conn: ConnId, _close: Option<&CloseFrame>) {
         let msg = self.front.close(conn);
-        self.to_brain(ctx, msg);
+        self.forward(ctx, msg);
     }
 
     fn on_worker_message(&mut self, ctx: &mut Ctx, from: usize, data: Bytes) {
