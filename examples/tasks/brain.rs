@@ -82,6 +82,9 @@ pub struct Brain {
     /// Executors of other workers, checked for having vanished with their
     /// worker (a killed worker says no `Gone`).
     remote: HashSet<ConnId>,
+    /// Every executor joined: a new brain hears of one both from a
+    /// front's `Here` and from a `Join` that waited on the bus for it.
+    joined: HashSet<ConnId>,
     last_snapshot_ms: u64,
 }
 
@@ -120,6 +123,7 @@ impl Brain {
             held: VecDeque::new(),
             out: Vec::new(),
             remote: HashSet::new(),
+            joined: HashSet::new(),
             last_snapshot_ms: 0,
         };
         brain.try_wake(ctx, front);
@@ -171,6 +175,7 @@ impl Brain {
             Msg::Gone { conn } => {
                 if let Ok(conn) = conn.parse::<ConnId>() {
                     self.remote.remove(&conn);
+                    self.joined.remove(&conn);
                     self.jobs.gone(now, conn, out);
                 }
             }
@@ -192,6 +197,9 @@ impl Brain {
         let Ok(conn) = e.conn.parse::<ConnId>() else {
             return;
         };
+        if !self.joined.insert(conn) {
+            return;
+        }
         if from != 0 {
             self.remote.insert(conn);
         }
@@ -255,6 +263,7 @@ impl Brain {
         for conn in lost {
             log::info!("brain: executor {conn} vanished with its worker");
             self.remote.remove(&conn);
+            self.joined.remove(&conn);
             self.jobs.gone(now, conn, &mut self.out);
         }
         if self.config.http_listen.is_some()
