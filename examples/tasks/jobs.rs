@@ -55,7 +55,10 @@ struct Exec {
 
 /// Ready jobs of one queue: (priority, highest first; became-queued
 /// order; id).
-type Ready = BTreeSet<(Reverse<u8>, u64, JobNo)>;
+type Ready = BTreeSet<Place>;
+
+/// A ready job's place in line.
+type Place = (Reverse<u8>, u64, JobNo);
 
 /// See the module docs.
 pub struct Jobs {
@@ -675,7 +678,7 @@ impl Jobs {
     /// least recently, then joined first.
     fn dispatch(&mut self, now_ms: u64, out: &mut Vec<Out>) {
         loop {
-            let mut best: Option<((Reverse<u8>, u64, JobNo), &str)> = None;
+            let mut best: Option<(Place, &str)> = None;
             for (queue, ready) in &self.ready {
                 let Some(&head) = ready.first() else {
                     continue;
