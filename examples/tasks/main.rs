@@ -20,7 +20,6 @@
 //! and the store), `front` (every worker: connections, hello, auth,
 //! requests to the brain and replies back), `link` (what front and brain
 //! say over the bus), `live` and `page.html` (the page).
-#![allow(dead_code)]
 
 #[path = "../common/app.rs"]
 mod app;
