@@ -7,8 +7,10 @@
 use super::*;
 use crossbeam_channel::Receiver;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
 
 /// A database file in a directory of its own, removed on drop.
 struct TempDb {
@@ -18,14 +20,7 @@ struct TempDb {
 
 impl TempDb {
     fn new() -> TempDb {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tasks-store-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::temp_dir("tasks", "store");
         let db = Database::File(dir.join("tasks.db"));
         TempDb { dir, db }
     }
@@ -442,8 +437,12 @@ fn throughput() {
         wait_committed(&store, &woken, last);
         let secs = start.elapsed().as_secs_f64();
         let writes = 2 * jobs;
+        let bound = match in_flight {
+            u64::MAX => "unbounded".to_string(),
+            n => n.to_string(),
+        };
         eprintln!(
-            "in flight {in_flight:>20}: {writes} writes in {secs:.2} s = {:.0} writes/s",
+            "in flight {bound:>9}: {writes} writes in {secs:.2} s = {:.0} writes/s",
             writes as f64 / secs
         );
         drop(store);
