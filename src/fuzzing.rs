@@ -351,14 +351,13 @@ fn reframe_everywhere(msg: &Message, max: usize) {
     }
 }
 
-/// The message a wire carries for `msg`: `frame://` and `tcp://` lose the
-/// text mark, `text://` gives text for any UTF-8.
+/// The message a wire carries for `msg`: the plain wires (`text://`,
+/// `frame://`, `tcp://`) carry no text mark, and give text for any UTF-8.
 fn carried(protocol: Protocol, msg: &Message) -> Message {
     let bytes = Bytes::copy_from_slice(msg.as_bytes());
     match protocol {
         Protocol::WebSocket => msg.clone(),
-        Protocol::Frame | Protocol::Tcp => Message::Binary(bytes),
-        Protocol::Text => match bytes.clone().try_into() {
+        Protocol::Text | Protocol::Frame | Protocol::Tcp => match bytes.clone().try_into() {
             Ok(text) => Message::Text(text),
             Err(_) => Message::Binary(bytes),
         },

@@ -14,6 +14,7 @@
 //! | executor lost with 10 leases: all 10 run elsewhere at once | `ten_leases_of_a_lost_executor_run_elsewhere_at_once` |
 //! | unique, cancel rules, stats, retention | `unique_cancel_stats_and_retention` |
 //! | crash: 300 jobs, workers and master SIGKILLed | `jobs_survive_sigkill_of_every_process` |
+//! | the page at `/`, text snapshots and the protocol on `/live` | `the_page_is_served_and_its_socket_streams_text_snapshots` |
 
 mod common;
 mod tasks_util;
@@ -469,5 +470,59 @@ fn jobs_survive_sigkill_of_every_process() {
     assert!(
         e.quiet_for(Duration::from_millis(300)),
         "nothing more than the 280 unfinished"
+    );
+}
+
+/// The next snapshot on a page socket that lists job `id` (a text frame:
+/// `recv_text` panics on a binary one).
+fn snapshot_with(ws: &mut common::Ws, id: &str) -> Value {
+    let deadline = Instant::now() + common::REPLY_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m: Value = serde_json::from_str(&ws.recv_text(left)).expect("JSON");
+        let listed = m["jobs"]
+            .as_array()
+            .is_some_and(|jobs| jobs.iter().any(|j| j["job"] == id));
+        if m["type"] == "snapshot" && listed {
+            return m;
+        }
+    }
+}
+
+#[test]
+fn the_page_is_served_and_its_socket_streams_text_snapshots() {
+    let t = Tasks::start("page", 2, "", "");
+    let page = t.page_addr();
+    let r = common::http_get(page, "/");
+    assert_eq!(r.status, 200, "{}", r.status_line);
+    assert!(
+        r.body_text().contains("\"/live\""),
+        "the page names its socket"
+    );
+    assert_eq!(common::http_get(page, "/nope").status, 404);
+    // Several sockets, so that both workers hold some: snapshots reach
+    // each through the group, across the bus too.
+    let mut pages: Vec<common::Ws> = (0..4).map(|_| common::Ws::connect(page, "/live")).collect();
+    let mut s = Client::submitter(t.addr());
+    let id = s.submit("q", json!({"x": 1}), json!({}));
+    for ws in pages.iter_mut() {
+        let snap = snapshot_with(ws, &id);
+        assert_eq!(snap["queues"]["q"]["queued"], 1, "{snap}");
+    }
+    // The page speaks the protocol itself.
+    let ws = &mut pages[0];
+    ws.send_text(&json!({"type": "hello", "role": "submitter", "name": "page"}).to_string());
+    ws.send_text(&json!({"type": "status", "job": id, "ref": "p"}).to_string());
+    let deadline = Instant::now() + common::REPLY_TIMEOUT;
+    let reply = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m: Value = serde_json::from_str(&ws.recv_text(left)).expect("JSON");
+        if m["ref"] == "p" {
+            break m;
+        }
+    };
+    assert_eq!(
+        (reply["type"].as_str(), reply["state"].as_str()),
+        (Some("job"), Some("queued"))
     );
 }

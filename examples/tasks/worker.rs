@@ -5,7 +5,7 @@
 use crate::app;
 use crate::brain::Brain;
 use crate::config::TasksConfig;
-use crate::front::{Front, PAGE_LISTENER};
+use crate::front::Front;
 use crate::link::Msg;
 use bytes::Bytes;
 use foreman::{CloseFrame, ConnId, Ctx, Handler, Message, Request, Response, TimerId};
@@ -122,18 +122,15 @@ impl Handler for TasksWorker {
         }
     }
 
-    fn on_http_request(&mut self, ctx: &mut Ctx, request: &Request) -> Response {
-        let page = ctx
-            .conn_info(request.conn)
-            .is_some_and(|i| i.listener == PAGE_LISTENER);
-        match (page, request.method.as_str(), request.path.as_str()) {
-            (true, "GET" | "HEAD", "/" | "/index.html") => {
+    /// Only the page's listener (`http_listen`, a `websocket://` one)
+    /// speaks HTTP: the protocol's is `frame://`.
+    fn on_http_request(&mut self, _ctx: &mut Ctx, request: &Request) -> Response {
+        match (request.method.as_str(), request.path.as_str()) {
+            ("GET" | "HEAD", "/" | "/index.html") => {
                 Response::html(self.page.clone()).header("Cache-Control", "no-cache")
             }
-            (true, "GET" | "HEAD", "/healthz") => Response::text("ok"),
-            (true, _, "/" | "/index.html" | "/healthz") => {
-                Response::status(405).header("Allow", "GET")
-            }
+            ("GET" | "HEAD", "/healthz") => Response::text("ok"),
+            (_, "/" | "/index.html" | "/healthz") => Response::status(405).header("Allow", "GET"),
             _ => Response::not_found(),
         }
     }

@@ -131,9 +131,12 @@ pub(crate) fn encode(wire: Wire, msg: &Message) -> Bytes {
 /// bytes it did not make (a ping, a close, or a cut or corrupt frame from
 /// a bus record).
 fn decode_own(wire: Wire, bytes: &Bytes) -> Option<Message> {
-    let text_or_binary = |b: Bytes, text: bool| match (text, std::str::from_utf8(&b).is_ok()) {
-        (true, true) => Message::Text(b.try_into().expect("checked UTF-8")),
-        _ => Message::Binary(b),
+    // The plain wires carry no text mark: what is UTF-8 counts as text, so
+    // that a message re-encoded for WebSocket (a connection of another
+    // listener, an outbound one) is a text frame when it can be.
+    let text_or_binary = |b: Bytes| match std::str::from_utf8(&b) {
+        Ok(_) => Message::Text(b.try_into().expect("checked UTF-8")),
+        Err(_) => Message::Binary(b),
     };
     match wire.protocol {
         Protocol::WebSocket => {
@@ -166,17 +169,14 @@ fn decode_own(wire: Wire, bytes: &Bytes) -> Option<Message> {
                 Some(k) => body.iter().enumerate().map(|(i, b)| b ^ k[i & 3]).collect(),
             };
             match op {
-                OP_TEXT => Some(text_or_binary(body, true)),
+                OP_TEXT => Some(text_or_binary(body)),
                 OP_BINARY => Some(Message::Binary(body)),
                 _ => None,
             }
         }
-        Protocol::Text => Some(text_or_binary(
-            bytes.slice(..bytes.len().checked_sub(1)?),
-            true,
-        )),
-        Protocol::Frame => (bytes.len() >= 4).then(|| Message::Binary(bytes.slice(4..))),
-        Protocol::Tcp => Some(Message::Binary(bytes.clone())),
+        Protocol::Text => Some(text_or_binary(bytes.slice(..bytes.len().checked_sub(1)?))),
+        Protocol::Frame => (bytes.len() >= 4).then(|| text_or_binary(bytes.slice(4..))),
+        Protocol::Tcp => Some(text_or_binary(bytes.clone())),
     }
 }
 
@@ -267,5 +267,27 @@ mod tests {
             reframe(frame, Bytes::from_static(b"\x00\x00"), server),
             None
         );
+    }
+
+    #[test]
+    fn plain_payloads_reach_websocket_as_text_when_they_are_utf8() {
+        let ws = Wire::server(Protocol::WebSocket);
+        for protocol in [Protocol::Frame, Protocol::Tcp, Protocol::Text] {
+            let plain = Wire::server(protocol);
+            let text = encode(plain, &Message::from("{\"a\":\"é\"}"));
+            let out = reframe(plain, text, ws).expect("own encoding");
+            assert_eq!(
+                out[0],
+                0x80 | OP_TEXT,
+                "{protocol:?}: UTF-8 is a text frame"
+            );
+            let raw = encode(plain, &Message::Binary(Bytes::from_static(b"\xff\x00")));
+            let out = reframe(plain, raw, ws).expect("own encoding");
+            assert_eq!(
+                out[0],
+                0x80 | OP_BINARY,
+                "{protocol:?}: other bytes stay binary"
+            );
+        }
     }
 }
