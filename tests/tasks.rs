@@ -224,17 +224,13 @@ fn three_executors_share_by_capacity() {
     for i in 0..7 {
         s.submit("q", json!(i), json!({}));
     }
-    let got: Vec<usize> = e
-        .iter_mut()
-        .map(|c| {
-            let mut n = 0;
-            while c.try_recv(Duration::from_millis(500)).is_some() {
-                n += 1;
-            }
-            n
-        })
-        .collect();
-    assert_eq!(got, vec![1, 2, 4], "each executor at its capacity, no more");
+    // Each gets exactly its capacity: one short waits out next_job's
+    // deadline, one over shows its extra push below.
+    for (c, cap) in e.iter_mut().zip([1, 2, 4]) {
+        for _ in 0..cap {
+            c.next_job();
+        }
+    }
     // One more waits: every slot is taken.
     s.submit("q", json!(8), json!({}));
     assert!(
@@ -351,16 +347,13 @@ fn ten_leases_of_a_lost_executor_run_elsewhere_at_once() {
     assert_eq!(held, ids);
     let mut b = Client::executor(t.addr(), &["q"], 10);
     assert!(b.quiet_for(Duration::from_millis(200)));
+    // The leases last 600 s: only the closed connection can free them
+    // within next_job's deadline.
     drop(a);
-    let start = Instant::now();
     let again: HashSet<String> = (0..10)
         .map(|_| b.next_job()["job"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(again, ids);
-    assert!(
-        start.elapsed() < Duration::from_secs(60),
-        "well before the 600 s lease"
-    );
 }
 
 #[test]

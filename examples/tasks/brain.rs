@@ -22,7 +22,7 @@
 use crate::config::TasksConfig;
 use crate::front::Front;
 use crate::jobs::Jobs;
-use crate::link::{Executor, Msg};
+use crate::link::{Executor, Msg, BRAIN};
 use crate::live;
 use crate::store::Store;
 use crate::types::{Out, Request, Tag, Write};
@@ -97,13 +97,12 @@ impl Brain {
         config: Arc<TasksConfig>,
     ) -> Result<Brain, String> {
         let (store, recovered) = Store::open(&config.database, ctx.waker())?;
-        let now = now_ms();
         log::info!(
             "brain: {} jobs kept, next id {}",
             recovered.jobs.len(),
             recovered.next_id
         );
-        let jobs = Jobs::new(config.limits, recovered, now);
+        let jobs = Jobs::new(config.limits, recovered);
         let missing: HashSet<usize> = (1..ctx.worker_count()).collect();
         if !missing.is_empty() {
             ctx.send_to_workers(Msg::Up.encode());
@@ -200,7 +199,7 @@ impl Brain {
         if !self.joined.insert(conn) {
             return;
         }
-        if from != 0 {
+        if from != BRAIN {
             self.remote.insert(conn);
         }
         self.jobs
@@ -233,7 +232,7 @@ impl Brain {
         self.jobs
             .recover_leases(now, &|c| alive.contains(&c), &mut self.out);
         for e in w.executors {
-            let from = e.conn.parse::<ConnId>().map_or(1, |c| c.worker());
+            let from = e.conn.parse::<ConnId>().map_or(BRAIN, |c| c.worker());
             self.join(now, from, e);
         }
         log::info!("brain: ready, {} executors", alive.len());

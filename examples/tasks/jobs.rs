@@ -17,7 +17,7 @@ use crate::types::{
     Write,
 };
 use foreman::ConnId;
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// One kept job.
@@ -95,8 +95,7 @@ fn json_str(s: &str) -> String {
 impl Jobs {
     /// The table as the store held it at start. Jobs that were `leased`
     /// stay leased to their `lease_conn` until [`Jobs::recover_leases`].
-    pub fn new(limits: Limits, recovered: Recovered, now_ms: u64) -> Jobs {
-        let _ = now_ms;
+    pub fn new(limits: Limits, recovered: Recovered) -> Jobs {
         let mut t = Jobs {
             limits,
             jobs: BTreeMap::new(),
@@ -528,6 +527,13 @@ impl Jobs {
         }
     }
 
+    /// A job of `queue` went from `old` to `new`: the counts follow.
+    fn moved(&mut self, queue: &str, old: State, new: State) {
+        self.count(queue, old, -1);
+        self.count(queue, new, 1);
+        self.changed = true;
+    }
+
     /// Takes job `id` out of the index of its current state.
     fn leave_state(&mut self, id: JobNo) {
         let Some(j) = self.jobs.get(&id) else {
@@ -576,9 +582,7 @@ impl Jobs {
         } else {
             self.due.insert((due, id));
         }
-        self.count(&queue, old, -1);
-        self.count(&queue, state, 1);
-        self.changed = true;
+        self.moved(&queue, old, state);
     }
 
     /// Makes job `id` (out of every index) final, keeps it for
@@ -613,9 +617,7 @@ impl Jobs {
             }
         }
         self.due.insert((due, id));
-        self.count(&queue, old, -1);
-        self.count(&queue, state, 1);
-        self.changed = true;
+        self.moved(&queue, old, state);
     }
 
     /// A lease ended without `done` or `fail` (`why`: `lease_expired`,
@@ -719,7 +721,6 @@ impl Jobs {
                 share
                     .then(a.last_given.cmp(&b.last_given))
                     .then(a.joined.cmp(&b.joined))
-                    .then(Ordering::Equal)
             })
             .map(|(c, _)| *c)
     }
@@ -748,9 +749,7 @@ impl Jobs {
             reply::job(id, &queue, payload, j.attempts, j.timeout_ms),
         ));
         self.due.insert((j.due_ms, id));
-        self.count(&queue, State::Queued, -1);
-        self.count(&queue, State::Leased, 1);
-        self.changed = true;
+        self.moved(&queue, State::Queued, State::Leased);
     }
 }
 

@@ -64,7 +64,7 @@ fn submit(t: &mut Jobs, now: u64, s: Submit) -> String {
 }
 
 fn table() -> Jobs {
-    Jobs::new(LIMITS, Recovered::default(), 0)
+    Jobs::new(LIMITS, Recovered::default())
 }
 
 #[test]
@@ -285,7 +285,7 @@ fn recovery_keeps_live_leases_and_requeues_lost_ones() {
         jobs: rows.into_values().collect(),
         next_id: 3,
     };
-    let mut t = Jobs::new(LIMITS, rec, 10);
+    let mut t = Jobs::new(LIMITS, rec);
     let mut out = Vec::new();
     t.recover_leases(10, &|c| c == conn(1), &mut out);
     t.join(10, conn(3), vec!["q".into()], 1, &mut out);

@@ -12,6 +12,9 @@ use crate::types::Request;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+/// The worker that holds the brain.
+pub const BRAIN: usize = 0;
+
 /// An executor as a front knows it: what its `hello` said.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Executor {

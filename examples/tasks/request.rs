@@ -301,16 +301,11 @@ fn fields(f: &Fields, kind: &str, max: usize) -> Result<Request, Refusal> {
         "ping" => Request::Ping,
         "hello" => hello(f)?,
         "submit" => submit(f, max)?,
-        "stats" => {
-            let v = f.obj.get("queue").cloned().unwrap_or(Value::Null);
-            if v.is_null() {
-                return f.bad("queue: missing".into());
-            }
-            match f.queue_of(&v, "queue") {
-                Ok(queue) => Request::Stats { queue },
-                Err((code, m)) => return f.refuse(code, m),
-            }
-        }
+        "stats" => match f.obj.get("queue").map(|v| f.queue_of(v, "queue")) {
+            None => return f.bad("queue: missing".into()),
+            Some(Ok(queue)) => Request::Stats { queue },
+            Some(Err((code, m))) => return f.refuse(code, m),
+        },
         "status" | "watch" | "cancel" | "extend" => {
             let job = f.required("job", MAX_REF_CHARS)?;
             match kind {

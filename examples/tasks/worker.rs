@@ -6,14 +6,11 @@ use crate::app;
 use crate::brain::Brain;
 use crate::config::TasksConfig;
 use crate::front::Front;
-use crate::link::Msg;
+use crate::link::{Msg, BRAIN};
 use bytes::Bytes;
 use foreman::{CloseFrame, ConnId, Ctx, Handler, Message, Request, Response, TimerId};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The worker that holds the brain.
-pub const BRAIN: usize = 0;
 
 /// How often the brain looks at due times, vanished executors and the page.
 const TICK: Duration = Duration::from_millis(10);

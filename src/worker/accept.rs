@@ -18,7 +18,7 @@ use std::time::Duration;
 
 /// Which listener a connection came from, and its wire.
 #[derive(Clone, Copy)]
-struct From {
+struct Origin {
     listener: u8,
     wire: Wire,
 }
@@ -69,7 +69,7 @@ impl<H: Handler> Worker<H> {
             match accepted {
                 Ok((sock, peer)) => {
                     self.accept_starved = false;
-                    let from = From {
+                    let from = Origin {
                         listener: n as u8,
                         wire,
                     };
@@ -93,7 +93,13 @@ impl<H: Handler> Worker<H> {
         }
     }
 
-    fn admit(&mut self, mut sock: TcpStream, peer: std::net::SocketAddr, per_ip: bool, from: From) {
+    fn admit(
+        &mut self,
+        mut sock: TcpStream,
+        peer: std::net::SocketAddr,
+        per_ip: bool,
+        from: Origin,
+    ) {
         let _ = sock.set_nodelay(true);
         let entry = self.core.conns.vacant_entry();
         let key = entry.key();
@@ -156,7 +162,7 @@ impl<H: Handler> Worker<H> {
         &mut self,
         sock: &TcpStream,
         peer: std::net::SocketAddr,
-        from: From,
+        from: Origin,
     ) -> Option<bool> {
         let limit = self.core.cfg.max_connections_per_ip;
         let slot = self.core.slot as usize;

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use crate::common::{self, poll_until, Server, TempFile, REPLY_TIMEOUT};
+use crate::common::{self, poll_until, Server, REPLY_TIMEOUT};
 use serde_json::{json, Value};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -276,6 +276,3 @@ pub fn kill9(pid: i32) {
         nix::sys::signal::Signal::SIGKILL,
     );
 }
-
-/// Keeps a TOML file alive with a test (unused directly).
-pub type Keep = TempFile;
