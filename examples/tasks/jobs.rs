@@ -182,11 +182,7 @@ impl Jobs {
         }
         let dead: Vec<ConnId> = self.leases.keys().copied().filter(|c| !alive(*c)).collect();
         for conn in dead {
-            let mut ids: Vec<JobNo> = self.leases.remove(&conn).into_iter().flatten().collect();
-            ids.sort_unstable();
-            for id in ids {
-                self.lease_ended(now_ms, id, "executor_lost", out);
-            }
+            self.leases_lost(now_ms, conn, out);
         }
         self.dispatch(now_ms, out);
     }
@@ -336,12 +332,30 @@ impl Jobs {
             }
         }
         self.execs.remove(&conn);
-        let mut ids: Vec<JobNo> = self.leases.remove(&conn).into_iter().flatten().collect();
-        ids.sort_unstable();
-        for id in ids {
+        self.leases_lost(now_ms, conn, out);
+        self.dispatch(now_ms, out);
+    }
+
+    /// The leases of `conn`, an executor gone, end with `executor_lost`.
+    /// They become queued at one instant, so they go back in line in the
+    /// order they had in it before they were leased (priority first, then
+    /// their old place), not in the order of their ids: a job that had
+    /// come back from `retry` stays behind one submitted after it.
+    fn leases_lost(&mut self, now_ms: u64, conn: ConnId, out: &mut Vec<Out>) {
+        let mut lost: Vec<Place> = self
+            .leases
+            .remove(&conn)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| {
+                let j = self.jobs.get(&id)?;
+                Some((Reverse(j.priority), j.ready_seq, id))
+            })
+            .collect();
+        lost.sort_unstable();
+        for (_, _, id) in lost {
             self.lease_ended(now_ms, id, "executor_lost", out);
         }
-        self.dispatch(now_ms, out);
     }
 
     /// The job `job` if it is leased to `conn`, else `not_leased`.

@@ -185,6 +185,28 @@ fn expiry_and_lost_executors_requeue_then_kill_on_the_last_attempt() {
 }
 
 #[test]
+fn a_lost_executors_jobs_go_back_in_their_old_order_not_by_id() {
+    let mut t = table();
+    let mut out = Vec::new();
+    t.join(0, conn(1), vec!["q".into()], 2, &mut out);
+    let a = submit(&mut t, 0, sub("q", 5));
+    // `a` fails once; `b` is submitted (and leased) while `a` waits in
+    // `retry`, so `b` became queued before `a` did again.
+    t.fail(1, tag(1), &a, "null".into(), true, &mut out);
+    let b = submit(&mut t, 2, sub("q", 5));
+    t.tick(1000, &mut out);
+    out.clear();
+    t.gone(1001, conn(1), &mut out);
+    t.join(1002, conn(2), vec!["q".into()], 1, &mut out);
+    let first = pushes(&out);
+    assert_eq!(first.len(), 1, "capacity 1");
+    assert_eq!(first[0].1["job"].as_str(), Some(b.as_str()), "b first");
+    out.clear();
+    t.done(1003, tag(2), &b, "null".into(), &mut out);
+    assert_eq!(pushes(&out)[0].1["job"].as_str(), Some(a.as_str()));
+}
+
+#[test]
 fn cancel_unique_and_retention() {
     let mut t = table();
     let id = submit(
