@@ -87,6 +87,7 @@
 //! abstract Unix sockets, `/proc` and `PR_SET_PDEATHSIG`.
 #![deny(missing_docs)]
 
+mod api;
 #[doc(hidden)]
 pub mod bench_support;
 pub mod cli;
@@ -115,7 +116,8 @@ pub use crate::core::membership::MAX_SESSION_BYTES;
 pub use crate::core::pool::{JobId, JobResult, PoolBusy};
 pub use crate::core::Waker;
 pub use config::{
-    ClusterConfig, ClusterSection, Config, Listen, OverflowPolicy, RedisUrl, ServerSection,
+    ApiConfig, ApiSection, ClusterConfig, ClusterSection, Config, Listen, OverflowPolicy, RedisUrl,
+    ServerSection,
 };
 pub use ctx::{ConnInfo, Ctx};
 pub use error::{ConnError, ConnectError, Error, Result};

@@ -29,6 +29,41 @@ fn page_and_health_check_are_served() {
 }
 
 #[test]
+fn a_backend_reaches_rooms_by_name_and_users_by_login_through_the_push_api() {
+    const KEY: &str = "chat-test-key-0123456789";
+    let server = ChatServer::start("api", 2, &format!("[api]\nkey = \"{KEY}\"\n"));
+    let mut alice = Client::login_on(&server, "alice", 0);
+    let mut bob = Client::login_on(&server, "bob", 1);
+    let mut carol = Client::login(&server, "carol");
+    alice.join("lobby");
+    bob.join("lobby");
+    alice.wait_for("bob's presence", |v| v["type"] == "presence");
+    let mut api = common::Backend::new(server.socket_addr(), KEY);
+    common::poll_until(WAIT, "lobby with two members", || {
+        let g = api.ok("GET", "/api/group/lobby", None);
+        (g["count"] == 2).then_some(())
+    });
+    let u = api.ok("GET", "/api/uid/alice", None);
+    assert_eq!(u["groups"], json!(["lobby"]), "a room's group is its name");
+
+    // A system message, in the protocol's own `message` shape, to the room.
+    let system = json!({"type": "message", "id": 0, "room": "lobby", "from": "system",
+        "text": "maintenance at 22:00", "time": 1});
+    assert_eq!(api.publish(json!({"group": "lobby"}), system.clone()), 2);
+    assert_eq!(
+        api.publish(json!({"uid": "carol"}), json!({"type": "note"})),
+        1
+    );
+    for c in [&mut alice, &mut bob] {
+        assert_eq!(c.expect("message"), system);
+    }
+    // carol is not in the room: her own publish is the first thing she gets.
+    assert_eq!(carol.recv(), json!({"type": "note"}));
+    // The connections go on as before.
+    assert!(alice.sync().is_empty());
+}
+
+#[test]
 fn login_comes_first_and_only_once() {
     let server = ChatServer::start("login", 2, "");
     let mut c = Client::connect(&server);

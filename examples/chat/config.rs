@@ -7,7 +7,7 @@
 
 use crate::app::{self, bad, in_range};
 pub use crate::rate::RateLimit;
-use foreman::{ClusterSection, Config, Error, ServerSection};
+use foreman::{ApiSection, ClusterSection, Config, Error, ServerSection};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,6 +38,8 @@ pub struct ChatFile {
     /// Several chat servers as one through Redis: then history, ids and
     /// presence live there (see `store_redis.rs`), not in SQLite.
     pub cluster: Option<ClusterSection>,
+    /// The HTTP push API for backends (`/api/`), on when it has a key.
+    pub api: Option<ApiSection>,
 }
 
 /// `[chat]` as written.
@@ -137,6 +139,9 @@ impl ChatConfig {
         let mut server = Config::from_section(s)?;
         if let Some(cluster) = &file.cluster {
             server.set_cluster(cluster)?;
+        }
+        if let Some(api) = &file.api {
+            server.set_api(api)?;
         }
 
         let c = &file.chat;

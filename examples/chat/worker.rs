@@ -44,9 +44,11 @@ use std::time::Instant;
 /// The page, compiled in.
 const PAGE: &str = include_str!("page.html");
 
-/// The foreman group of a room.
-fn group(room: &str) -> String {
-    format!("room:{room}")
+/// The foreman group of a room: its name, so that a backend reaches the
+/// room's members through the HTTP push API (`{"to": {"group": ROOM}}`),
+/// as it reaches a user by their login name (the uid).
+fn group(room: &str) -> &str {
+    room
 }
 
 /// What this worker knows about one of its connections.
@@ -130,7 +132,7 @@ impl ChatWorker {
                 // missed; but held back until `joined` is ready, so nothing
                 // of the room comes before it (see the module docs).
                 session.rooms.insert(join.room.clone());
-                ctx.join_group(conn, &group(&join.room));
+                ctx.join_group(conn, group(&join.room));
                 ctx.hold_output(conn);
                 let history = self.config.history_on_join;
                 let job = Job::Join {
@@ -144,7 +146,7 @@ impl ChatWorker {
             }
             Request::Leave(leave) => {
                 session.rooms.remove(&leave.room);
-                ctx.leave_group(conn, &group(&leave.room));
+                ctx.leave_group(conn, group(&leave.room));
                 let job = Job::Leave {
                     conn,
                     reference,
@@ -176,7 +178,7 @@ impl ChatWorker {
             }
             Request::Users(u) => {
                 let mut users = match &u.room {
-                    Some(room) => ctx.group_uids(&group(room)),
+                    Some(room) => ctx.group_uids(group(room)),
                     None => ctx.uids(),
                 };
                 users.sort();
@@ -196,7 +198,7 @@ impl ChatWorker {
             } => {
                 let frame = Message::from(reply::message(&message));
                 match &message.target {
-                    Target::Room(room) => ctx.send_to_group(&group(room), frame, &[]),
+                    Target::Room(room) => ctx.send_to_group(group(room), frame, &[]),
                     Target::User(to) if *to == message.from => ctx.send_to_uid(to, frame),
                     Target::User(to) => {
                         ctx.send_to_uids(&[to.as_str(), message.from.as_str()], frame)
@@ -224,7 +226,7 @@ impl ChatWorker {
                 history,
             } => {
                 let g = group(&room);
-                let mut users = ctx.group_uids(&g);
+                let mut users = ctx.group_uids(g);
                 users.sort();
                 users.dedup();
                 let joined = reply::joined(&room, &users, &history, reference.as_deref());
@@ -237,7 +239,7 @@ impl ChatWorker {
                     // user opened on another node a moment ago is left out
                     // too, though this worker may not know it yet.
                     let presence = reply::presence(&room, &user, true);
-                    ctx.send_to_group_except_uids(&g, presence, &[&user]);
+                    ctx.send_to_group_except_uids(g, presence, &[&user]);
                 }
             }
             Done::Left {
@@ -249,13 +251,13 @@ impl ChatWorker {
             } => {
                 ctx.send(conn, reply::left(&room, reference.as_deref()));
                 if last {
-                    ctx.send_to_group(&group(&room), reply::presence(&room, &user, false), &[conn]);
+                    ctx.send_to_group(group(&room), reply::presence(&room, &user, false), &[conn]);
                 }
             }
             Done::Rejoined { user, room, first } => {
                 if first {
                     let presence = reply::presence(&room, &user, true);
-                    ctx.send_to_group_except_uids(&group(&room), presence, &[&user]);
+                    ctx.send_to_group_except_uids(group(&room), presence, &[&user]);
                 }
             }
             Done::Revived => {
@@ -276,7 +278,7 @@ impl ChatWorker {
                 }
             }
             Done::Gone { user, room } => {
-                ctx.send_to_group(&group(&room), reply::presence(&room, &user, false), &[]);
+                ctx.send_to_group(group(&room), reply::presence(&room, &user, false), &[]);
             }
             Done::Busy(job) => {
                 let message = "the database is locked by another worker; try again";
@@ -316,7 +318,7 @@ impl ChatWorker {
             } => {
                 if let Some(session) = self.sessions.get_mut(&conn) {
                     session.rooms.remove(&room);
-                    ctx.leave_group(conn, &group(&room));
+                    ctx.leave_group(conn, group(&room));
                     let error = reply::error(&refusal(reference));
                     ctx.release_output(conn, Some(Message::from(error)));
                 }
@@ -330,7 +332,7 @@ impl ChatWorker {
             } => {
                 if let Some(session) = self.sessions.get_mut(&conn) {
                     session.rooms.insert(room.clone());
-                    ctx.join_group(conn, &group(&room));
+                    ctx.join_group(conn, group(&room));
                 }
                 (conn, reference)
             }

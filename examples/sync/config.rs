@@ -8,7 +8,7 @@
 
 use crate::app::{self, bad, in_range};
 use crate::rate::RateLimit;
-use foreman::{ClusterSection, Config, Error, ServerSection};
+use foreman::{ApiSection, ClusterSection, Config, Error, ServerSection};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,6 +29,8 @@ pub struct SyncFile {
     /// Several sync servers as one through Redis: then documents, versions
     /// and op memory live there (see `store_redis.rs`), not in SQLite.
     pub cluster: Option<ClusterSection>,
+    /// The HTTP push API for backends (`/api/`), on when it has a key.
+    pub api: Option<ApiSection>,
 }
 
 /// `[sync]` as written: the protocol's defaults table, and the store's own
@@ -199,6 +201,9 @@ impl SyncConfig {
         let mut server = Config::from_section(s)?;
         if let Some(cluster) = &file.cluster {
             server.set_cluster(cluster)?;
+        }
+        if let Some(api) = &file.api {
+            server.set_api(api)?;
         }
 
         let auth_secret = match file.auth.secret {

@@ -5,8 +5,10 @@
 //! optional) -> [`Config::from_section`] (defaults, validation). A bad file
 //! stops start-up with a message naming the key and the problem.
 
+mod api;
 mod cluster;
 
+pub use api::{ApiConfig, ApiSection};
 pub(crate) use cluster::node_number;
 pub use cluster::{ClusterConfig, ClusterSection, RedisUrl};
 
@@ -190,6 +192,9 @@ pub struct Config {
     /// The `[cluster]` table: `None` (default) for a single node. See
     /// [`ClusterConfig`].
     pub cluster: Option<ClusterConfig>,
+    /// The `[api]` table: the HTTP push API under `/api/` on `listen`;
+    /// `None` (default): off, and `/api/` goes to the handler like any path.
+    pub api: Option<ApiConfig>,
     /// More listeners besides `listen` (`also_listen`), in order: a
     /// connection accepted on the first has [`crate::ConnInfo::listener`]
     /// 1, and so on (0 is `listen`). Each has its own protocol; they are
@@ -249,6 +254,7 @@ impl Default for Config {
             keepalive_timeout: Some(Duration::from_secs(5)),
             max_requests_per_connection: 1000,
             cluster: None,
+            api: None,
             also_listen: Vec::new(),
         }
     }
@@ -283,8 +289,8 @@ impl Config {
         })
     }
 
-    /// Builds the config from the `[server]` and `[cluster]` tables of TOML
-    /// text.
+    /// Builds the config from the `[server]`, `[cluster]` and `[api]` tables
+    /// of TOML text.
     pub fn from_toml_str(text: &str) -> Result<Config> {
         #[derive(Deserialize)]
         struct File {
@@ -292,6 +298,8 @@ impl Config {
             server: Option<toml::Value>,
             #[serde(default)]
             cluster: Option<toml::Value>,
+            #[serde(default)]
+            api: Option<toml::Value>,
         }
         let file: File = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
         let section = match file.server {
@@ -305,6 +313,11 @@ impl Config {
                 .map_err(|e| Error::Config(format!("[cluster]: {e}")))?;
             config.set_cluster(&cluster)?;
         }
+        if let Some(v) = file.api {
+            let api =
+                ApiSection::deserialize(v).map_err(|e| Error::Config(format!("[api]: {e}")))?;
+            config.set_api(&api)?;
+        }
         Ok(config)
     }
 
@@ -312,6 +325,13 @@ impl Config {
     /// it has no `redis_url`). Errors name the key.
     pub fn set_cluster(&mut self, section: &ClusterSection) -> Result<()> {
         self.cluster = ClusterConfig::from_section(section)?;
+        Ok(())
+    }
+
+    /// Validates an `[api]` table into [`Config::api`] (`None` when it has
+    /// no key). Errors name the key.
+    pub fn set_api(&mut self, section: &ApiSection) -> Result<()> {
+        self.api = ApiConfig::from_section(section)?;
         Ok(())
     }
 
@@ -616,6 +636,26 @@ mod tests {
         let e = Config::from_toml_str("[cluster]\nredis = 1").unwrap_err();
         assert!(e.to_string().contains("[cluster]"), "{e}");
         assert!(Config::from_toml_str("").unwrap().cluster.is_none());
+    }
+
+    #[test]
+    fn the_api_table_is_read_and_its_key_checked() {
+        let c = Config::from_toml_str("[api]\nkey = \"0123456789abcdef\"").unwrap();
+        assert_eq!(c.api.unwrap().key, "0123456789abcdef");
+        assert!(Config::from_toml_str("[api]\nkey = \"\"")
+            .unwrap()
+            .api
+            .is_none());
+        assert!(Config::from_toml_str("").unwrap().api.is_none());
+        for bad in [
+            "[api]\nkey = \"short\"",
+            "[api]\nkey = \"with a space in it!\"",
+        ] {
+            let e = Config::from_toml_str(bad).unwrap_err();
+            assert!(e.to_string().contains("[api] key"), "{e}");
+        }
+        let e = Config::from_toml_str("[api]\nkee = 1").unwrap_err();
+        assert!(e.to_string().contains("kee"), "{e}");
     }
 
     #[test]

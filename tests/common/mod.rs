@@ -6,6 +6,7 @@
 //! none sleeps to let something happen.
 #![allow(dead_code, unused_imports)]
 
+pub mod api;
 pub mod app;
 pub mod browser;
 pub mod cert;
@@ -32,6 +33,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub use api::Backend;
 pub use app::AppServer;
 pub use cluster::*;
 pub use http::*;
@@ -108,6 +110,7 @@ pub fn example(name: &str) -> PathBuf {
         cmd.args(["build", "--quiet", "--example", name, "--target-dir"])
             .arg(&target)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
+        clean_cargo_env(&mut cmd);
         if profile == "release" {
             cmd.arg("--release");
         }
@@ -126,6 +129,28 @@ pub fn example(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Removes what cargo sets for a running test (`CARGO_PKG_*`,
+/// `CARGO_MANIFEST_*`, `CARGO_CRATE_NAME`, ...) from a nested cargo command.
+/// Build scripts such as ring's rerun when those change, so a nested build
+/// that inherits the test's values and the next `cargo test` without them
+/// would rebuild each other's dependencies every time.
+pub fn clean_cargo_env(cmd: &mut Command) {
+    const SET_FOR_TESTS: [&str; 6] = [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+    ];
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if SET_FOR_TESTS.iter().any(|p| key.starts_with(p)) || key == "OUT_DIR" {
+            cmd.env_remove(key);
+        }
+    }
 }
 
 /// A fresh, empty directory for one test's files:
