@@ -115,3 +115,60 @@ fn a_killed_node_is_forgotten_within_the_presence_ttl() {
         assert!(diff.is_empty(), "after b was forgotten: {diff:?}");
     }
 }
+
+/// The HTTP push API of node a reaches users on node b: `delivered`
+/// counts them (node a's replica of b's registry), and each gets it once.
+#[test]
+fn the_push_api_of_one_node_reaches_users_on_the_other() {
+    const KEY: &str = "cluster-test-key-0123";
+    let nodes =
+        Nodes::testbed_with_toml(WORKERS, PRESENCE_TTL, &format!("[api]\nkey = \"{KEY}\"\n"));
+    let mut peers = nodes.peers(8);
+    call_all(
+        &mut peers,
+        |i, _| json!({"op": "bind", "uid": format!("u{}", i % 4)}),
+    );
+    call_all(
+        &mut peers,
+        |i, _| json!({"op": "join", "group": if i % 2 == 0 { "even" } else { "odd" }}),
+    );
+    let mut api = Backend::new(nodes.node(0).addr, KEY);
+    poll_until(
+        CLUSTER_CONVERGE,
+        "node a lists every binding and member",
+        || {
+            let online = api.ok("GET", "/api/online", None);
+            let even = api.ok("GET", "/api/group/even", None);
+            let odd = api.ok("GET", "/api/group/odd", None);
+            (online == json!({"connections": 8, "uids": 4, "groups": 2})
+                && even["count"] == 4
+                && odd["count"] == 4)
+                .then_some(())
+        },
+    );
+    // u1 has peers 1 and 5: one on each node (peers take the nodes in turn).
+    assert_ne!(nodes.index_of(&peers[1]), nodes.index_of(&peers[0]));
+    assert_eq!(api.publish(json!({"uid": "u1"}), json!("to u1")), 2);
+    assert_eq!(api.publish(json!({"group": "even"}), json!("to even")), 4);
+    assert_eq!(api.publish(json!({"all": true}), json!("end")), 8);
+    for (i, p) in peers.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        loop {
+            let m = p
+                .push(REPLY_TIMEOUT)
+                .unwrap_or_else(|| panic!("peer {i}: no push"));
+            if m == "end" {
+                break;
+            }
+            got.push(m);
+        }
+        let mut want = Vec::new();
+        if i % 4 == 1 {
+            want.push("to u1");
+        }
+        if i % 2 == 0 {
+            want.push("to even");
+        }
+        assert_eq!(got, want, "peer {i} on node {}", nodes.index_of(p));
+    }
+}

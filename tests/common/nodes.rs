@@ -51,11 +51,18 @@ impl Nodes {
     /// As [`Nodes::testbed`], with presence TTL `ttl`.
     #[track_caller]
     pub fn testbed_with(count: usize, ttl: Duration) -> Nodes {
+        Nodes::testbed_with_toml(count, ttl, "")
+    }
+
+    /// As [`Nodes::testbed_with`], with `extra` appended to each node's
+    /// config (another table, say `[api]`).
+    #[track_caller]
+    pub fn testbed_with_toml(count: usize, ttl: Duration, extra: &str) -> Nodes {
         let redis = RedisServer::start();
         let servers: Vec<Server> = NODE_NAMES
             .iter()
             .map(|name| {
-                let toml = cluster_toml(&redis.url(), name, ttl);
+                let toml = cluster_toml(&redis.url(), name, ttl) + extra;
                 let server = Server::start_ws("testbed", count, &["--reuse-port"], Some(&toml));
                 server.wait_workers(count, REPLY_TIMEOUT);
                 server
