@@ -99,14 +99,21 @@ pub fn run_script(
     }
 }
 
-/// Each of `names` is a real image (more than a few bytes) in `dir`.
+/// Each of `names` is a real PNG image (the signature, more than a few
+/// bytes) in `dir`.
 #[track_caller]
 pub fn assert_screenshots(dir: &Path, names: &[&str]) {
+    const PNG: &[u8] = b"\x89PNG\r\n\x1a\n";
     for shot in names {
-        let len = std::fs::metadata(dir.join(shot)).map_or(0, |m| m.len());
+        let bytes = std::fs::read(dir.join(shot)).unwrap_or_default();
         assert!(
-            len > 1000,
+            bytes.len() > 1000,
             "screenshot {shot} missing under {}",
+            dir.display()
+        );
+        assert!(
+            bytes.starts_with(PNG),
+            "screenshot {shot} under {} is not a PNG",
             dir.display()
         );
     }

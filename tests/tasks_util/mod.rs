@@ -228,6 +228,39 @@ impl Tasks {
         Tasks::start_toml(dir, toml)
     }
 
+    /// Stops the scheduler with SIGTERM (its clients see their sockets
+    /// close) and starts it again on the same database and the same two
+    /// ports, the protocol's and the page's.
+    pub fn restart_same_ports(self) -> Tasks {
+        let (addr, page) = (self.addr(), self.page_addr());
+        let Tasks {
+            mut server,
+            dir,
+            toml,
+        } = self;
+        server.signal(nix::sys::signal::Signal::SIGTERM);
+        // Workers get the default stop_timeout (5 s) to close their
+        // connections.
+        assert!(
+            server.wait_exit(Duration::from_secs(15)).is_some(),
+            "the scheduler did not stop on SIGTERM:\n{}",
+            server.output()
+        );
+        drop(server);
+        let toml = toml
+            .replace(
+                "listen = \"frame://127.0.0.1:0\"",
+                &format!("listen = \"frame://{addr}\""),
+            )
+            .replace(
+                "http_listen = \"127.0.0.1:0\"",
+                &format!("http_listen = \"{page}\""),
+            );
+        let t = Tasks::start_toml(dir, toml);
+        assert_eq!((t.addr(), t.page_addr()), (addr, page), "the same ports");
+        t
+    }
+
     /// The protocol's address.
     pub fn addr(&self) -> SocketAddr {
         self.server.addr
