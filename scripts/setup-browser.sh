@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the chat's browser test (tests/chat_browser.rs) needs, when
+# Installs what the browser tests (tests/*_browser.rs) need, when
 # missing: Debian's `chromium`, Node.js with npm, and npm's `playwright-core`
 # in tests/browser/node_modules. playwright-core never downloads a browser;
 # the test drives /usr/bin/chromium. Safe to run again: it only installs what
