@@ -48,6 +48,8 @@
 //! machine falls on all of them alike.
 
 mod apps;
+#[path = "../common/cargo.rs"]
+mod cargo;
 mod cluster;
 mod hist;
 mod nofile;
@@ -62,7 +64,6 @@ mod server;
 mod wire;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use report::Row;
@@ -276,12 +277,10 @@ fn paths() -> Paths {
     }
 }
 
-/// Builds the server examples with the cargo that runs us, if any. A failed
-/// build is reported; its servers then show as skipped ("not built").
+/// Builds the server examples with the cargo that runs us, if any, without
+/// the variables cargo set for this bench ([`cargo::clean_cargo_env`]). A
+/// failed build is reported; its servers then show as skipped ("not built").
 fn build_examples(paths: &Paths) {
-    let Ok(cargo) = std::env::var("CARGO") else {
-        return;
-    };
     // One group each for the applications: a build error in one must not
     // skip the other.
     let groups = [
@@ -291,15 +290,8 @@ fn build_examples(paths: &Paths) {
         &["sync"][..],
     ];
     for group in groups {
-        let mut cmd = Command::new(&cargo);
-        cmd.current_dir(&paths.manifest)
-            .args(["build", "--release", "--quiet"]);
-        for ex in group {
-            cmd.args(["--example", ex]);
-        }
-        match cmd.status() {
-            Ok(s) if s.success() => {}
-            _ => eprintln!("bench: building {group:?} failed; those servers will be skipped"),
+        if let Err(e) = cargo::build_release_examples(&paths.manifest, group) {
+            eprintln!("bench: {e}; those servers will be skipped");
         }
     }
 }
