@@ -149,9 +149,11 @@ impl<H: Handler> Worker<H> {
     fn http_response(&mut self, request: &Request) -> Response {
         let handler = &mut self.handler;
         let core = &mut self.core;
-        let cfg = core.cfg.clone();
-        if let Some(api) = cfg.api.as_ref().filter(|_| crate::api::owns(&request.path)) {
-            return crate::api::handle(&mut Ctx::new(core), &api.key, request);
+        if core.cfg.api.is_some() && crate::api::owns(&request.path) {
+            let cfg = core.cfg.clone();
+            if let Some(api) = &cfg.api {
+                return crate::api::handle(&mut Ctx::new(core), &api.key, request);
+            }
         }
         let r = catch_unwind(AssertUnwindSafe(|| {
             handler.on_http_request(&mut Ctx::new(core), request)
