@@ -11,7 +11,7 @@
 //! | `GET /api/uid/UID` | | `{"uid", "online", "connections": [ID], "groups": [NAME]}` |
 //! | `GET /api/group/NAME` | | `{"group", "uids": [UID], "count"}` (`count`: connections) |
 //! | `POST /api/close` | `{"uid"}` or `{"conn"}`, optional `code` (1000), `reason` | `{"closed": N}` |
-//! | `POST /api/group/NAME/join` | `{"uid"}` | `{"joined": N}` (connections added) |
+//! | `POST /api/group/NAME/join` | `{"uid"}` | `{"joined": N}` (connections added: those this worker's registry lists as not members yet) |
 //! | `POST /api/group/NAME/leave` | `{"uid"}` | `{"left": N}` (connections removed) |
 //!
 //! `TARGET` is one of `{"uid": UID}`, `{"uids": [UID, ...]}`,

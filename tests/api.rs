@@ -17,14 +17,13 @@ const KEY: &str = "test-key-0123456789";
 /// `testbed` on two workers with the API on.
 fn server() -> Server {
     let toml = format!("[server]\nmax_requests_per_connection = 100000\n[api]\nkey = \"{KEY}\"\n");
-    Server::start_ws("testbed", 2, &[], Some(&toml))
+    Server::start_ws("testbed", 2, &["--reuse-port"], Some(&toml))
 }
 
 /// Peers on both workers; peer `i` is bound to uid `u{i % uids}`.
 #[track_caller]
 fn peers_with_uids(addr: SocketAddr, n: usize, uids: usize) -> Vec<Peer> {
-    let mut peers = connect_peers(addr, n);
-    spread_units(&peers, 2);
+    let mut peers: Vec<Peer> = (0..n).map(|i| peer_on_worker(addr, i % 2)).collect();
     call_all(
         &mut peers,
         |i, _| json!({"op": "bind", "uid": format!("u{}", i % uids)}),
@@ -113,6 +112,11 @@ fn every_endpoint_answers_for_the_whole_server() {
         Some(json!({"uid": "u1"})),
     );
     assert_eq!(v["joined"], 2);
+    // The joins are made by the connections' own workers: the second call
+    // sees them once they are back in this worker's registry.
+    poll_until(REPLY_TIMEOUT, "u1's two connections in room 1", || {
+        (api.ok("GET", "/api/group/room%201", None)["count"] == 2).then_some(())
+    });
     let v = api.ok(
         "POST",
         "/api/group/room%201/join",

@@ -3,7 +3,7 @@
 //! a `[cluster]` table (nodes `a` and `b`, a short presence TTL). Peers are
 //! placed on a chosen node and worker.
 
-use super::{connect_peers_across, Peer, RedisServer, Server, REPLY_TIMEOUT};
+use super::{connect_peers_across, peer_on_worker, Peer, RedisServer, Server, REPLY_TIMEOUT};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -120,18 +120,7 @@ impl Nodes {
     /// hands a connection to that worker.
     #[track_caller]
     pub fn peer_on(&self, node: usize, worker: usize) -> Peer {
-        let deadline = Instant::now() + REPLY_TIMEOUT;
-        loop {
-            let p = Peer::connect(self.servers[node].addr);
-            if p.worker == worker {
-                return p;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "within {REPLY_TIMEOUT:?}, no client landed on worker {worker} of node {}",
-                NODE_NAMES[node]
-            );
-        }
+        peer_on_worker(self.servers[node].addr, worker)
     }
 
     /// SIGKILLs node `i`'s master and workers at once; returns when that

@@ -380,6 +380,23 @@ pub fn connect_peers_across(addrs: &[SocketAddr], n: usize) -> Vec<Peer> {
     peers
 }
 
+/// A testbed peer on worker `worker` of the server at `addr`: connects
+/// until the kernel hands a connection to that worker (the others close).
+#[track_caller]
+pub fn peer_on_worker(addr: SocketAddr, worker: usize) -> Peer {
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    loop {
+        let p = Peer::connect(addr);
+        if p.worker == worker {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "within {REPLY_TIMEOUT:?}, no client landed on worker {worker} of {addr}"
+        );
+    }
+}
+
 /// Sends one command to each peer, then collects the replies in order.
 #[track_caller]
 pub fn call_all(peers: &mut [Peer], cmd: impl Fn(usize, &Peer) -> Value) -> Vec<Value> {
