@@ -24,12 +24,29 @@ fn config(url: &str, queue: &str, extra: &str) -> String {
     format!("[amqp]\nurl = \"{url}\"\nqueue = \"{queue}\"\n{extra}")
 }
 
-/// `n` peers spread over both workers, peer `i` bound to uid `u{i}`, once
-/// every worker's registry knows them all and every bridge is connected.
+/// `n` peers on both workers (more are connected until both have some;
+/// extras on the fuller one are dropped), peer `i` bound to uid `u{i}`,
+/// once every worker's registry knows them all and every bridge is
+/// connected.
 #[track_caller]
 fn users(server: &Server, n: usize) -> Vec<Peer> {
+    server.wait_workers(2, REPLY_TIMEOUT);
     let mut peers = connect_peers(server.addr, n);
-    spread_units(&peers, 2);
+    let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+    while one_per_worker(&peers).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no client landed on the second worker"
+        );
+        peers.extend(connect_peers(server.addr, 4));
+    }
+    while peers.len() > n {
+        let fuller = by_worker(&peers)
+            .into_values()
+            .max_by_key(Vec::len)
+            .expect("peers");
+        peers.remove(fuller[0]);
+    }
     call_all(
         &mut peers,
         |i, _| json!({"op": "bind", "uid": format!("u{i}")}),
@@ -41,6 +58,13 @@ fn users(server: &Server, n: usize) -> Vec<Peer> {
     }
     wait_connected(&mut peers);
     peers
+}
+
+/// `testbed` on two workers, each with its own listening socket (the
+/// kernel spreads clients over them), with this config.
+#[track_caller]
+fn testbed(toml: &str) -> Server {
+    Server::start_ws("testbed", 2, &["--reuse-port"], Some(toml))
 }
 
 /// The index of one peer on each worker, by worker.
@@ -146,7 +170,7 @@ fn ten_thousand_confirmed_messages_reach_their_users_exactly_once() {
     let queue = rabbit::unique("foreman.test.push");
     let client = Client::connect(&url, REPLY_TIMEOUT);
     client.declare(&queue);
-    let server = Server::start_ws("testbed", 2, &[], Some(&config(&url, &queue, "")));
+    let server = testbed(&config(&url, &queue, ""));
     let mut peers = users(&server, USERS);
 
     // A poison message first: rejected, not requeued, counted; the rest flow.
@@ -206,7 +230,7 @@ fn handlers_publish_with_confirms_and_answer_their_queue() {
     client.declare(&out);
     client.declare(&replies);
     let extra = format!("max_pending = 50\nconsume = [\"{app}\"]\n");
-    let mut server = Server::start_ws("testbed", 2, &[], Some(&config(&url, &push, &extra)));
+    let mut server = testbed(&config(&url, &push, &extra));
     let mut peers = users(&server, 4);
 
     // Out: 100 publishes in one callback; the 50 past max_pending are
@@ -284,7 +308,7 @@ fn a_worker_killed_mid_stream_has_its_unacked_messages_redelivered() {
         "[server]\nhandler_timeout_ms = 0\n{}",
         config(&url, &queue, "prefetch = 64\n")
     );
-    let server = Server::start_ws("testbed", 2, &[], Some(&toml));
+    let server = testbed(&toml);
     let mut all = users(&server, 8);
     // The users live on worker 0; worker 1's loop is stuck in a handler
     // (its bridge thread still takes deliveries), then the worker is
