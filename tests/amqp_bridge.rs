@@ -419,10 +419,19 @@ fn a_broker_restarted_mid_stream_loses_no_confirmed_message() {
         Ok(first)
     );
     assert!(client.ready(&queue) > 0, "the stream is under way");
-    broker.restart();
+    broker.kill();
     for &w in &workers {
         kill(Pid::from_raw(w), Signal::SIGCONT).expect("SIGCONT");
     }
+    // While the broker is down, a handler's publish fails at once.
+    for i in one_per_worker(&peers) {
+        poll_until(FLOW, "publish refused while the broker is down", || {
+            let r = peers[i]
+                .call(json!({"op": "amqp_publish", "exchange": "", "key": "q", "data": "x"}));
+            (r["ok"] == 0 && r["refused"].as_str()?.contains("not connected")).then_some(())
+        });
+    }
+    broker.start_again();
     drop(client);
     client = Client::connect(&url, FLOW);
     wait_connected(&mut peers);

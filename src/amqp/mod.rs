@@ -132,7 +132,8 @@ pub struct AmqpStats {
     pub since: Option<SystemTime>,
     /// Messages received from the push queue and the `consume` queues.
     pub consumed: u64,
-    /// Of those, acked to the broker.
+    /// Of those, acked (handed to the bridge to ack; an ack for a
+    /// connection since lost is dropped, and the broker redelivers).
     pub acked: u64,
     /// Of those, rejected: malformed push messages and the handler's
     /// rejects.

@@ -236,6 +236,13 @@ impl RabbitServer {
         }
     }
 
+    /// Starts a killed node again on the same ports and data.
+    #[track_caller]
+    pub fn start_again(&mut self) {
+        assert!(self.broker.is_none(), "the node is running");
+        self.spawn();
+    }
+
     /// Kills the node and starts it again on the same ports and data.
     #[track_caller]
     pub fn restart(&mut self) {
