@@ -41,6 +41,14 @@
 //! | `send_to_local` | `data` | |
 //! | `batch` | `cmds` (a list of commands) | `replies`: each command's reply, all run in one callback |
 //! | `closes` | | `closes`: this worker's `on_close` calls in order, as `"CONN CODE REASON"` for a peer's close frame, `"CONN -"` without one |
+//! | `amqp_publish` | `exchange`, `key`, `data`, optional `n` | `ok`: how many of `n` (default 1) `Ctx::publish` calls succeeded (body `data`, or `dataI` for the I-th of several), `refused`: the first refusal's text |
+//! | `block` | `ms` | none until `ms` passed: the handler blocks its loop (a stuck worker; set `handler_timeout_ms = 0` to keep the master from replacing it) |
+//! | `amqp_stats` | | this worker's `Ctx::amqp_stats` (`null` without `[amqp]`) |
+//! | `amqp_messages` | | `messages`: this worker's `on_amqp_message` calls, each `{queue, body, reply_to, correlation_id, redelivered}` |
+//!
+//! Messages of an `[amqp] consume` queue: one whose body starts with `hold`
+//! is kept unacked; any other is answered `re:BODY` (with
+//! `Ctx::amqp_reply`, when it has a `reply_to`) and then acked.
 //!
 //! `conn` fields default to the sender's own connection. A WebSocket request
 //! with `?panic` makes `on_websocket_connect` panic; `?reject` answers 403;
@@ -102,6 +110,8 @@ struct Testbed {
     busy_on_stop: Option<Duration>,
     /// The timer that ends that work; `busy()` is true while it is pending.
     busy_timer: Option<TimerId>,
+    /// The latest `on_amqp_message` calls, oldest first.
+    amqp_messages: Vec<Value>,
 }
 
 struct TimerEntry {
@@ -358,6 +368,44 @@ impl Testbed {
             }
             "local" => Ok(json!({"conns": conn_strings(ctx.local_connections())})),
             "closes" => Ok(json!({"closes": self.closes})),
+            "amqp_publish" => {
+                let n = cmd.get("n").and_then(Value::as_u64).unwrap_or(1);
+                let (exchange, key) = (text(cmd, "exchange")?, text(cmd, "key")?);
+                let data = text(cmd, "data")?;
+                let (mut ok, mut error) = (0, None);
+                for i in 0..n {
+                    let body = if n == 1 {
+                        data.to_string()
+                    } else {
+                        format!("{data}{i}")
+                    };
+                    match ctx.publish(exchange, key, body) {
+                        Ok(()) => ok += 1,
+                        Err(e) => {
+                            error.get_or_insert(e.to_string());
+                        }
+                    }
+                }
+                Ok(json!({"ok": ok, "refused": error}))
+            }
+            "block" => {
+                std::thread::sleep(Duration::from_millis(number(cmd, "ms")?));
+                ok
+            }
+            "amqp_stats" => Ok(match ctx.amqp_stats() {
+                None => Value::Null,
+                Some(s) => json!({
+                    "connected": s.connected,
+                    "consumed": s.consumed,
+                    "acked": s.acked,
+                    "rejected": s.rejected,
+                    "confirmed": s.confirmed,
+                    "failed": s.failed,
+                    "pending": s.pending,
+                    "disconnects": s.disconnects,
+                }),
+            }),
+            "amqp_messages" => Ok(json!({"messages": self.amqp_messages})),
             "send_to_local" => {
                 ctx.send_to_local(text(cmd, "data")?);
                 ok
@@ -381,6 +429,29 @@ impl Testbed {
 }
 
 impl Handler for Testbed {
+    fn on_amqp_message(&mut self, ctx: &mut Ctx, msg: &foreman::AmqpMessage) {
+        let body = String::from_utf8_lossy(&msg.body).into_owned();
+        if self.amqp_messages.len() >= ERROR_LOG_CAP {
+            self.amqp_messages.remove(0);
+        }
+        self.amqp_messages.push(json!({
+            "queue": msg.queue,
+            "body": body,
+            "reply_to": msg.reply_to,
+            "correlation_id": msg.correlation_id,
+            "redelivered": msg.redelivered,
+        }));
+        if body.starts_with("hold") {
+            return;
+        }
+        if msg.reply_to.is_some() {
+            if let Err(e) = ctx.amqp_reply(msg, format!("re:{body}")) {
+                eprintln!("testbed: cannot answer {}: {e}", msg.id);
+            }
+        }
+        ctx.amqp_ack(msg.id);
+    }
+
     fn on_websocket_connect(
         &mut self,
         _ctx: &mut Ctx,

@@ -7,7 +7,9 @@
 #   scripts/test.sh --quick [ARGS]   `cargo test ARGS` only, no conformance run
 #
 # Idempotent; installs what it needs: redis-server for the cluster tests
-# (scripts/setup-redis.sh, also with --quick), kosoku for the conformance run
+# (scripts/setup-redis.sh, also with --quick), a RabbitMQ broker on
+# 127.0.0.1:5672 for the bridge tests (scripts/setup-rabbitmq.sh, also with
+# --quick), kosoku for the conformance run
 # (scripts/setup-conformance.sh).
 set -euo pipefail
 
@@ -42,6 +44,7 @@ step() {
 }
 
 step "setup-redis" scripts/setup-redis.sh
+step "setup-rabbitmq" scripts/setup-rabbitmq.sh
 if [ "$quick" = 0 ]; then
     step "setup-conformance" scripts/setup-conformance.sh
 fi

@@ -142,6 +142,18 @@ pub trait Handler: 'static {
     /// order the jobs finished.
     fn on_job_done(&mut self, ctx: &mut Ctx, job: JobId, result: JobResult) {}
 
+    /// A message from one of the `[amqp] consume` queues (see
+    /// [`crate::AmqpConfig::consume`]). The broker keeps it for this worker
+    /// until you ack it with [`Ctx::amqp_ack`] (once it is durably handled:
+    /// a worker that dies first gets it redelivered, to itself or another)
+    /// or reject it with [`Ctx::amqp_reject`]. Answer a request with
+    /// [`Ctx::amqp_reply`], which carries its `correlation_id` to its
+    /// `reply_to`. The default rejects it without requeue, so that no
+    /// message sits unacked for ever.
+    fn on_amqp_message(&mut self, ctx: &mut Ctx, msg: &crate::AmqpMessage) {
+        ctx.amqp_reject(msg.id);
+    }
+
     /// Asked while the worker is stopping and has no connections left: return
     /// true while background work (a writer thread, say) still has results to
     /// hand back. The loop keeps running timers and wakes until this returns

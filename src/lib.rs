@@ -87,6 +87,7 @@
 //! abstract Unix sockets, `/proc` and `PR_SET_PDEATHSIG`.
 #![deny(missing_docs)]
 
+mod amqp;
 mod api;
 #[doc(hidden)]
 pub mod bench_support;
@@ -110,14 +111,15 @@ mod shm;
 mod signals;
 mod worker;
 
+pub use crate::amqp::{AmqpId, AmqpMessage, AmqpProperties, AmqpStats, PublishError};
 pub use crate::cluster::node::ClusterStats;
 pub use crate::core::dial::{ConnectOptions, Reconnect, WhileDown};
 pub use crate::core::membership::MAX_SESSION_BYTES;
 pub use crate::core::pool::{JobId, JobResult, PoolBusy};
 pub use crate::core::Waker;
 pub use config::{
-    ApiConfig, ApiSection, ClusterConfig, ClusterSection, Config, Listen, OverflowPolicy, RedisUrl,
-    ServerSection,
+    AmqpConfig, AmqpExchange, AmqpSection, ApiConfig, ApiSection, ClusterConfig, ClusterSection,
+    Config, ExchangeKind, ExchangeSection, Listen, OverflowPolicy, RedisUrl, ServerSection,
 };
 pub use ctx::{ConnInfo, Ctx};
 pub use error::{ConnError, ConnectError, Error, Result};

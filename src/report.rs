@@ -186,6 +186,64 @@ pub(crate) struct WorkerReport {
     /// The worker's part of a cluster, with `[cluster]`.
     #[serde(default)]
     pub(crate) cluster: Option<ClusterReport>,
+    /// The worker's RabbitMQ bridge, with `[amqp]`.
+    #[serde(default)]
+    pub(crate) amqp: Option<AmqpReport>,
+}
+
+/// A worker's RabbitMQ bridge figures (see [`crate::AmqpStats`]).
+#[derive(Serialize, Deserialize, Debug, Default, Clone)]
+pub(crate) struct AmqpReport {
+    pub(crate) url: String,
+    pub(crate) connected: bool,
+    /// When `connected` last changed, in ms since the Unix epoch (0: never).
+    pub(crate) since_ms: u64,
+    pub(crate) consumed: u64,
+    pub(crate) acked: u64,
+    pub(crate) rejected: u64,
+    pub(crate) confirmed: u64,
+    pub(crate) failed: u64,
+    pub(crate) pending: usize,
+    pub(crate) disconnects: u64,
+}
+
+/// `status`'s RabbitMQ line: whether every worker's bridge is connected,
+/// and the bridge's counters summed over the workers.
+fn amqp_line(reports: &[&WorkerReport]) -> String {
+    let parts: Vec<&AmqpReport> = reports.iter().filter_map(|r| r.amqp.as_ref()).collect();
+    let Some(first) = parts.first() else {
+        return String::new();
+    };
+    let up = parts.iter().filter(|a| a.connected).count();
+    let state = if up == parts.len() {
+        "connected".to_string()
+    } else {
+        let down: Vec<String> = reports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let a = r.amqp.as_ref()?;
+                (!a.connected).then(|| match a.since_ms {
+                    0 => format!("worker {i} never yet"),
+                    ms => format!("worker {i} for {}", age(ms)),
+                })
+            })
+            .collect();
+        format!("NOT connected: {}", down.join(", "))
+    };
+    let sum = |f: fn(&AmqpReport) -> u64| parts.iter().map(|a| f(a)).sum::<u64>();
+    format!(
+        "amqp: {} {state}; consumed {}, acked {}, rejected {}; published: confirmed {}, \
+         failed {}, pending {}; connections lost {}\n",
+        first.url,
+        sum(|a| a.consumed),
+        sum(|a| a.acked),
+        sum(|a| a.rejected),
+        sum(|a| a.confirmed),
+        sum(|a| a.failed),
+        sum(|a| a.pending as u64),
+        sum(|a| a.disconnects),
+    )
 }
 
 /// A worker's cluster figures.
@@ -493,6 +551,7 @@ pub(crate) fn status_table(g: &Gathered<WorkerReport>) -> String {
         total.server_conns, total.uids
     ));
     out.push_str(&cluster_line(&answered));
+    out.push_str(&amqp_line(&answered));
     out.push_str(&limits_line(&m.workers));
     out
 }

@@ -463,6 +463,16 @@ impl Bus {
         keys
     }
 
+    /// Whether every other worker's link has been taken up once (its
+    /// Hello read; its snapshot follows it on the same link), so this
+    /// worker's registry replica knows of their connections.
+    pub(crate) fn heard_from_all(&self) -> bool {
+        self.slots
+            .iter()
+            .enumerate()
+            .all(|(i, s)| i == self.slot as usize || s.current.is_some() || s.expect.is_some())
+    }
+
     /// Whether some inbound link has more to read.
     pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()

@@ -5,9 +5,11 @@
 //! optional) -> [`Config::from_section`] (defaults, validation). A bad file
 //! stops start-up with a message naming the key and the problem.
 
+mod amqp;
 mod api;
 mod cluster;
 
+pub use amqp::{AmqpConfig, AmqpExchange, AmqpSection, ExchangeKind, ExchangeSection};
 pub use api::{ApiConfig, ApiSection};
 pub(crate) use cluster::node_number;
 pub use cluster::{ClusterConfig, ClusterSection, RedisUrl};
@@ -195,6 +197,9 @@ pub struct Config {
     /// The `[api]` table: the HTTP push API under `/api/` on `listen`;
     /// `None` (default): off, and `/api/` goes to the handler like any path.
     pub api: Option<ApiConfig>,
+    /// The `[amqp]` table: the RabbitMQ bridge; `None` (default): off. See
+    /// [`AmqpConfig`].
+    pub amqp: Option<AmqpConfig>,
     /// More listeners besides `listen` (`also_listen`), in order: a
     /// connection accepted on the first has [`crate::ConnInfo::listener`]
     /// 1, and so on (0 is `listen`). Each has its own protocol; they are
@@ -255,6 +260,7 @@ impl Default for Config {
             max_requests_per_connection: 1000,
             cluster: None,
             api: None,
+            amqp: None,
             also_listen: Vec::new(),
         }
     }
@@ -289,8 +295,8 @@ impl Config {
         })
     }
 
-    /// Builds the config from the `[server]`, `[cluster]` and `[api]` tables
-    /// of TOML text.
+    /// Builds the config from the `[server]`, `[cluster]`, `[api]` and
+    /// `[amqp]` tables of TOML text.
     pub fn from_toml_str(text: &str) -> Result<Config> {
         #[derive(Deserialize)]
         struct File {
@@ -300,6 +306,8 @@ impl Config {
             cluster: Option<toml::Value>,
             #[serde(default)]
             api: Option<toml::Value>,
+            #[serde(default)]
+            amqp: Option<toml::Value>,
         }
         let file: File = toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
         let section = match file.server {
@@ -318,6 +326,11 @@ impl Config {
                 ApiSection::deserialize(v).map_err(|e| Error::Config(format!("[api]: {e}")))?;
             config.set_api(&api)?;
         }
+        if let Some(v) = file.amqp {
+            let amqp =
+                AmqpSection::deserialize(v).map_err(|e| Error::Config(format!("[amqp]: {e}")))?;
+            config.set_amqp(&amqp)?;
+        }
         Ok(config)
     }
 
@@ -332,6 +345,13 @@ impl Config {
     /// no key). Errors name the key.
     pub fn set_api(&mut self, section: &ApiSection) -> Result<()> {
         self.api = ApiConfig::from_section(section)?;
+        Ok(())
+    }
+
+    /// Validates an `[amqp]` table into [`Config::amqp`] (`None` when it has
+    /// no `url`). Errors name the key.
+    pub fn set_amqp(&mut self, section: &AmqpSection) -> Result<()> {
+        self.amqp = AmqpConfig::from_section(section)?;
         Ok(())
     }
 

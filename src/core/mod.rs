@@ -119,6 +119,8 @@ pub(crate) struct Core {
     pub(crate) stopping: bool,
     /// Heartbeats and per-address counts, shared by all processes.
     pub(crate) board: Scoreboard,
+    /// The RabbitMQ bridge, with `[amqp]`, once the loop started it.
+    pub(crate) amqp: Option<crate::amqp::Bridge>,
 }
 
 /// What the loop hands [`Core::new`].
@@ -164,6 +166,7 @@ impl Core {
             mio: p.mio,
             stopping: false,
             board: p.board,
+            amqp: None,
             cfg,
         }
     }
@@ -219,6 +222,23 @@ impl Core {
                 c.marks.dirty = true;
                 self.dirty.push(key);
             }
+        }
+    }
+
+    /// Starts the RabbitMQ bridge's thread, with `[amqp]`, once this
+    /// worker has heard from every other one (so that a push is routed
+    /// with the whole registry, not an empty replica) or `by` passed. In
+    /// the worker, after fork: the master has no threads.
+    pub(crate) fn start_amqp(&mut self, by: Instant) {
+        if self.amqp.is_some() || !(self.bus.heard_from_all() || self.now >= by) {
+            return;
+        }
+        if let Some(cfg) = &self.cfg.amqp {
+            self.amqp = Some(crate::amqp::Bridge::start(
+                cfg,
+                self.slot,
+                self.waker.0.clone(),
+            ));
         }
     }
 

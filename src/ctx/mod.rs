@@ -5,6 +5,7 @@
 //! This file has this worker's facts, timers, sending, outbound connections
 //! and blocking work; `registry.rs` the online-user registry calls.
 
+mod amqp;
 mod registry;
 
 use crate::cluster::wire::{self, Record, Target};

@@ -5,6 +5,8 @@
 //! the core to the handler as a [`Ctx`] and catches panics.
 
 use super::{panic_text, Worker, ALSO_BASE, LISTENER, SIGNALS, SWEEP, WAKER};
+use crate::amqp;
+use crate::api;
 use crate::cluster::bus::{self, BusToken, Inbox};
 use crate::cluster::node;
 use crate::config::MAX_ALSO;
@@ -24,6 +26,9 @@ impl<H: Handler> Worker<H> {
     /// the blocking jobs are done) or the stop deadline passed.
     pub(crate) fn run(mut self) -> io::Result<()> {
         self.core.link_peers();
+        // The bridge starts once the registry replica is filled, within
+        // this long at most (a peer may be dead and respawning).
+        let amqp_by = Instant::now() + Duration::from_secs(2);
         self.guard(None, |h, ctx| h.on_worker_start(ctx));
         let mut events = Events::with_capacity(1024);
         loop {
@@ -39,6 +44,9 @@ impl<H: Handler> Worker<H> {
             self.core.now = Instant::now();
             for event in events.iter() {
                 self.dispatch(event);
+            }
+            if self.core.cfg.amqp.is_some() && self.core.amqp.is_none() {
+                self.core.start_amqp(amqp_by);
             }
             self.turn();
             if let Some(deadline) = self.stop_deadline {
@@ -62,6 +70,7 @@ impl<H: Handler> Worker<H> {
             || !self.core.deferred.is_empty()
             || !self.core.resumed.is_empty()
             || self.core.cluster.as_ref().is_some_and(|c| c.has_unread())
+            || self.core.amqp.as_ref().is_some_and(|a| a.has_events())
         {
             return Some(Duration::ZERO);
         }
@@ -94,6 +103,7 @@ impl<H: Handler> Worker<H> {
             LISTENER => self.accept_from(0),
             WAKER => {
                 self.core.collect_jobs();
+                self.amqp_events();
                 self.guard(None, |h, ctx| h.on_wake(ctx));
             }
             SIGNALS => self.read_signals(),
@@ -194,6 +204,7 @@ impl<H: Handler> Worker<H> {
             self.accept();
         }
         self.core.cluster_tick();
+        self.amqp_events();
         self.run_deferred();
         self.core.run_redials();
         // The bus first: the other workers start their share of a broadcast
@@ -206,6 +217,42 @@ impl<H: Handler> Worker<H> {
         if self.accept_full && self.core.conns.len() < self.max_conns {
             self.accept_full = false;
             self.accept();
+        }
+    }
+
+    /// Handles what the RabbitMQ bridge brought (at most
+    /// [`amqp::EVENTS_PER_TURN`]; the rest next turn): push messages are
+    /// parsed and delivered like `/api/publish`, then acked (malformed ones
+    /// rejected without requeue); app messages go to `on_amqp_message`.
+    fn amqp_events(&mut self) {
+        for _ in 0..amqp::EVENTS_PER_TURN {
+            let Some(ev) = self.core.amqp.as_mut().and_then(|b| b.next_event()) else {
+                return;
+            };
+            match ev {
+                amqp::Event::Push(id, body) => match api::parse_publish(&body) {
+                    Ok(p) => {
+                        let (_, complete) = api::deliver(&mut Ctx::new(&mut self.core), &p);
+                        if !complete {
+                            log::warn!(
+                                "amqp: {id} could not reach every worker or node \
+                                 (too large for the bus, or the cluster is down); acked anyway"
+                            );
+                        }
+                        if let Some(b) = self.core.amqp.as_mut() {
+                            b.ack(id);
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("amqp: rejecting {id} from the push queue: {e}");
+                        if let Some(b) = self.core.amqp.as_mut() {
+                            b.reject(id, false);
+                        }
+                    }
+                },
+                amqp::Event::App(msg) => self.guard(None, |h, ctx| h.on_amqp_message(ctx, &msg)),
+                amqp::Event::Confirmed(_) | amqp::Event::Link(_) => {}
+            }
         }
     }
 

@@ -100,6 +100,24 @@ impl<H: Handler> Worker<H> {
                 remote_conns: s.remote_connections,
                 disconnects: s.disconnects,
             }),
+            amqp: core.amqp.as_ref().map(|b| {
+                let s = b.stats();
+                report::AmqpReport {
+                    url: b.cfg.display_url(),
+                    connected: s.connected,
+                    since_ms: s.since.map_or(0, |t| {
+                        t.duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64)
+                    }),
+                    consumed: s.consumed,
+                    acked: s.acked,
+                    rejected: s.rejected,
+                    confirmed: s.confirmed,
+                    failed: s.failed,
+                    pending: s.pending,
+                    disconnects: s.disconnects,
+                }
+            }),
         }
     }
 

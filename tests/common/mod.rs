@@ -16,6 +16,7 @@ pub mod http;
 pub mod jwt;
 pub mod nodes;
 pub mod procfs;
+pub mod rabbit;
 pub mod redis;
 pub mod sockdiag;
 pub mod ws;
