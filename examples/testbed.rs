@@ -41,10 +41,11 @@
 //! | `send_to_local` | `data` | |
 //! | `batch` | `cmds` (a list of commands) | `replies`: each command's reply, all run in one callback |
 //! | `closes` | | `closes`: this worker's `on_close` calls in order, as `"CONN CODE REASON"` for a peer's close frame, `"CONN -"` without one |
-//! | `amqp_publish` | `exchange`, `key`, `data`, optional `n` | `ok`: how many of `n` (default 1) `Ctx::publish` calls succeeded (body `data`, or `dataI` for the I-th of several), `refused`: the first refusal's text |
+//! | `amqp_publish` | `exchange`, `key`, `data`, optional `n` | `ok`: how many of `n` (default 1) `Ctx::publish` calls succeeded, `seqs` their numbers (body `data`, or `dataI` for the I-th of several), `refused`: the first refusal's text |
 //! | `block` | `ms` | none until `ms` passed: the handler blocks its loop (a stuck worker; set `handler_timeout_ms = 0` to keep the master from replacing it) |
 //! | `amqp_stats` | | this worker's `Ctx::amqp_stats` (`null` without `[amqp]`) |
 //! | `amqp_messages` | | `messages`: this worker's `on_amqp_message` calls, each `{queue, body, reply_to, correlation_id, redelivered}` |
+//! | `amqp_confirms` | | `confirms`: this worker's `on_amqp_confirm` calls, each `[seq, ok]` |
 //!
 //! Messages of an `[amqp] consume` queue: one whose body starts with `hold`
 //! is kept unacked; any other is answered `re:BODY` (with
@@ -112,6 +113,8 @@ struct Testbed {
     busy_timer: Option<TimerId>,
     /// The latest `on_amqp_message` calls, oldest first.
     amqp_messages: Vec<Value>,
+    /// The latest `on_amqp_confirm` calls, oldest first: `[seq, ok]`.
+    amqp_confirms: Vec<(u64, bool)>,
 }
 
 struct TimerEntry {
@@ -372,7 +375,7 @@ impl Testbed {
                 let n = cmd.get("n").and_then(Value::as_u64).unwrap_or(1);
                 let (exchange, key) = (text(cmd, "exchange")?, text(cmd, "key")?);
                 let data = text(cmd, "data")?;
-                let (mut ok, mut error) = (0, None);
+                let (mut ok, mut error, mut seqs) = (0, None, Vec::new());
                 for i in 0..n {
                     let body = if n == 1 {
                         data.to_string()
@@ -380,13 +383,16 @@ impl Testbed {
                         format!("{data}{i}")
                     };
                     match ctx.publish(exchange, key, body) {
-                        Ok(()) => ok += 1,
+                        Ok(seq) => {
+                            ok += 1;
+                            seqs.push(seq);
+                        }
                         Err(e) => {
                             error.get_or_insert(e.to_string());
                         }
                     }
                 }
-                Ok(json!({"ok": ok, "refused": error}))
+                Ok(json!({"ok": ok, "refused": error, "seqs": seqs}))
             }
             "block" => {
                 std::thread::sleep(Duration::from_millis(number(cmd, "ms")?));
@@ -406,6 +412,7 @@ impl Testbed {
                 }),
             }),
             "amqp_messages" => Ok(json!({"messages": self.amqp_messages})),
+            "amqp_confirms" => Ok(json!({"confirms": self.amqp_confirms})),
             "send_to_local" => {
                 ctx.send_to_local(text(cmd, "data")?);
                 ok
@@ -429,6 +436,13 @@ impl Testbed {
 }
 
 impl Handler for Testbed {
+    fn on_amqp_confirm(&mut self, _ctx: &mut Ctx, seq: u64, ok: bool) {
+        if self.amqp_confirms.len() >= ERROR_LOG_CAP {
+            self.amqp_confirms.remove(0);
+        }
+        self.amqp_confirms.push((seq, ok));
+    }
+
     fn on_amqp_message(&mut self, ctx: &mut Ctx, msg: &foreman::AmqpMessage) {
         let body = String::from_utf8_lossy(&msg.body).into_owned();
         if self.amqp_messages.len() >= ERROR_LOG_CAP {

@@ -154,6 +154,13 @@ pub trait Handler: 'static {
         ctx.amqp_reject(msg.id);
     }
 
+    /// The broker answered publish `seq` (the number [`Ctx::publish`]
+    /// returned): confirmed (`ok`), or refused (a nack), or lost with the
+    /// connection before its confirm came (`!ok`). Each publish gets one
+    /// call. Answers usually come in publish order, but a handler that
+    /// tracks them (an outbox's cursor) should not rely on it.
+    fn on_amqp_confirm(&mut self, ctx: &mut Ctx, seq: u64, ok: bool) {}
+
     /// Asked while the worker is stopping and has no connections left: return
     /// true while background work (a writer thread, say) still has results to
     /// hand back. The loop keeps running timers and wakes until this returns

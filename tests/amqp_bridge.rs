@@ -246,6 +246,18 @@ fn handlers_publish_with_confirms_and_answer_their_queue() {
         let s = peers[0].call(json!({"op": "amqp_stats"}));
         (s["confirmed"] == 50 && s["pending"] == 0).then_some(())
     });
+    // Each accepted publish's number came back once to on_amqp_confirm.
+    let seqs: Vec<u64> = serde_json::from_value(r["seqs"].clone()).expect("seqs");
+    let confirms: Vec<(u64, bool)> =
+        serde_json::from_value(peers[0].call(json!({"op": "amqp_confirms"}))["confirms"].clone())
+            .expect("confirms");
+    let mut confirmed: Vec<u64> = confirms.iter().filter(|c| c.1).map(|c| c.0).collect();
+    confirmed.sort_unstable();
+    assert_eq!(
+        confirmed, seqs,
+        "every publish answered once, confirmed: {confirms:?}"
+    );
+    assert_eq!(seqs.len(), 50);
     let got = client.consume(&out, 50, REPLY_TIMEOUT);
     let got: BTreeSet<String> = got.into_iter().map(|(b, _)| b).collect();
     assert_eq!(got, (0..50).map(|i| format!("out-{i}")).collect());

@@ -152,6 +152,8 @@ pub struct AmqpStats {
 /// What the loop tells the thread. Bounded: see [`Bridge::start`].
 pub(crate) enum Command {
     Publish {
+        /// Its number, as [`crate::Ctx::publish`] returned it.
+        seq: u64,
         exchange: String,
         routing_key: String,
         body: Bytes,
@@ -167,8 +169,8 @@ pub(crate) enum Event {
     Push(AmqpId, Bytes),
     /// A message from a `consume` queue.
     App(AmqpMessage),
-    /// A publish was confirmed (`true`) or failed.
-    Confirmed(bool),
+    /// Publish number `.0` was confirmed (`true`) or failed.
+    Confirmed(u64, bool),
     /// The connection came up (`true`) or was lost.
     Link(bool),
 }
@@ -179,6 +181,8 @@ pub(crate) struct Bridge {
     commands: tokio::sync::mpsc::Sender<Command>,
     events: Receiver<Event>,
     connected: Arc<AtomicBool>,
+    /// The number of the last publish handed to the thread.
+    next_seq: u64,
     pub(crate) stats: AmqpStats,
 }
 
@@ -209,6 +213,7 @@ impl Bridge {
             commands,
             events,
             connected,
+            next_seq: 0,
             stats: AmqpStats::default(),
         }
     }
@@ -220,14 +225,16 @@ impl Bridge {
         routing_key: &str,
         body: Bytes,
         props: AmqpProperties,
-    ) -> Result<(), PublishError> {
+    ) -> Result<u64, PublishError> {
         if !self.connected.load(Ordering::Acquire) {
             return Err(PublishError::Down);
         }
         if self.stats.pending >= self.cfg.max_pending {
             return Err(PublishError::Full(self.stats.pending));
         }
+        let seq = self.next_seq + 1;
         let cmd = Command::Publish {
+            seq,
             exchange: exchange.into(),
             routing_key: routing_key.into(),
             body,
@@ -236,7 +243,8 @@ impl Bridge {
         match self.commands.try_send(cmd) {
             Ok(()) => {
                 self.stats.pending += 1;
-                Ok(())
+                self.next_seq = seq;
+                Ok(seq)
             }
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                 Err(PublishError::Full(self.stats.pending))
@@ -277,7 +285,7 @@ impl Bridge {
         };
         match &ev {
             Event::Push(..) | Event::App(_) => self.stats.consumed += 1,
-            Event::Confirmed(ok) => {
+            Event::Confirmed(_, ok) => {
                 self.stats.pending = self.stats.pending.saturating_sub(1);
                 if *ok {
                     self.stats.confirmed += 1;

@@ -128,7 +128,7 @@ impl Bridge {
                 _ = &mut sleep => return false,
                 cmd = self.commands.recv() => match cmd {
                     None => return true,
-                    Some(Command::Publish { .. }) => self.send(Event::Confirmed(false)),
+                    Some(Command::Publish { seq, .. }) => self.send(Event::Confirmed(seq, false)),
                     Some(_) => {} // a stale ack: the broker requeued it
                 },
             }
@@ -302,6 +302,7 @@ impl Bridge {
                 }
             }
             Command::Publish {
+                seq,
                 exchange,
                 routing_key,
                 body,
@@ -334,13 +335,13 @@ impl Bridge {
                         let waker = self.waker.clone();
                         tokio::spawn(async move {
                             let ok = matches!(confirm.await, Ok(c) if c.is_ack());
-                            if events.try_send(Event::Confirmed(ok)).is_ok() {
+                            if events.try_send(Event::Confirmed(seq, ok)).is_ok() {
                                 let _ = waker.wake();
                             }
                         });
                     }
                     Err(e) => {
-                        self.send(Event::Confirmed(false));
+                        self.send(Event::Confirmed(seq, false));
                         return Err(e);
                     }
                 }

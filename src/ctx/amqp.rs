@@ -8,8 +8,10 @@ use bytes::Bytes;
 impl Ctx<'_> {
     /// Publishes `body` to `exchange` with `routing_key` through the
     /// RabbitMQ bridge (`[amqp]`), persistent, on a channel with publisher
-    /// confirms: the broker's confirm counts in [`Ctx::amqp_stats`]
-    /// (`confirmed`, or `failed` for a nack or a connection lost first).
+    /// confirms. Returns the publish's number (1, 2, ... per worker): the
+    /// broker's answer comes to [`crate::Handler::on_amqp_confirm`] with
+    /// it, and counts in [`Ctx::amqp_stats`] (`confirmed`, or `failed` for a
+    /// nack or a connection lost first).
     /// `""` is the default exchange, which routes to the queue named
     /// `routing_key`.
     ///
@@ -22,7 +24,7 @@ impl Ctx<'_> {
         exchange: &str,
         routing_key: &str,
         body: impl Into<Bytes>,
-    ) -> Result<(), PublishError> {
+    ) -> Result<u64, PublishError> {
         self.publish_with(exchange, routing_key, body, AmqpProperties::default())
     }
 
@@ -34,7 +36,7 @@ impl Ctx<'_> {
         routing_key: &str,
         body: impl Into<Bytes>,
         props: AmqpProperties,
-    ) -> Result<(), PublishError> {
+    ) -> Result<u64, PublishError> {
         match self.core.amqp.as_mut() {
             Some(b) => b.publish(exchange, routing_key, body.into(), props),
             None => Err(PublishError::Off),
@@ -49,7 +51,7 @@ impl Ctx<'_> {
         &mut self,
         msg: &AmqpMessage,
         body: impl Into<Bytes>,
-    ) -> Result<(), PublishError> {
+    ) -> Result<u64, PublishError> {
         let Some(to) = msg.reply_to.as_deref() else {
             return Err(PublishError::NoReplyTo);
         };

@@ -251,7 +251,10 @@ impl<H: Handler> Worker<H> {
                     }
                 },
                 amqp::Event::App(msg) => self.guard(None, |h, ctx| h.on_amqp_message(ctx, &msg)),
-                amqp::Event::Confirmed(_) | amqp::Event::Link(_) => {}
+                amqp::Event::Confirmed(seq, ok) => {
+                    self.guard(None, |h, ctx| h.on_amqp_confirm(ctx, seq, ok))
+                }
+                amqp::Event::Link(_) => {}
             }
         }
     }
