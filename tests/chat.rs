@@ -63,6 +63,62 @@ fn a_backend_reaches_rooms_by_name_and_users_by_login_through_the_push_api() {
     assert!(alice.sync().is_empty());
 }
 
+/// `[amqp]`: every stored message reaches a queue bound to `chat.messages`,
+/// room messages under `room.NAME` and direct ones under `dm`, each room's
+/// in id order, none missing, though the senders are on both workers.
+#[test]
+fn stored_messages_reach_chat_messages_in_order_per_room() {
+    use common::rabbit;
+    const EACH: usize = 40;
+    let url = rabbit::machine_url();
+    let push = rabbit::unique("chat.push");
+    let server = ChatServer::start(
+        "amqp",
+        2,
+        &format!("[amqp]\nurl = \"{url}\"\nqueue = \"{push}\"\n"),
+    );
+    let client = rabbit::Client::connect(&url, WAIT);
+    let events = rabbit::unique("chat.events");
+    client.bind(&events, "chat.messages", "#");
+    let mut al = Client::login_on(&server, "al", 0);
+    let mut bo = Client::login_on(&server, "bo", 1);
+    for c in [&mut al, &mut bo] {
+        c.join("r1");
+        c.join("r2");
+    }
+    let mut acked = std::collections::BTreeSet::new();
+    for i in 0..EACH {
+        for (who, room) in [(0, "r1"), (1, "r1"), (0, "r2"), (1, "r2")] {
+            let c = if who == 0 { &mut al } else { &mut bo };
+            c.send(json!({"type": "say", "room": room, "text": format!("{room}-{i}"), "ref": "x"}));
+            let ack = c.wait_for("ack", |v| v["type"] == "ack");
+            acked.insert(ack["id"].as_i64().unwrap());
+        }
+    }
+    al.send(json!({"type": "say", "to": "bo", "text": "psst", "ref": "dm"}));
+    acked.insert(
+        al.wait_for("ack", |v| v["type"] == "ack")["id"]
+            .as_i64()
+            .unwrap(),
+    );
+    let got = client.consume(&events, acked.len(), WAIT);
+    client.delete(&events);
+    client.delete(&push);
+    let mut ids = std::collections::BTreeSet::new();
+    let mut last: std::collections::HashMap<String, i64> = Default::default();
+    for (body, _) in &got {
+        let m: Value = serde_json::from_str(body).expect("a JSON message event");
+        assert_eq!(m["type"], "message", "{m}");
+        let id = m["id"].as_i64().unwrap();
+        let room = m["room"].as_str().unwrap_or("dm").to_string();
+        let prev = last.insert(room.clone(), id).unwrap_or(0);
+        assert!(id > prev, "room {room}: {id} after {prev}");
+        ids.insert(id);
+    }
+    assert_eq!(ids, acked, "every stored message, once each");
+    assert_eq!(got.len(), acked.len(), "none twice without faults");
+}
+
 #[test]
 fn login_comes_first_and_only_once() {
     let server = ChatServer::start("login", 2, "");

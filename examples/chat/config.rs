@@ -7,7 +7,10 @@
 
 use crate::app::{self, bad, in_range};
 pub use crate::rate::RateLimit;
-use foreman::{ApiSection, ClusterSection, Config, Error, ServerSection};
+use foreman::{
+    AmqpExchange, AmqpSection, ApiSection, ClusterSection, Config, Error, ExchangeKind,
+    ServerSection,
+};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,6 +43,9 @@ pub struct ChatFile {
     pub cluster: Option<ClusterSection>,
     /// The HTTP push API for backends (`/api/`), on when it has a key.
     pub api: Option<ApiSection>,
+    /// The RabbitMQ bridge, on when it has a `url`: pushes from the
+    /// `queue`, and every stored message published to `chat.messages`.
+    pub amqp: Option<AmqpSection>,
 }
 
 /// `[chat]` as written.
@@ -142,6 +148,21 @@ impl ChatConfig {
         }
         if let Some(api) = &file.api {
             server.set_api(api)?;
+        }
+        if let Some(amqp) = &file.amqp {
+            server.set_amqp(amqp)?;
+        }
+        if let Some(amqp) = server.amqp.as_mut() {
+            if !amqp
+                .exchanges
+                .iter()
+                .any(|e| e.name == crate::events::EXCHANGE)
+            {
+                amqp.exchanges.push(AmqpExchange {
+                    name: crate::events::EXCHANGE.into(),
+                    kind: ExchangeKind::Topic,
+                });
+            }
         }
 
         let c = &file.chat;

@@ -22,6 +22,7 @@ mod app;
 #[path = "../common/auth.rs"]
 mod auth;
 mod config;
+mod events;
 #[path = "../common/jwt.rs"]
 mod jwt;
 #[path = "../common/rate.rs"]

@@ -89,6 +89,10 @@ CREATE TABLE IF NOT EXISTS members(
 CREATE INDEX IF NOT EXISTS members_by_user ON members(room, user);
 CREATE INDEX IF NOT EXISTS members_by_conn ON members(conn);
 CREATE INDEX IF NOT EXISTS members_by_worker ON members(worker);
+CREATE TABLE IF NOT EXISTS outbox(
+    name TEXT PRIMARY KEY,
+    last_id INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Attempts at a batch (that failed otherwise than on the lock) before its
@@ -673,24 +677,65 @@ fn page(
     let mut statement = db.prepare_cached(sql)?;
     let rows = statement.query_map(
         params![key, before.unwrap_or(i64::MAX), limit as i64],
-        |r| {
-            let room: Option<String> = r.get(2)?;
-            let to: Option<String> = r.get(3)?;
-            Ok(StoredMessage {
-                id: r.get(0)?,
-                from: r.get(1)?,
-                target: match room {
-                    Some(room) => Target::Room(room),
-                    None => Target::User(to.unwrap_or_default()),
-                },
-                text: r.get(4)?,
-                time: r.get(5)?,
-            })
-        },
+        stored_message,
     )?;
     let mut messages = rows.collect::<rusqlite::Result<Vec<_>>>()?;
     messages.reverse();
     Ok(messages)
+}
+
+/// A row of `SELECT id, from_user, room, to_user, text, time`.
+fn stored_message(r: &rusqlite::Row) -> rusqlite::Result<StoredMessage> {
+    let room: Option<String> = r.get(2)?;
+    let to: Option<String> = r.get(3)?;
+    Ok(StoredMessage {
+        id: r.get(0)?,
+        from: r.get(1)?,
+        target: match room {
+            Some(room) => Target::Room(room),
+            None => Target::User(to.unwrap_or_default()),
+        },
+        text: r.get(4)?,
+        time: r.get(5)?,
+    })
+}
+
+impl Store {
+    /// The outbox cursor `name`: every message up to it was published and
+    /// confirmed (0 when never saved). See `events.rs`.
+    pub fn outbox_cursor(&self, name: &str) -> rusqlite::Result<i64> {
+        self.db
+            .query_row(
+                "SELECT last_id FROM outbox WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(0),
+                e => Err(e),
+            })
+    }
+
+    /// Saves the outbox cursor `name` (never moving it back).
+    pub fn save_outbox_cursor(&self, name: &str, id: i64) -> rusqlite::Result<()> {
+        self.db.execute(
+            "INSERT INTO outbox(name, last_id) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET last_id = max(last_id, excluded.last_id)",
+            params![name, id],
+        )?;
+        Ok(())
+    }
+
+    /// Up to `limit` messages (rooms and direct) with ids above `after`,
+    /// in id order.
+    pub fn messages_after(&self, after: i64, limit: usize) -> rusqlite::Result<Vec<StoredMessage>> {
+        let mut statement = self.db.prepare_cached(
+            "SELECT id, from_user, room, to_user, text, time FROM messages
+             WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = statement.query_map(params![after, limit as i64], stored_message)?;
+        rows.collect()
+    }
 }
 
 /// The highest message id so far (0 when empty).

@@ -409,3 +409,28 @@ fn presence_is_decided_per_user_not_per_connection() {
 fn joined_carries_the_rooms_last_messages() {
     scenario_joined_carries_last_messages(&mut open(&temp_db()));
 }
+
+#[test]
+fn the_outbox_reads_every_message_in_id_order_after_its_cursor() {
+    let path = temp_db();
+    let mut s = open(&path);
+    let jobs = vec![
+        say("0.1.1", "al", room("r"), "one"),
+        say("0.1.1", "al", Target::User("bo".into()), "two"),
+        say("0.1.1", "al", room("s"), "three"),
+    ];
+    s.run(&jobs);
+    assert_eq!(s.outbox_cursor("amqp").unwrap(), 0, "never saved");
+    let all = s.messages_after(0, 10).unwrap();
+    let texts: Vec<&str> = all.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["one", "two", "three"]);
+    assert_eq!(all[1].target, Target::User("bo".into()));
+    s.save_outbox_cursor("amqp", all[1].id).unwrap();
+    s.save_outbox_cursor("amqp", all[0].id).unwrap();
+    let other = open(&path);
+    let cursor = other.outbox_cursor("amqp").unwrap();
+    assert_eq!(cursor, all[1].id, "kept, and never moved back");
+    let rest = other.messages_after(cursor, 10).unwrap();
+    assert_eq!(rest, all[2..].to_vec());
+    assert_eq!(other.messages_after(0, 1).unwrap(), all[..1].to_vec());
+}

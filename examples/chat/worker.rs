@@ -28,6 +28,7 @@
 
 use crate::auth;
 use crate::config::ChatConfig;
+use crate::events::Publisher;
 use crate::rate::{Bucket, Verdict};
 use crate::reply;
 use crate::request::{self, ErrorCode, Frame, Gate, Refusal, Request, Target};
@@ -76,6 +77,8 @@ pub struct ChatWorker {
     /// Set by `on_worker_stop`: from then on closing connections leave their
     /// `members` rows to the next worker in this slot (see `on_close`).
     stopping: bool,
+    /// Worker 0 with `[amqp]` (and SQLite): stored messages to RabbitMQ.
+    events: Option<Publisher>,
 }
 
 impl ChatWorker {
@@ -88,6 +91,7 @@ impl ChatWorker {
             page: crate::app::page(PAGE, config.server.websocket_path.as_deref().unwrap_or("/")),
             config,
             stopping: false,
+            events: None,
         }
     }
 
@@ -375,6 +379,17 @@ impl Handler for ChatWorker {
         if let Some(interval) = c.tick_interval {
             self.tick = Some(ctx.add_timer(interval, true));
         }
+        if ctx.worker_id() == 0 && c.server.amqp.is_some() {
+            if c.server.cluster.is_some() {
+                log::warn!(
+                    "chat: [amqp] with [cluster]: stored messages are not published \
+                     (the outbox reads the SQLite history); pushes from the queue work"
+                );
+            } else {
+                let (path, busy) = (c.database.clone(), c.busy_timeout);
+                self.events = Some(Publisher::start(ctx, path, busy));
+            }
+        }
     }
 
     fn on_worker_stop(&mut self, ctx: &mut Ctx) {
@@ -468,6 +483,9 @@ impl Handler for ChatWorker {
     }
 
     fn on_timer(&mut self, ctx: &mut Ctx, timer: TimerId) {
+        if let Some(events) = self.events.as_mut().filter(|e| e.owns_timer(timer)) {
+            return events.poll(ctx);
+        }
         if Some(timer) != self.tick {
             return;
         }
@@ -476,6 +494,20 @@ impl Handler for ChatWorker {
             if session.user.is_some() {
                 ctx.send(*conn, frame.clone());
             }
+        }
+    }
+
+    fn on_job_done(&mut self, ctx: &mut Ctx, job: foreman::JobId, result: foreman::JobResult) {
+        if let Some(events) = self.events.as_mut() {
+            if events.job_done(ctx, job, result) {
+                events.poll(ctx);
+            }
+        }
+    }
+
+    fn on_amqp_confirm(&mut self, _ctx: &mut Ctx, seq: u64, ok: bool) {
+        if let Some(events) = self.events.as_mut() {
+            events.confirmed(seq, ok);
         }
     }
 

@@ -13,7 +13,7 @@
 use super::{pump, Log};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -316,6 +316,37 @@ impl Client {
                     .queue_declare(queue, opts, FieldTable::default()),
             )
             .unwrap_or_else(|e| panic!("declare {queue}: {e}"));
+    }
+
+    /// Declares a durable queue bound to the durable topic exchange
+    /// `exchange` (declared too) with `pattern`.
+    pub fn bind(&self, queue: &str, exchange: &str, pattern: &str) {
+        self.declare(queue);
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        self.rt
+            .block_on(async {
+                self.channel
+                    .exchange_declare(
+                        exchange,
+                        lapin::ExchangeKind::Topic,
+                        durable,
+                        FieldTable::default(),
+                    )
+                    .await?;
+                self.channel
+                    .queue_bind(
+                        queue,
+                        exchange,
+                        pattern,
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+            })
+            .unwrap_or_else(|e| panic!("bind {queue} to {exchange}: {e}"));
     }
 
     /// Deletes a queue (cleaning up).
