@@ -451,8 +451,11 @@ fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            let hex = b.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(b[i]);
@@ -530,6 +533,7 @@ mod tests {
         assert_eq!(Route::of("/api/nope").err().map(|e| e.status), Some(404));
         assert_eq!(Route::of("/api/uid/").err().map(|e| e.status), Some(400));
         assert_eq!(Route::of("/api/uid/%zz").err().map(|e| e.status), Some(400));
+        assert_eq!(Route::of("/api/uid/%+1").err().map(|e| e.status), Some(400));
         assert!(owns("/api") && owns("/api/x") && !owns("/apix"));
     }
 

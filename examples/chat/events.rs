@@ -80,9 +80,10 @@ pub struct Outbox {
     /// Publishes not yet confirmed, in order: (publish number, message
     /// id, confirmed though one before it is not yet).
     in_flight: VecDeque<(u64, i64, bool)>,
-    /// A read is out.
-    reading: bool,
-    /// Publishes answered so far that failed (nack, lost connection).
+    /// A read is out, of the rows after this id.
+    reading: Option<i64>,
+    /// Publishes in line that failed (a nack, a lost connection); those
+    /// after one in line are dropped with it, uncounted.
     pub failed: u64,
 }
 
@@ -94,17 +95,17 @@ impl Outbox {
             persisted: confirmed,
             published: confirmed,
             in_flight: VecDeque::new(),
-            reading: false,
+            reading: None,
             failed: 0,
         }
     }
 
     /// The next thing to do when polled (a timer, a new message stored).
     pub fn step(&mut self) -> Step {
-        if self.reading || self.in_flight.len() >= WINDOW {
+        if self.reading.is_some() || self.in_flight.len() >= WINDOW {
             return Step::Wait;
         }
-        self.reading = true;
+        self.reading = Some(self.published);
         Step::Read {
             after: self.published,
             limit: WINDOW - self.in_flight.len(),
@@ -115,12 +116,14 @@ impl Outbox {
     /// to publish now, in order; for each, [`Outbox::published`] or, if
     /// the publish was refused, [`Outbox::refused`].
     pub fn read_done(&mut self, rows: Option<Vec<Row>>) -> Vec<Row> {
-        self.reading = false;
-        let mut rows = rows.unwrap_or_default();
-        // A reset (a failed confirm) while the read was out: rows at or
-        // below what is now the start are published again anyway.
-        rows.retain(|r| r.id > self.published);
-        rows
+        let after = self.reading.take();
+        // A reset (a failed confirm) while the read was out moved the start
+        // back: these rows begin past it, so none is published now (the
+        // next read starts at the new start), or messages would be skipped.
+        if after != Some(self.published) {
+            return Vec::new();
+        }
+        rows.unwrap_or_default()
     }
 
     /// Row `id` was handed to the broker as publish number `seq`.
@@ -193,8 +196,8 @@ pub fn routing_key(m: &StoredMessage) -> String {
 enum Done {
     /// The store connection (opened, or given back) and the cursor read.
     Opened(Store, i64),
-    /// Rows after the cursor (`None`: the read failed).
-    Rows(Store, Option<Vec<Row>>),
+    /// Rows after the cursor (`None`: the read failed), and the limit asked.
+    Rows(Store, Option<Vec<Row>>, usize),
     /// The cursor was saved (or not: `None`).
     Saved(Store, Option<i64>),
     /// Opening failed.
@@ -241,10 +244,23 @@ impl Publisher {
         });
     }
 
+    /// Runs `job` on the blocking pool. Refused, the store it held is
+    /// gone with it: the next poll opens another, and a read that was out
+    /// counts as failed.
     fn run(&mut self, ctx: &mut Ctx, job: impl FnOnce() -> Done + Send + 'static) {
         match ctx.spawn_blocking(job) {
             Ok(id) => self.job = Some(id),
-            Err(e) => log::warn!("chat events: the blocking pool is busy ({e}); next poll"),
+            Err(e) => {
+                log::warn!("chat events: the blocking pool is busy ({e}); next poll");
+                self.lost_job();
+            }
+        }
+    }
+
+    /// A job (and the store it held) is gone without a result.
+    fn lost_job(&mut self) {
+        if let Some(o) = self.outbox.as_mut() {
+            o.read_done(None);
         }
     }
 
@@ -253,22 +269,25 @@ impl Publisher {
         self.timer == Some(timer)
     }
 
-    /// The poll: save the cursor if it moved, else read new rows.
+    /// The poll: (re)open the store if it is gone, save the cursor if it
+    /// moved, else read new rows.
     pub fn poll(&mut self, ctx: &mut Ctx) {
         if self.job.is_some() {
             return;
         }
-        let Some(outbox) = self.outbox.as_mut() else {
+        let (Some(outbox), Some(store)) = (self.outbox.as_mut(), self.store.take()) else {
             return self.open(ctx);
-        };
-        let Some(store) = self.store.take() else {
-            return;
         };
         if let Some(id) = outbox.to_persist() {
             self.run(ctx, move || {
                 let saved = store.save_outbox_cursor(CURSOR, id).ok().map(|_| id);
                 Done::Saved(store, saved)
             });
+            return;
+        }
+        if !ctx.amqp_stats().is_some_and(|s| s.connected) {
+            // Nothing could be published: no read until the broker is back.
+            self.store = Some(store);
             return;
         }
         match outbox.step() {
@@ -282,13 +301,16 @@ impl Publisher {
                         })
                         .collect()
                 });
-                Done::Rows(store, rows)
+                Done::Rows(store, rows, limit)
             }),
             Step::Wait => self.store = Some(store),
         }
     }
 
-    /// A blocking job ended; false if it was not the publisher's.
+    /// A blocking job ended; false if it was not the publisher's. Polls
+    /// again at once only when there may be more to do now (the store just
+    /// opened, the cursor saved, or a full read all handed to the broker);
+    /// otherwise the timer's next poll.
     pub fn job_done(&mut self, ctx: &mut Ctx, job: JobId, result: JobResult) -> bool {
         if self.job != Some(job) {
             return false;
@@ -298,19 +320,23 @@ impl Publisher {
             Ok(d) => d,
             Err(r) => Done::Failed(r.panic_message().unwrap_or("?").to_string()),
         };
-        match done {
+        let again = match done {
             Done::Opened(store, cursor) => {
-                log::info!("chat events: publishing to {EXCHANGE} after message {cursor}");
-                self.outbox = Some(Outbox::new(cursor));
+                if self.outbox.is_none() {
+                    log::info!("chat events: publishing to {EXCHANGE} after message {cursor}");
+                    self.outbox = Some(Outbox::new(cursor));
+                }
                 self.store = Some(store);
+                true
             }
             Done::Saved(store, saved) => {
                 if let (Some(o), Some(id)) = (self.outbox.as_mut(), saved) {
                     o.persisted(id);
                 }
                 self.store = Some(store);
+                saved.is_some()
             }
-            Done::Rows(store, rows) => {
+            Done::Rows(store, rows, limit) => {
                 self.store = Some(store);
                 if rows.is_none() {
                     log::warn!("chat events: reading new messages failed; next poll");
@@ -318,18 +344,30 @@ impl Publisher {
                 let Some(o) = self.outbox.as_mut() else {
                     return true;
                 };
-                for row in o.read_done(rows) {
+                let rows = o.read_done(rows);
+                let full = rows.len() == limit;
+                let mut all = true;
+                for row in rows {
                     match ctx.publish(EXCHANGE, &row.routing_key, row.body) {
                         Ok(seq) => o.published(seq, row.id),
                         Err(e) => {
                             log::debug!("chat events: message {} waits: {e}", row.id);
                             o.refused(row.id);
+                            all = false;
                             break;
                         }
                     }
                 }
+                full && all
             }
-            Done::Failed(e) => log::warn!("chat events: {e}; trying again at the next poll"),
+            Done::Failed(e) => {
+                log::warn!("chat events: {e}; trying again at the next poll");
+                self.lost_job();
+                false
+            }
+        };
+        if again {
+            self.poll(ctx);
         }
         true
     }
@@ -437,6 +475,42 @@ mod tests {
             o.confirm(s, true);
         }
         assert_eq!((o.confirmed(), o.failed), (4, 1));
+    }
+
+    #[test]
+    fn a_reset_while_a_read_is_out_skips_nothing() {
+        let mut o = Outbox::new(0);
+        let mut seq = 0;
+        o.step();
+        {
+            let got = o_read(&mut o, 1..=3);
+            publish_all(&mut o, got, &mut seq);
+        }
+        assert_eq!(
+            o.step(),
+            Step::Read {
+                after: 3,
+                limit: WINDOW - 3
+            }
+        );
+        o.confirm(1, true);
+        o.confirm(2, false); // 2 and 3 go back while rows 4.. are read
+        assert!(
+            o.read_done(Some(rows(4..=6))).is_empty(),
+            "4.. would skip 2 and 3"
+        );
+        assert_eq!(
+            o.step(),
+            Step::Read {
+                after: 1,
+                limit: WINDOW
+            }
+        );
+        let again = {
+            let got = o_read(&mut o, 2..=6);
+            publish_all(&mut o, got, &mut seq)
+        };
+        assert_eq!(again, vec![2, 3, 4, 5, 6]);
     }
 
     #[test]

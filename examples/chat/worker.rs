@@ -499,9 +499,7 @@ impl Handler for ChatWorker {
 
     fn on_job_done(&mut self, ctx: &mut Ctx, job: foreman::JobId, result: foreman::JobResult) {
         if let Some(events) = self.events.as_mut() {
-            if events.job_done(ctx, job, result) {
-                events.poll(ctx);
-            }
+            events.job_done(ctx, job, result);
         }
     }
 

@@ -335,8 +335,16 @@ impl Bridge {
                         let waker = self.waker.clone();
                         tokio::spawn(async move {
                             let ok = matches!(confirm.await, Ok(c) if c.is_ack());
-                            if events.try_send(Event::Confirmed(seq, ok)).is_ok() {
-                                let _ = waker.wake();
+                            match events.try_send(Event::Confirmed(seq, ok)) {
+                                Ok(()) => {
+                                    let _ = waker.wake();
+                                }
+                                // Within the bound this cannot happen; if it
+                                // does, say so: publish `seq` stays pending.
+                                Err(TrySendError::Full(_)) => log::error!(
+                                    "amqp: the loop's queue is full; the answer to publish {seq} is lost"
+                                ),
+                                Err(TrySendError::Disconnected(_)) => {}
                             }
                         });
                     }
