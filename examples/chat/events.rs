@@ -416,10 +416,7 @@ mod tests {
         );
         assert_eq!(o.step(), Step::Wait, "one read at a time");
         let mut seq = 0;
-        let sent = {
-            let got = o_read(&mut o, 11..=13);
-            publish_all(&mut o, got, &mut seq)
-        };
+        let sent = read_and_publish(&mut o, 11..=13, &mut seq);
         assert_eq!(sent, vec![11, 12, 13]);
         assert_eq!(
             o.step(),
@@ -443,15 +440,22 @@ mod tests {
         o.read_done(Some(rows(ids)))
     }
 
+    /// The read of `ids` comes back and all of it is published.
+    fn read_and_publish(
+        o: &mut Outbox,
+        ids: std::ops::RangeInclusive<i64>,
+        seq: &mut u64,
+    ) -> Vec<i64> {
+        let got = o_read(o, ids);
+        publish_all(o, got, seq)
+    }
+
     #[test]
     fn a_failed_confirm_publishes_again_from_the_last_confirmed_in_order() {
         let mut o = Outbox::new(0);
         let mut seq = 0;
         o.step();
-        {
-            let got = o_read(&mut o, 1..=4);
-            publish_all(&mut o, got, &mut seq)
-        };
+        read_and_publish(&mut o, 1..=4, &mut seq);
         o.confirm(1, true);
         o.confirm(2, false); // lost connection: 2, 3 and 4 are unknown
         o.confirm(3, false);
@@ -463,10 +467,7 @@ mod tests {
                 limit: WINDOW
             }
         );
-        let again = {
-            let got = o_read(&mut o, 2..=4);
-            publish_all(&mut o, got, &mut seq)
-        };
+        let again = read_and_publish(&mut o, 2..=4, &mut seq);
         assert_eq!(again, vec![2, 3, 4], "in order, none skipped");
         // A late answer for a publish from before the reset changes nothing.
         o.confirm(4, true);
@@ -482,10 +483,7 @@ mod tests {
         let mut o = Outbox::new(0);
         let mut seq = 0;
         o.step();
-        {
-            let got = o_read(&mut o, 1..=3);
-            publish_all(&mut o, got, &mut seq);
-        }
+        read_and_publish(&mut o, 1..=3, &mut seq);
         assert_eq!(
             o.step(),
             Step::Read {
@@ -506,10 +504,7 @@ mod tests {
                 limit: WINDOW
             }
         );
-        let again = {
-            let got = o_read(&mut o, 2..=6);
-            publish_all(&mut o, got, &mut seq)
-        };
+        let again = read_and_publish(&mut o, 2..=6, &mut seq);
         assert_eq!(again, vec![2, 3, 4, 5, 6]);
     }
 
