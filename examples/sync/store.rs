@@ -347,6 +347,13 @@ pub trait Backend {
     fn lost(&self) -> bool {
         false
     }
+
+    /// Takes `epoch` as the one its calls are checked against, as another
+    /// store of this worker read it (the read thread's, from the write
+    /// thread's `Opened`), without asking. Redis: a history emptied before
+    /// this store's first call is then found lost, not silently adopted
+    /// under a new epoch. SQLite has nothing to check.
+    fn adopt_epoch(&mut self, _epoch: &str) {}
 }
 
 /// Milliseconds since the Unix epoch.

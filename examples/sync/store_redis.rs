@@ -451,6 +451,12 @@ impl Backend for RedisStore {
         self.lost
     }
 
+    fn adopt_epoch(&mut self, epoch: &str) {
+        if self.epoch.is_empty() {
+            self.epoch = epoch.to_string();
+        }
+    }
+
     fn write(&mut self, writes: &[Write], now_ms: u64) -> Result<Vec<Outcome>, Failure> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; writes.len()];
         let mut todo: Vec<usize> = (0..writes.len()).collect();

@@ -137,9 +137,10 @@ impl Writer {
         let (write_tx, write_rx) = crossbeam_channel::unbounded::<Job>();
         let (read_tx, read_rx) = crossbeam_channel::unbounded::<Job>();
         let (event_tx, event_rx) = crossbeam_channel::unbounded();
-        // Closed by the write thread once it has tried to open its store,
+        // Sent to (or closed) by the write thread once it has tried to open its store,
         // so that reads are answered after `Opened` when the store is up.
-        let (tried_tx, tried_rx) = crossbeam_channel::bounded::<()>(0);
+        // It carries the epoch the write thread read, if it could.
+        let (tried_tx, tried_rx) = crossbeam_channel::bounded::<String>(1);
         let pending = Arc::new(AtomicUsize::new(0));
         let sink = Sink {
             events: event_tx,
@@ -158,8 +159,8 @@ impl Writer {
             std::thread::Builder::new()
                 .name(format!("sync-read-{worker}"))
                 .spawn(move || {
-                    let _ = tried_rx.recv();
-                    read_loop(opened(open), read_rx, r)
+                    let known = tried_rx.recv().ok();
+                    read_loop(opened(open), known, read_rx, r)
                 })?,
         );
         Ok(Writer {
@@ -236,7 +237,7 @@ fn write_loop<B: Backend>(
     jobs: Receiver<Job>,
     max_batch: usize,
     sink: Sink,
-    tried: Sender<()>,
+    tried: Sender<String>,
 ) {
     let mut tried = Some(tried);
     let mut open = false;
@@ -245,7 +246,13 @@ fn write_loop<B: Backend>(
         if !open {
             match store.epoch() {
                 Ok(epoch) => {
-                    open = sink.send(Event::Opened { epoch });
+                    // Said first, so that reads are answered after it.
+                    open = sink.send(Event::Opened {
+                        epoch: epoch.clone(),
+                    });
+                    if let Some(t) = tried.take() {
+                        let _ = t.send(epoch);
+                    }
                     if !open {
                         return;
                     }
@@ -335,11 +342,17 @@ fn run_batch<B: Backend>(
 }
 
 /// The read thread: one job at a time, each in one consistent view.
-fn read_loop<B: Backend>(mut store: B, jobs: Receiver<Job>, sink: Sink) {
-    // The epoch its calls are checked against (Redis), read now, right
-    // after the write thread's: if Redis is down, the store reads it on its
-    // first call instead.
-    let _ = store.epoch();
+fn read_loop<B: Backend>(mut store: B, known: Option<String>, jobs: Receiver<Job>, sink: Sink) {
+    // The epoch its calls are checked against (Redis): the one the write
+    // thread read and said, so that a history emptied before this thread's
+    // first call is found lost, not adopted. If the write thread could not
+    // read it (Redis down), the store reads it on its first call instead.
+    match known {
+        Some(epoch) => store.adopt_epoch(&epoch),
+        None => {
+            let _ = store.epoch();
+        }
+    }
     while let Ok(job) = jobs.recv() {
         let mut done = vec![(job.id, read(&mut store, &job.work, &sink))];
         // Whatever else is waiting goes out with one wake-up.
