@@ -1,10 +1,53 @@
-//! The nested `cargo build` the benches run to build the examples they
-//! start, without the variables cargo sets for the bench itself.
+//! Where a bench finds the examples it starts, and the nested `cargo
+//! build` that builds them, without the variables cargo sets for the bench
+//! itself. The integration tests use [`clean_cargo_env`] too.
 
-use std::path::Path;
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Removes what cargo sets for a running bench (`CARGO_PKG_*`,
+/// Where things are.
+pub struct Paths {
+    /// The crate root.
+    pub manifest: PathBuf,
+    /// `target/release/examples`.
+    pub examples: PathBuf,
+    /// `target/bench`: results and server logs.
+    pub out: PathBuf,
+}
+
+/// Paths from the running bench's own location
+/// (`target/release/deps/NAME-HASH`); the environment variable
+/// `FOREMAN_BENCH_ROOT` points at another checkout.
+pub fn paths() -> Paths {
+    if let Some(root) = std::env::var_os("FOREMAN_BENCH_ROOT").map(PathBuf::from) {
+        let target = root.join("target");
+        return Paths {
+            examples: target.join("release/examples"),
+            out: target.join("bench"),
+            manifest: root,
+        };
+    }
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let exe = std::env::current_exe().unwrap_or_default();
+    let release = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("target/release"));
+    let target = release
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("target"));
+    Paths {
+        examples: release.join("examples"),
+        out: target.join("bench"),
+        manifest,
+    }
+}
+
+/// Removes what cargo sets for a running bench or test (`CARGO_PKG_*`,
 /// `CARGO_MANIFEST_*`, `CARGO_CRATE_NAME`, `CARGO_BIN_*`,
 /// `CARGO_PRIMARY_PACKAGE`, `CARGO_TARGET_TMPDIR`, `OUT_DIR`) from a nested
 /// cargo command. Build scripts such as ring's rerun when those change, so

@@ -42,6 +42,8 @@ mod cargo;
 mod load;
 mod procs;
 
+use cargo::{paths, Paths};
+
 use load::{Load, Measured};
 use procs::Proc;
 use serde_json::{json, Value};
@@ -113,33 +115,6 @@ fn parse_options(args: &[String]) -> Result<Option<Options>, String> {
         }
     }
     Ok(Some(o))
-}
-
-/// Where things are.
-struct Paths {
-    manifest: PathBuf,
-    examples: PathBuf,
-    out: PathBuf,
-}
-
-/// Paths from our own location (`target/release/deps/tasks-HASH`).
-fn paths() -> Paths {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let exe = std::env::current_exe().unwrap_or_default();
-    let release = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("target/release"));
-    let target = release
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("target"));
-    Paths {
-        examples: release.join("examples"),
-        out: target.join("bench"),
-        manifest,
-    }
 }
 
 /// Where the jobs are kept.

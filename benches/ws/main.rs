@@ -63,12 +63,12 @@ mod scenario;
 mod server;
 mod wire;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use cargo::{paths, Paths};
 use report::Row;
 use scenario::{Kind, Scenario};
-use server::{Paths, ServerSpec};
+use server::ServerSpec;
 
 /// Command-line options of the runner.
 struct Options {
@@ -245,36 +245,6 @@ fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
         }
     }
     out
-}
-
-/// Paths from our own location (`target/release/deps/ws-HASH`); the
-/// environment variable `FOREMAN_BENCH_ROOT` points at another checkout.
-fn paths() -> Paths {
-    if let Some(root) = std::env::var_os("FOREMAN_BENCH_ROOT").map(PathBuf::from) {
-        let target = root.join("target");
-        return Paths {
-            examples: target.join("release/examples"),
-            out: target.join("bench"),
-            manifest: root,
-        };
-    }
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let exe = std::env::current_exe().unwrap_or_default();
-    // target/release/deps/ws-HASH -> target/release
-    let release = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let target = release
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("target"));
-    Paths {
-        examples: release.join("examples"),
-        out: target.join("bench"),
-        manifest,
-    }
 }
 
 /// Builds the server examples with the cargo that runs us, if any, without

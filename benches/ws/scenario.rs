@@ -9,10 +9,11 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use crate::apps::{self, AppFiles};
+use crate::cargo::Paths;
 use crate::cluster::{self, Cluster};
 use crate::loadgen::{LoadConfig, Stats};
 use crate::redis_server::RedisServer;
-use crate::server::{self, Paths, Sample, ServerSpec};
+use crate::server::{self, Sample, ServerSpec};
 use crate::wire::mono_ns;
 
 /// What kind of traffic a scenario drives.

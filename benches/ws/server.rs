@@ -2,6 +2,7 @@
 //! process tree in /proc (RSS and CPU summed over master and workers), and a
 //! bounded SIGTERM stop.
 
+use crate::cargo::Paths;
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -143,16 +144,6 @@ fn node_present() -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
-}
-
-/// Where things are.
-pub struct Paths {
-    /// The crate root.
-    pub manifest: PathBuf,
-    /// `target/release/examples`.
-    pub examples: PathBuf,
-    /// `target/bench`: results and server logs.
-    pub out: PathBuf,
 }
 
 /// A started server process tree.

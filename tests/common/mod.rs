@@ -21,6 +21,12 @@ pub mod redis;
 pub mod sockdiag;
 pub mod ws;
 
+/// The benches' nested-build helpers; the tests use [`clean_cargo_env`].
+#[path = "../../benches/common/cargo.rs"]
+mod cargo;
+
+pub use cargo::clean_cargo_env;
+
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::collections::VecDeque;
@@ -130,28 +136,6 @@ pub fn example(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// Removes what cargo sets for a running test (`CARGO_PKG_*`,
-/// `CARGO_MANIFEST_*`, `CARGO_CRATE_NAME`, ...) from a nested cargo command.
-/// Build scripts such as ring's rerun when those change, so a nested build
-/// that inherits the test's values and the next `cargo test` without them
-/// would rebuild each other's dependencies every time.
-pub fn clean_cargo_env(cmd: &mut Command) {
-    const SET_FOR_TESTS: [&str; 6] = [
-        "CARGO_PKG_",
-        "CARGO_MANIFEST_",
-        "CARGO_CRATE_",
-        "CARGO_BIN_",
-        "CARGO_PRIMARY_PACKAGE",
-        "CARGO_TARGET_TMPDIR",
-    ];
-    for (key, _) in std::env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        if SET_FOR_TESTS.iter().any(|p| key.starts_with(p)) || key == "OUT_DIR" {
-            cmd.env_remove(key);
-        }
-    }
 }
 
 /// A fresh, empty directory for one test's files:

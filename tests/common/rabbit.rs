@@ -174,18 +174,7 @@ impl RabbitServer {
             self.env(&mut cmd);
             cmd.args(["-port", &self.ports[2].to_string(), "-address", "127.0.0.1"]);
             let mut epmd = cmd.spawn().unwrap_or_else(|e| panic!("spawn epmd: {e}"));
-            pump(
-                epmd.stdout.take().expect("stdout"),
-                "[epmd] ",
-                self.log.clone(),
-                None,
-            );
-            pump(
-                epmd.stderr.take().expect("stderr"),
-                "[epmd] ",
-                self.log.clone(),
-                None,
-            );
+            pump_output(&mut epmd, "[epmd] ", &self.log);
             self.epmd = Some(epmd);
         }
         let mut cmd = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
@@ -193,18 +182,7 @@ impl RabbitServer {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn rabbitmq-server (scripts/setup-rabbitmq.sh): {e}"));
-        pump(
-            child.stdout.take().expect("stdout"),
-            "[rabbit] ",
-            self.log.clone(),
-            None,
-        );
-        pump(
-            child.stderr.take().expect("stderr"),
-            "[rabbit] ",
-            self.log.clone(),
-            None,
-        );
+        pump_output(&mut child, "[rabbit] ", &self.log);
         self.broker = Some(child);
         let addr = (Ipv4Addr::LOCALHOST, self.ports[0]).into();
         let deadline = Instant::now() + RABBIT_START;
@@ -459,4 +437,20 @@ impl Drop for Client {
     fn drop(&mut self) {
         let _ = self.rt.block_on(self.conn.close(200, "test done"));
     }
+}
+
+/// Copies a child's stdout and stderr, each line prefixed, into `log`.
+fn pump_output(child: &mut Child, prefix: &'static str, log: &Log) {
+    pump(
+        child.stdout.take().expect("stdout"),
+        prefix,
+        log.clone(),
+        None,
+    );
+    pump(
+        child.stderr.take().expect("stderr"),
+        prefix,
+        log.clone(),
+        None,
+    );
 }
