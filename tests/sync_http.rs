@@ -14,12 +14,15 @@
 //! | `api_key`: 401 + `WWW-Authenticate: Bearer`, `/healthz` open | `api_key_guards_doc_only` |
 //! | HTTP writes reach subscribers with `client: "http"` | `http_writes_reach_websocket_subscribers` |
 //! | 503 `unavailable` | `unavailable_is_503` |
+//! | `[amqp]`: writes from the updates queue answered on `reply_to` (ack, conflict, error, repeat), seen by WebSocket and HTTP clients | `queued_writes_are_answered_on_reply_to` |
+//! | `[amqp]`: every change on the changes exchange, once, in version order per key, from both workers | `every_change_reaches_the_changes_exchange_in_order` |
 
 mod common;
 mod sync_util;
 
+use common::rabbit;
 use serde_json::{json, Value};
-use sync_util::{clients_on_both_workers, etag, Client, Http, Setup, SyncServer};
+use sync_util::{clients_on_both_workers, etag, race, Client, Http, Setup, SyncServer, WAIT};
 
 /// `If-Match: "V"`.
 fn if_match(v: u64) -> (&'static str, String) {
@@ -455,4 +458,138 @@ fn unavailable_is_503() {
         (200, Some("\"2\"")),
         "not remembered: applied now"
     );
+}
+
+/// A sync server with `[amqp]` on the machine's broker, its updates queue,
+/// changes exchange and push queue named for this test alone; and a client
+/// of the broker. The names are returned to be deleted at the end.
+fn amqp_server(name: &str) -> (SyncServer, rabbit::Client, [String; 3]) {
+    let url = rabbit::machine_url();
+    let names = [
+        rabbit::unique("sync.updates"),
+        rabbit::unique("sync.changes"),
+        rabbit::unique("sync.push"),
+    ];
+    let [updates, changes, push] = &names;
+    let setup = Setup::default()
+        .sync("updates_queue", format!("{updates:?}"))
+        .sync("changes_exchange", format!("{changes:?}"))
+        .extra(&format!("[amqp]\nurl = \"{url}\"\nqueue = \"{push}\"\n"));
+    let server = SyncServer::start_with(name, setup);
+    let client = rabbit::Client::connect(&url, WAIT);
+    // Declared here too, so that what the test publishes before the
+    // server's bridge is up waits in the queue.
+    client.declare(updates);
+    (server, client, names)
+}
+
+fn amqp_cleanup(client: &rabbit::Client, names: &[String; 3], queues: &[&str]) {
+    let [updates, changes, push] = names;
+    for q in [updates, push]
+        .into_iter()
+        .map(String::as_str)
+        .chain(queues.iter().copied())
+    {
+        client.delete(q);
+    }
+    client.delete_exchange(changes);
+}
+
+#[test]
+fn queued_writes_are_answered_on_reply_to() {
+    let (server, rmq, names) = amqp_server("amqp-updates");
+    let updates = &names[0];
+    let replies = rabbit::unique("sync.replies");
+    rmq.declare(&replies);
+    let mut device = Client::hello(&server, "phone");
+    device.subscribe(&["doc"], None);
+    let send = |body: &str, correlation: &str| {
+        let props = lapin::BasicProperties::default()
+            .with_reply_to(replies.as_str().into())
+            .with_correlation_id(correlation.into());
+        rmq.publish_confirmed(updates, [body.to_string()], props, 1)
+            .expect("confirmed");
+    };
+    let answer = |correlation: &str| -> Value {
+        let got = rmq.consume(&replies, 1, WAIT);
+        let (body, id) = got.first().expect("an answer on reply_to");
+        assert_eq!(id.as_deref(), Some(correlation), "{body}");
+        serde_json::from_str(body).expect("a JSON answer")
+    };
+    let write = json!({"key": "doc", "base_version": 0, "value": {"a": 1}, "op": "w1"});
+    send(&write.to_string(), "c1");
+    assert_eq!(
+        answer("c1"),
+        json!({"type": "ack", "key": "doc", "version": 1, "op": "w1"})
+    );
+    let change = device.expect_change("doc");
+    assert_eq!(
+        (change["version"].clone(), change["client"].clone()),
+        (json!(1), json!("amqp"))
+    );
+    let doc = Http::new(server.addr()).get("doc");
+    assert_eq!(doc.json["value"], json!({"a": 1}), "{:?}", doc.raw);
+
+    // The same write again (a redelivery): the same answer, from op memory.
+    send(&write.to_string(), "c2");
+    assert_eq!(answer("c2")["version"], 1);
+    // A stale base: a conflict with the current value.
+    let stale = json!({"key": "doc", "base_version": 0, "value": {"b": 2}, "op": "w2"});
+    send(&stale.to_string(), "c3");
+    assert_eq!(
+        answer("c3"),
+        json!({"type": "conflict", "key": "doc", "version": 1, "value": {"a": 1}, "op": "w2"})
+    );
+    // Malformed: an error, not retried (the next answer is the next write's).
+    send("{not json", "c4");
+    assert_eq!(answer("c4")["code"], "bad_json");
+    send(r#"{"type": "get", "key": "doc"}"#, "c5");
+    assert_eq!(answer("c5")["code"], "unknown_type");
+    let patch =
+        json!({"type": "patch", "key": "doc", "base_version": 1, "merge": {"b": 2}, "op": "w3"});
+    send(&patch.to_string(), "c6");
+    assert_eq!(answer("c6")["version"], 2);
+    let change = device.expect_change("doc");
+    assert_eq!(change["value"], json!({"a": 1, "b": 2}));
+    amqp_cleanup(&rmq, &names, &[&replies]);
+}
+
+#[test]
+fn every_change_reaches_the_changes_exchange_in_order() {
+    const ROUNDS: usize = 8;
+    let (mut server, rmq, names) = amqp_server("amqp-changes");
+    let events = rabbit::unique("sync.events");
+    rmq.bind(&events, &names[1], "#");
+    let mut writers = clients_on_both_workers(&mut server, "w", 2);
+    let mut heads = std::collections::BTreeMap::new();
+    for key in ["k.a", "k.b", "k.c"] {
+        let mut head = 0;
+        for _ in 0..ROUNDS {
+            let (acks, _) = race(&mut writers, key, head);
+            head = *acks.keys().last().expect("acks");
+        }
+        heads.insert(key.to_string(), head);
+    }
+    let h = Http::new(server.addr());
+    let r = h.put(
+        "k.a",
+        &json!("from http"),
+        &[("If-Match", &etag(heads["k.a"]))],
+    );
+    assert_eq!(r.status, 200, "{:?}", r.raw);
+    *heads.get_mut("k.a").unwrap() += 1;
+    let total: u64 = heads.values().sum();
+    let got = rmq.consume(&events, total as usize, WAIT);
+    amqp_cleanup(&rmq, &names, &[&events]);
+    let mut seen: std::collections::BTreeMap<String, u64> = Default::default();
+    for (body, _) in &got {
+        let c: Value = serde_json::from_str(body).expect("a change event");
+        assert_eq!(c["type"], "change", "{c}");
+        let key = c["key"].as_str().expect("key").to_string();
+        let version = c["version"].as_u64().expect("version");
+        let last = seen.insert(key.clone(), version).unwrap_or(0);
+        assert_eq!(version, last + 1, "{key}: version {version} after {last}");
+    }
+    assert_eq!(seen, heads, "every change of every key, in order");
+    assert_eq!(got.len() as u64, total, "none twice without faults");
 }

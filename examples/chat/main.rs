@@ -25,6 +25,8 @@ mod config;
 mod events;
 #[path = "../common/jwt.rs"]
 mod jwt;
+#[path = "../common/outbox.rs"]
+mod outbox;
 #[path = "../common/rate.rs"]
 mod rate;
 #[path = "../common/redis_reply.rs"]

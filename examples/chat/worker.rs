@@ -387,7 +387,7 @@ impl Handler for ChatWorker {
                 );
             } else {
                 let (path, busy) = (c.database.clone(), c.busy_timeout);
-                self.events = Some(Publisher::start(ctx, path, busy));
+                self.events = Some(crate::events::start(ctx, path, busy));
             }
         }
     }

@@ -8,7 +8,9 @@
 
 use crate::app::{self, bad, in_range};
 use crate::rate::RateLimit;
-use foreman::{ApiSection, ClusterSection, Config, Error, ServerSection};
+use foreman::{
+    AmqpSection, ApiSection, ClusterSection, Config, Error, ExchangeSection, ServerSection,
+};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,6 +33,9 @@ pub struct SyncFile {
     pub cluster: Option<ClusterSection>,
     /// The HTTP push API for backends (`/api/`), on when it has a key.
     pub api: Option<ApiSection>,
+    /// The RabbitMQ bridge, on when it has a `url`: writes from
+    /// `sync.updates_queue`, every change to `sync.changes_exchange`.
+    pub amqp: Option<AmqpSection>,
 }
 
 /// `[sync]` as written: the protocol's defaults table, and the store's own
@@ -64,6 +69,12 @@ pub struct SyncSection {
     pub max_batch: Option<usize>,
     /// Most requests waiting for the store per worker.
     pub max_queue: Option<usize>,
+    /// With `[amqp]`: the durable queue of writes (`put`, `patch`,
+    /// `delete` as JSON), answered on each message's `reply_to`.
+    pub updates_queue: Option<String>,
+    /// With `[amqp]`: the durable topic exchange every change goes to,
+    /// routing key = key.
+    pub changes_exchange: Option<String>,
 }
 
 /// `[auth]` as written.
@@ -103,6 +114,11 @@ pub struct SyncConfig {
     /// Most jobs waiting for a worker's store before requests are refused
     /// with `unavailable`.
     pub max_queue: usize,
+    /// The queue of writes over RabbitMQ (consumed with `[amqp]`).
+    pub updates_queue: String,
+    /// The exchange of changes (published to with `[amqp]`, from SQLite;
+    /// not with `[cluster]`).
+    pub changes_exchange: String,
 }
 
 impl SyncConfig {
@@ -174,6 +190,9 @@ impl SyncConfig {
         let busy = in_range("sync.busy_timeout_ms", c.busy_timeout_ms, 5000, 1, 600_000)?;
         let max_batch = in_range("sync.max_batch", c.max_batch, 256, 1, 100_000)?;
         let max_queue = in_range("sync.max_queue", c.max_queue, 4096, 1, 1_000_000)?;
+        let updates_queue = amqp_name("sync.updates_queue", &c.updates_queue, "sync.updates")?;
+        let changes_exchange =
+            amqp_name("sync.changes_exchange", &c.changes_exchange, "sync.changes")?;
 
         let s = &mut file.server;
         for (key, set) in [
@@ -205,6 +224,22 @@ impl SyncConfig {
         if let Some(api) = &file.api {
             server.set_api(api)?;
         }
+        if let Some(amqp) = &file.amqp {
+            // The sync server's queue and exchange join the table's own.
+            let mut amqp = amqp.clone();
+            let consume = amqp.consume.get_or_insert_with(Vec::new);
+            if !consume.contains(&updates_queue) {
+                consume.push(updates_queue.clone());
+            }
+            let exchanges = amqp.exchanges.get_or_insert_with(Vec::new);
+            if !exchanges.iter().any(|e| e.name == changes_exchange) {
+                exchanges.push(ExchangeSection {
+                    name: changes_exchange.clone(),
+                    kind: Some("topic".into()),
+                });
+            }
+            server.set_amqp(&amqp)?;
+        }
 
         let auth_secret = match file.auth.secret {
             None => None,
@@ -231,8 +266,28 @@ impl SyncConfig {
             busy_timeout: Duration::from_millis(busy),
             max_batch,
             max_queue,
+            updates_queue,
+            changes_exchange,
         })
     }
+}
+
+/// A queue or exchange name of `[sync]`: 1 to 255 visible ASCII
+/// characters, not starting with `amq.` (RabbitMQ keeps those).
+fn amqp_name(key: &str, value: &Option<String>, default: &str) -> Result<String, Error> {
+    let Some(name) = value else {
+        return Ok(default.into());
+    };
+    if name.is_empty()
+        || name.len() > 255
+        || !name.bytes().all(|b| b.is_ascii_graphic())
+        || name.starts_with("amq.")
+    {
+        return bad(format!(
+            "{key} = {name:?}: 1 to 255 visible ASCII characters, not starting with \"amq.\""
+        ));
+    }
+    Ok(name.clone())
 }
 
 #[cfg(test)]
@@ -280,6 +335,9 @@ mod tests {
             "# secret",
             "# [cluster]",
             "appendfsync always",
+            "updates_queue = \"sync.updates\"",
+            "changes_exchange = \"sync.changes\"",
+            "# [amqp]",
         ] {
             assert!(text.contains(key), "{key}");
         }
@@ -315,10 +373,36 @@ mod tests {
                 "server.output_overflow",
             ),
             ("[auth]\nsecret = \"\"", "auth.secret"),
+            ("[sync]\nupdates_queue = \"\"", "sync.updates_queue"),
+            (
+                "[sync]\nchanges_exchange = \"amq.x\"",
+                "sync.changes_exchange",
+            ),
+            ("[amqp]\nurl = \"http://h\"", "[amqp] url"),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(key), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn amqp_adds_the_updates_queue_and_the_changes_exchange() {
+        let c = parse("").unwrap();
+        assert!(c.server.amqp.is_none(), "off without [amqp]");
+        assert_eq!(
+            (c.updates_queue.as_str(), c.changes_exchange.as_str()),
+            ("sync.updates", "sync.changes")
+        );
+        let c = parse(
+            "[amqp]\nurl = \"amqp://h\"\nconsume = [\"u2\"]\n\
+             [sync]\nupdates_queue = \"u2\"\nchanges_exchange = \"c2\"",
+        )
+        .unwrap();
+        let amqp = c.server.amqp.expect("on");
+        assert_eq!(amqp.consume, ["u2"], "listed once");
+        assert_eq!(amqp.exchanges.len(), 1);
+        assert_eq!(amqp.exchanges[0].name, "c2");
+        assert_eq!(amqp.exchanges[0].kind, foreman::ExchangeKind::Topic);
     }
 
     #[test]

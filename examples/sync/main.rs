@@ -23,12 +23,15 @@
 mod app;
 #[path = "../common/auth.rs"]
 mod auth;
+mod changes;
 mod config;
 mod feed;
 mod http;
 #[path = "../common/jwt.rs"]
 mod jwt;
 mod merge;
+#[path = "../common/outbox.rs"]
+mod outbox;
 #[path = "../common/rate.rs"]
 mod rate;
 #[path = "../common/redis_reply.rs"]

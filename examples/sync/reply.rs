@@ -4,7 +4,7 @@
 //! a version that is a delete, and nowhere else.
 
 use crate::request::{ErrorCode, Refusal};
-use crate::store::{Change, Doc};
+use crate::store::{Change, Decided, Doc, Outcome};
 
 /// A JSON object written field by field.
 pub struct Obj(String);
@@ -133,6 +133,32 @@ pub fn conflict(
         .str("op", op)
         .reference(reference)
         .end()
+}
+
+/// The answer to a write: `ack`, `conflict`, or the error the store
+/// decided (`op_reused`, `not_found`, `too_large`).
+pub fn write_outcome(key: &str, op: &str, outcome: &Outcome, reference: Option<&str>) -> String {
+    let refused = |code, message: &str| {
+        error(&Refusal {
+            code,
+            message: message.into(),
+            reference: reference.map(str::to_string),
+        })
+    };
+    match outcome {
+        Outcome::Decided { decided, .. } | Outcome::Repeat(decided) => match decided {
+            Decided::Ack { version, .. } => ack(key, *version, op, reference),
+            Decided::Conflict { version, value } => {
+                conflict(key, *version, value.as_deref(), op, reference)
+            }
+        },
+        Outcome::OpReused => refused(ErrorCode::OpReused, "this op was used for another write"),
+        Outcome::NotFound => refused(ErrorCode::NotFound, "the key is absent"),
+        Outcome::TooLarge => refused(
+            ErrorCode::TooLarge,
+            "the merged value is over max_value_bytes",
+        ),
+    }
 }
 
 /// One version inside `changes`: `{version, value, op, client}`.

@@ -486,6 +486,39 @@ pub fn parse(text: &str, gate: &Gate) -> Result<Frame, Refusal> {
     Ok(Frame { request, reference })
 }
 
+/// A write from the updates queue (`[amqp]`), the body of one message: a
+/// `put` as the protocol has it (`key`, `base_version`, `value`, `op`),
+/// `type` optional; with `type`, also a `patch` or a `delete`. The fields
+/// are checked as a frame's are; there is no `ref` (the message's
+/// `correlation_id` names the answer) and no `hello`.
+pub fn parse_write(text: &str, max_value_bytes: usize) -> Result<Request, Refusal> {
+    let map = parse_object(text).map_err(|m| Refusal::new(ErrorCode::BadJson, m))?;
+    let kind = match map.get("type") {
+        None => "put",
+        Some(Value::String(t)) if matches!(t.as_str(), "put" | "patch" | "delete") => t.as_str(),
+        Some(_) => {
+            return Err(Refusal::new(
+                ErrorCode::UnknownType,
+                "type must be \"put\", \"patch\" or \"delete\" (absent: put)",
+            ))
+        }
+    };
+    let none = |_: &str| false;
+    let gate = Gate {
+        said_hello: true,
+        max_value_bytes,
+        max_subscriptions: 0,
+        subscribed: &none,
+        subscription_count: 0,
+        rate_limited: false,
+    };
+    fields(kind, &Fields { map: &map }, &gate).map_err(|(code, message)| Refusal {
+        code,
+        message,
+        reference: None,
+    })
+}
+
 /// The fields of a request of type `kind`, checked in table order.
 fn fields(kind: &str, f: &Fields, gate: &Gate) -> Check<Request> {
     let max = gate.max_value_bytes;

@@ -235,3 +235,43 @@ fn messages_never_grow_with_the_input() {
         );
     }
 }
+
+#[test]
+fn a_queued_write_is_a_put_unless_its_type_says_otherwise() {
+    let put = parse_write(r#"{"key":"a","base_version":2,"value":[1],"op":"o1"}"#, 100);
+    assert!(
+        matches!(&put, Ok(Request::Put(p)) if p.key == "a" && p.base == 2 && p.op == "o1"),
+        "{put:?}"
+    );
+    let patch = parse_write(
+        r#"{"type":"patch","key":"a","base_version":0,"merge":{"x":1},"op":"o2"}"#,
+        100,
+    );
+    assert!(matches!(patch, Ok(Request::Patch(_))), "{patch:?}");
+    let delete = parse_write(
+        r#"{"type":"delete","key":"a","base_version":3,"op":"o3"}"#,
+        100,
+    );
+    assert!(matches!(delete, Ok(Request::Delete(_))), "{delete:?}");
+    for (text, want) in [
+        ("[1]", ErrorCode::BadJson),
+        ("{", ErrorCode::BadJson),
+        (r#"{"type":"get","key":"a"}"#, ErrorCode::UnknownType),
+        (r#"{"type":"hello","client":"c"}"#, ErrorCode::UnknownType),
+        (r#"{"key":"a","value":1,"op":"o"}"#, ErrorCode::BadRequest),
+        (
+            r#"{"key":"a","base_version":0,"value":null,"op":"o"}"#,
+            ErrorCode::BadRequest,
+        ),
+        (
+            r#"{"key":"a b","base_version":0,"value":1,"op":"o"}"#,
+            ErrorCode::BadKey,
+        ),
+    ] {
+        let got = parse_write(text, 100).map(|_| ()).map_err(|r| r.code);
+        assert_eq!(got, Err(want), "{text}");
+    }
+    let big = json!({"key": "a", "base_version": 0, "value": "x".repeat(200), "op": "o"});
+    let got = parse_write(&big.to_string(), 100).map_err(|r| r.code);
+    assert_eq!(got.err(), Some(ErrorCode::TooLarge));
+}

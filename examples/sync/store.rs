@@ -290,6 +290,9 @@ pub struct Settings {
     pub op_ttl_ms: u64,
     /// Most writes per transaction.
     pub max_batch: usize,
+    /// Whether each change also goes to the outbox table, in the write's
+    /// transaction, for the publisher of `sync.changes` (SQLite only).
+    pub outbox: bool,
 }
 
 impl Settings {
@@ -300,6 +303,7 @@ impl Settings {
             keep_versions: config.keep_versions,
             op_ttl_ms: config.op_ttl.as_millis() as u64,
             max_batch: config.max_batch,
+            outbox: config.server.amqp.is_some() && config.server.cluster.is_none(),
         }
     }
 }

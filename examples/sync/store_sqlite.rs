@@ -57,6 +57,61 @@ CREATE TABLE IF NOT EXISTS ops(
 CREATE INDEX IF NOT EXISTS ops_by_expiry ON ops(expires);
 ";
 
+/// The changes not yet confirmed by RabbitMQ (`sync.changes`), in commit
+/// order: `seq` is given under the write lock, so once a row is readable
+/// every row before it is too. Made at open (with `[amqp]`), also in a
+/// database made before it existed; rows go once the broker confirms them.
+const OUTBOX_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS outbox_changes(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    value TEXT,
+    op TEXT NOT NULL,
+    client TEXT NOT NULL
+);
+";
+
+/// Opens a connection for the publisher of `sync.changes`, making the
+/// outbox table if it is not there yet.
+pub fn open_outbox(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    let db = Connection::open(path)?;
+    db.busy_timeout(busy_timeout)?;
+    db.execute_batch(OUTBOX_SCHEMA)?;
+    Ok(db)
+}
+
+/// Up to `limit` outbox rows after `after`, in commit order, as
+/// `(seq, change)`.
+pub fn outbox_after(
+    db: &Connection,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<(i64, Change)>> {
+    let mut statement = db.prepare_cached(
+        "SELECT seq, key, version, value, op, client FROM outbox_changes
+         WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = statement.query_map(params![after, limit as i64], |r| {
+        let change = Change {
+            key: r.get(1)?,
+            version: version_of(r.get(2)?),
+            value: r.get(3)?,
+            op: r.get(4)?,
+            client: r.get(5)?,
+        };
+        Ok((r.get(0)?, change))
+    })?;
+    rows.collect()
+}
+
+/// Drops the outbox rows up to `seq`: the broker confirmed them.
+pub fn outbox_confirmed(db: &Connection, seq: i64) -> rusqlite::Result<()> {
+    db.prepare_cached("DELETE FROM outbox_changes WHERE seq <= ?1")?
+        .execute([seq])?;
+    Ok(())
+}
+
 /// Expired op rows purged per batch beyond the batch's own writes, so the
 /// purge outpaces what batches add without ever deleting without bound.
 pub(crate) const PURGE_EXTRA: usize = 64;
@@ -116,6 +171,9 @@ impl Store {
             )));
         }
         db.pragma_update(None, "synchronous", "FULL")?;
+        if settings.outbox {
+            db.execute_batch(OUTBOX_SCHEMA)?;
+        }
         let epoch = match read_epoch(&db) {
             Ok(Some(epoch)) => epoch,
             // No schema yet (or no epoch): made now, by whichever worker
@@ -346,6 +404,13 @@ fn apply(db: &Connection, w: &Write, s: &Settings, now: u64) -> rusqlite::Result
     if version > s.keep_versions {
         db.prepare_cached("DELETE FROM versions WHERE key = ?1 AND version <= ?2")?
             .execute(params![w.key, (version - s.keep_versions) as i64])?;
+    }
+    if s.outbox {
+        db.prepare_cached(
+            "INSERT INTO outbox_changes(key, version, value, op, client)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![w.key, version as i64, value, w.op, w.client])?;
     }
     let decided = Decided::Ack {
         version,

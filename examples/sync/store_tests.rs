@@ -29,6 +29,7 @@ pub(crate) fn settings() -> Settings {
         keep_versions: KEEP,
         op_ttl_ms: TTL,
         max_batch: 64,
+        outbox: false,
     }
 }
 
@@ -613,6 +614,43 @@ fn expired_ops_are_purged_a_bounded_chunk_per_batch() {
         4,
         "late, x1, y1 (not expired at t + TTL), z1"
     );
+}
+
+#[test]
+fn with_amqp_every_change_goes_to_the_outbox_in_commit_order_until_confirmed() {
+    use crate::store_sqlite::{open_outbox, outbox_after, outbox_confirmed};
+    let path = temp_db();
+    let mut plain = open(&path);
+    one(&mut plain, put("a", 0, "1", "p1"), now_ms());
+    let outbox = Settings {
+        outbox: true,
+        ..settings()
+    };
+    let mut s = Store::open(&path, Duration::from_secs(5), outbox).unwrap();
+    let t = now_ms();
+    s.write(&[put("a", 1, "2", "o1"), put("b", 0, "3", "o2")], t)
+        .unwrap();
+    one(&mut s, put("a", 1, "9", "o3"), t); // a conflict: no change
+    one(&mut s, delete("a", 2, "o4"), t);
+    let db = open_outbox(&path, Duration::from_secs(5)).unwrap();
+    let rows = outbox_after(&db, 0, 10).unwrap();
+    let got: Vec<(&str, u64, Option<&str>)> = rows
+        .iter()
+        .map(|(_, c)| (c.key.as_str(), c.version, c.value.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [("a", 2, Some("2")), ("b", 1, Some("3")), ("a", 3, None)],
+        "the write made before [amqp] is not there; the rest in commit order"
+    );
+    let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert_eq!(outbox_after(&db, seqs[0], 10).unwrap().len(), 2);
+    assert_eq!(outbox_after(&db, 0, 1).unwrap().len(), 1, "the limit");
+    outbox_confirmed(&db, seqs[1]).unwrap();
+    let left = outbox_after(&db, 0, 10).unwrap();
+    assert_eq!(left.len(), 1, "confirmed rows are dropped");
+    assert_eq!(left[0].0, seqs[2]);
 }
 
 #[test]

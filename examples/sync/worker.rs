@@ -25,13 +25,11 @@ use crate::http::{self, DocCall};
 use crate::rate::{Bucket, Verdict};
 use crate::reply;
 use crate::request::{self, ErrorCode, Frame, Gate, Refusal, Request};
-use crate::store::{
-    Answer, Change, Decided, Event, Job, Outcome, Snapshot, Work, Write, WriteKind, Writer,
-};
+use crate::store::{Answer, Change, Event, Job, Outcome, Snapshot, Work, Write, WriteKind, Writer};
 use bytes::{BufMut, Bytes, BytesMut};
 use foreman::{
-    ConnError, ConnId, Ctx, Handler, Message, Prepared, Request as HttpRequest, Response, TimerId,
-    Utf8Bytes,
+    AmqpMessage, ConnError, ConnId, Ctx, Handler, JobId, JobResult, Message, Prepared,
+    Request as HttpRequest, Response, TimerId, Utf8Bytes,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -85,6 +83,13 @@ enum Pending {
     },
     /// An HTTP request, answered with [`Ctx::respond`].
     Http { conn: ConnId, what: HttpWhat },
+    /// A write from the updates queue, answered on its `reply_to` and
+    /// acked once answered.
+    Amqp {
+        msg: Box<AmqpMessage>,
+        key: String,
+        op: String,
+    },
     /// The feed of a key fills a gap.
     FeedSince { key: String },
     /// A subscriber catches up.
@@ -116,6 +121,10 @@ enum HttpWhat {
     Write { key: String, op: String },
 }
 
+/// The client of writes from the updates queue: op memory is by (client,
+/// op), so backends writing through RabbitMQ share one op space.
+pub const AMQP_CLIENT: &str = "amqp";
+
 /// The sync server's handler.
 pub struct SyncWorker {
     config: Arc<SyncConfig>,
@@ -139,6 +148,8 @@ pub struct SyncWorker {
     http_ops: u64,
     /// This worker's slot and process, for those ops.
     instance: String,
+    /// Worker 0 with `[amqp]` (and SQLite): changes to RabbitMQ.
+    changes: Option<crate::changes::Publisher>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -146,6 +157,40 @@ fn now_ms() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis())
+}
+
+/// The store's write of a `put`, `patch` or `delete` by `client`; `None`
+/// for another request.
+fn write_of(request: Request, client: String) -> Option<Write> {
+    let (kind, key, base, op, fingerprint) = match request {
+        Request::Put(p) => {
+            let fingerprint = request::fingerprint("put", &p.key, p.base, Some(&p.value));
+            (
+                WriteKind::Put(p.value.to_string()),
+                p.key,
+                p.base,
+                p.op,
+                fingerprint,
+            )
+        }
+        Request::Patch(p) => {
+            let fingerprint = request::fingerprint("patch", &p.key, p.base, Some(&p.merge));
+            (WriteKind::Patch(p.merge), p.key, p.base, p.op, fingerprint)
+        }
+        Request::Delete(d) => {
+            let fingerprint = request::fingerprint("delete", &d.key, d.base, None);
+            (WriteKind::Delete, d.key, d.base, d.op, fingerprint)
+        }
+        _ => return None,
+    };
+    Some(Write {
+        kind,
+        key,
+        base,
+        client,
+        op,
+        fingerprint,
+    })
 }
 
 /// A change as it crosses the bus: version, key length, key, the frame.
@@ -190,6 +235,7 @@ impl SyncWorker {
             checking: 0,
             http_ops: 0,
             instance: String::new(),
+            changes: None,
         }
     }
 
@@ -280,39 +326,9 @@ impl SyncWorker {
                 };
                 (work, what)
             }
-            Request::Put(p) => {
-                let fingerprint = request::fingerprint("put", &p.key, p.base, Some(&p.value));
-                let write = Write {
-                    kind: WriteKind::Put(p.value.to_string()),
-                    key: p.key,
-                    base: p.base,
-                    client,
-                    op: p.op,
-                    fingerprint,
-                };
-                Self::write_work(write)
-            }
-            Request::Patch(p) => {
-                let fingerprint = request::fingerprint("patch", &p.key, p.base, Some(&p.merge));
-                let write = Write {
-                    kind: WriteKind::Patch(p.merge),
-                    key: p.key,
-                    base: p.base,
-                    client,
-                    op: p.op,
-                    fingerprint,
-                };
-                Self::write_work(write)
-            }
-            Request::Delete(d) => {
-                let fingerprint = request::fingerprint("delete", &d.key, d.base, None);
-                let write = Write {
-                    kind: WriteKind::Delete,
-                    key: d.key,
-                    base: d.base,
-                    client,
-                    op: d.op,
-                    fingerprint,
+            write @ (Request::Put(_) | Request::Patch(_) | Request::Delete(_)) => {
+                let Some(write) = write_of(write, client) else {
+                    return;
                 };
                 Self::write_work(write)
             }
@@ -565,6 +581,7 @@ impl SyncWorker {
                 };
                 ctx.respond(conn, response);
             }
+            Pending::Amqp { msg, key, op } => self.finish_amqp(ctx, &msg, &key, &op, result),
             Pending::FeedSince { key } => match result {
                 Ok(Answer::Since { changes, .. }) => {
                     let items = Self::prepared_changes(ctx, &changes);
@@ -616,29 +633,7 @@ impl SyncWorker {
         };
         match (what, answer) {
             (WsWhat::Write { key, op, held }, Answer::Write(outcome)) => {
-                let refused = |code, message: &str| {
-                    reply::error(&Refusal {
-                        code,
-                        message: message.into(),
-                        reference: reference.clone(),
-                    })
-                };
-                let text = match &outcome {
-                    Outcome::Decided { decided, .. } | Outcome::Repeat(decided) => match decided {
-                        Decided::Ack { version, .. } => reply::ack(&key, *version, &op, r),
-                        Decided::Conflict { version, value } => {
-                            reply::conflict(&key, *version, value.as_deref(), &op, r)
-                        }
-                    },
-                    Outcome::OpReused => {
-                        refused(ErrorCode::OpReused, "this op was used for another write")
-                    }
-                    Outcome::NotFound => refused(ErrorCode::NotFound, "the key is absent"),
-                    Outcome::TooLarge => refused(
-                        ErrorCode::TooLarge,
-                        "the merged value is over max_value_bytes",
-                    ),
-                };
+                let text = reply::write_outcome(&key, &op, &outcome, r);
                 // The reply first; then what the hold kept from this
                 // connection (versions before its own); then its own change.
                 ctx.send(conn, text);
@@ -689,6 +684,91 @@ impl SyncWorker {
                 let actions = self.undo(conn, &what);
                 self.act(ctx, actions);
             }
+        }
+    }
+
+    /// A write from the updates queue: parsed and checked as a frame's
+    /// `put` (or `patch`, `delete`), handed to the store, answered and acked
+    /// once committed. A malformed one is answered `error` and rejected
+    /// (never requeued); one the store cannot take now goes back to the
+    /// queue.
+    fn amqp_write(&mut self, ctx: &mut Ctx, msg: &AmqpMessage) {
+        let parsed = std::str::from_utf8(&msg.body)
+            .map_err(|_| Refusal::new(ErrorCode::BadJson, "the body is not UTF-8"))
+            .and_then(|text| request::parse_write(text, self.config.max_value_bytes));
+        let write = match parsed {
+            Ok(request) => write_of(request, AMQP_CLIENT.into()).expect("parse_write gives writes"),
+            Err(refusal) => {
+                log::warn!(
+                    "sync: a malformed write from {}: {}; rejected",
+                    msg.queue,
+                    refusal.message
+                );
+                if msg.reply_to.is_some() {
+                    let _ = ctx.amqp_reply(msg, reply::error(&refusal));
+                }
+                ctx.amqp_reject(msg.id);
+                return;
+            }
+        };
+        if self.store_full() {
+            ctx.amqp_requeue(msg.id);
+            return;
+        }
+        let pending = Pending::Amqp {
+            msg: Box::new(msg.clone()),
+            key: write.key.clone(),
+            op: write.op.clone(),
+        };
+        if !self.submit(Work::Write(write), pending) {
+            ctx.amqp_requeue(msg.id);
+        }
+    }
+
+    /// The store decided a queued write: the answer to its `reply_to`,
+    /// then the ack. An answer that cannot be published now puts the
+    /// message back instead: taken again, it is answered from op memory,
+    /// not written twice.
+    fn finish_amqp(
+        &mut self,
+        ctx: &mut Ctx,
+        msg: &AmqpMessage,
+        key: &str,
+        op: &str,
+        result: Result<Answer, String>,
+    ) {
+        let outcome = match result {
+            Ok(Answer::Write(outcome)) => outcome,
+            Ok(other) => {
+                log::error!("sync: the store answered a queued write with {other:?}");
+                ctx.amqp_reject(msg.id);
+                return;
+            }
+            Err(e) => {
+                log::warn!("sync: store failed on a queued write ({e}); back to the queue");
+                ctx.amqp_requeue(msg.id);
+                return;
+            }
+        };
+        let answered = msg.reply_to.is_none()
+            || match ctx.amqp_reply(msg, reply::write_outcome(key, op, &outcome, None)) {
+                Ok(_) => true,
+                Err(e) => {
+                    log::warn!("sync: cannot answer a queued write now ({e}); back to the queue");
+                    false
+                }
+            };
+        if answered {
+            ctx.amqp_ack(msg.id);
+        } else {
+            ctx.amqp_requeue(msg.id);
+        }
+        if let Outcome::Decided {
+            change: Some(change),
+            ..
+        } = &outcome
+        {
+            self.publish(ctx, change);
         }
     }
 
@@ -773,6 +853,20 @@ impl Handler for SyncWorker {
             }
         }
         self.tick = Some(ctx.add_timer(TICK, true));
+        let c = &self.config;
+        if ctx.worker_id() == 0 && c.server.amqp.is_some() {
+            if c.server.cluster.is_some() {
+                log::warn!(
+                    "sync: [amqp] with [cluster]: changes are not published to {} \
+                     (the outbox is in SQLite); writes from {} work",
+                    c.changes_exchange,
+                    c.updates_queue
+                );
+            } else {
+                let (db, busy) = (c.db_path.clone(), c.busy_timeout);
+                self.changes = Some(crate::changes::start(ctx, db, busy, &c.changes_exchange));
+            }
+        }
     }
 
     fn on_worker_stop(&mut self, ctx: &mut Ctx) {
@@ -867,6 +961,32 @@ impl Handler for SyncWorker {
     fn on_timer(&mut self, ctx: &mut Ctx, timer: TimerId) {
         if Some(timer) == self.tick {
             self.on_tick(ctx);
+        } else if let Some(changes) = self.changes.as_mut().filter(|c| c.owns_timer(timer)) {
+            changes.poll(ctx);
+        }
+    }
+
+    fn on_job_done(&mut self, ctx: &mut Ctx, job: JobId, result: JobResult) {
+        if let Some(changes) = self.changes.as_mut() {
+            changes.job_done(ctx, job, result);
+        }
+    }
+
+    fn on_amqp_confirm(&mut self, _ctx: &mut Ctx, seq: u64, ok: bool) {
+        if let Some(changes) = self.changes.as_mut() {
+            changes.confirmed(seq, ok);
+        }
+    }
+
+    fn on_amqp_message(&mut self, ctx: &mut Ctx, msg: &AmqpMessage) {
+        if msg.queue == self.config.updates_queue {
+            self.amqp_write(ctx, msg);
+        } else {
+            log::warn!(
+                "sync: a message from {}, which it does not read; rejected",
+                msg.queue
+            );
+            ctx.amqp_reject(msg.id);
         }
     }
 

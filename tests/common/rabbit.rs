@@ -13,7 +13,8 @@
 use super::{pump, Log};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -332,6 +333,14 @@ impl Client {
         let _ = self.rt.block_on(
             self.channel
                 .queue_delete(queue, QueueDeleteOptions::default()),
+        );
+    }
+
+    /// Deletes an exchange (cleaning up).
+    pub fn delete_exchange(&self, exchange: &str) {
+        let _ = self.rt.block_on(
+            self.channel
+                .exchange_delete(exchange, ExchangeDeleteOptions::default()),
         );
     }
 
