@@ -39,7 +39,7 @@ const WAKER: Token = Token(usize::MAX);
 /// `sync-writes`: keys each client writes in turn.
 pub const KEYS_PER_WRITER: usize = 4;
 /// Source addresses used: 127.0.0.2 ..= 127.0.0.(1 + SOURCE_ADDRS).
-const SOURCE_ADDRS: usize = 32;
+pub(crate) const SOURCE_ADDRS: usize = 32;
 
 /// What one load generator process does (shipped as JSON on its command line).
 #[derive(Clone, Serialize, Deserialize)]
@@ -143,22 +143,37 @@ struct Conn {
 
 /// The loop's clock marks for the current run.
 #[derive(Default, Clone, Copy)]
-struct Window {
-    measure: u64,
-    end: u64,
+pub(crate) struct Window {
+    /// Start of the measure window (CLOCK_MONOTONIC ns).
+    pub(crate) measure: u64,
+    /// Its end: traffic stops here.
+    pub(crate) end: u64,
 }
 
 impl Window {
     /// Whether `t` is inside the measure window.
-    fn contains(&self, t: u64) -> bool {
+    pub(crate) fn contains(&self, t: u64) -> bool {
         (self.measure..self.end).contains(&t)
     }
 }
 
 impl Stats {
+    /// Fanout: a delivery of sequence `seq` from a sender whose next one
+    /// was `next`; counts it out of order or repeated.
+    pub(crate) fn order(&mut self, next: &mut u32, seq: u32) {
+        match seq.cmp(next) {
+            std::cmp::Ordering::Equal => *next += 1,
+            std::cmp::Ordering::Greater => {
+                self.reordered += 1;
+                *next = seq + 1;
+            }
+            std::cmp::Ordering::Less => self.duplicated += 1,
+        }
+    }
+
     /// Counts a delivery that arrived at `now`; its latency too if it was
     /// sent (`sent`, from its payload) inside the window.
-    fn delivery(&mut self, w: Window, now: u64, sent: Option<u64>) {
+    pub(crate) fn delivery(&mut self, w: Window, now: u64, sent: Option<u64>) {
         self.received_total += 1;
         if w.contains(now) {
             self.received_in_window += 1;
@@ -260,6 +275,16 @@ pub fn main(arg: &str) -> io::Result<()> {
     g.close_all(&mut events)
 }
 
+/// A command line from the runner: its verb and its numbers.
+pub(crate) fn command_words(line: &str) -> (Option<&str>, Vec<u64>) {
+    let words = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (line.split_whitespace().next(), words)
+}
+
 fn report(tag: &str, stats: &Stats) {
     let json = serde_json::to_string(stats).unwrap_or_default();
     let mut out = io::stdout().lock();
@@ -269,12 +294,8 @@ fn report(tag: &str, stats: &Stats) {
 
 impl Gen {
     fn command(&mut self, line: &str, events: &mut Events) -> io::Result<()> {
-        let words: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        match (line.split_whitespace().next(), words.as_slice()) {
+        let (verb, words) = command_words(line);
+        match (verb, words.as_slice()) {
             (Some("run"), [start, warm, measure]) => self.run(*start, *warm, *measure, events),
             (Some("expect"), [n]) => self.drain(*n, events),
             _ => Err(io::Error::other(format!("loadgen: bad command {line:?}"))),

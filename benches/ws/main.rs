@@ -40,6 +40,10 @@
 //!     deliveries/s, latency from the write's send time, lost and
 //!     out-of-order changes per subscriber (a row with any fails), and the
 //!     connections each worker holds.
+//! - `--client LIST`: the load generators, `own` (default), `tokio`
+//!   (tokio-tungstenite, a task per connection: `loadgen_tokio.rs`) or
+//!   both; the tokio client's rows are the plain scenarios named
+//!   `NAME-tokio` (`--scenarios fanout-rate` picks both).
 //! - `--runs N`, `--measure-ms N`, `--conns N`: override the profile.
 //! - `--no-build`: use the examples as they are in `target/release/examples`.
 //!
@@ -58,6 +62,7 @@ mod redis_server;
 
 pub use nofile::raise_nofile_limit;
 mod loadgen;
+mod loadgen_tokio;
 mod report;
 mod scenario;
 mod server;
@@ -67,7 +72,7 @@ use std::time::{Duration, Instant};
 
 use cargo::{paths, Paths};
 use report::Row;
-use scenario::{Kind, Scenario};
+use scenario::{Client, Kind, Scenario};
 use server::ServerSpec;
 
 /// Command-line options of the runner.
@@ -79,6 +84,8 @@ struct Options {
     measure_ms: Option<u64>,
     conns: Option<usize>,
     build: bool,
+    /// Load generators: ours, tokio's, or both.
+    clients: Vec<Client>,
 }
 
 fn parse_options(args: &[String]) -> Options {
@@ -90,6 +97,7 @@ fn parse_options(args: &[String]) -> Options {
         measure_ms: None,
         conns: None,
         build: true,
+        clients: vec![Client::Own],
     };
     let list = |v: Option<&String>| v.map(|s| s.split(',').map(str::to_string).collect());
     let mut i = 0;
@@ -112,6 +120,21 @@ fn parse_options(args: &[String]) -> Options {
             }
             "--conns" => {
                 o.conns = args.get(i + 1).and_then(|v| v.parse().ok());
+                i += 1;
+            }
+            "--client" => {
+                let names: Vec<String> = list(args.get(i + 1)).unwrap_or_default();
+                o.clients = names
+                    .iter()
+                    .map(|n| match n.as_str() {
+                        "own" => Client::Own,
+                        "tokio" => Client::Tokio,
+                        other => {
+                            eprintln!("bench: --client {other}: give own, tokio or own,tokio");
+                            std::process::exit(2);
+                        }
+                    })
+                    .collect();
                 i += 1;
             }
             "--measure-ms" => {
@@ -141,6 +164,7 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
         cluster: false,
         warm,
         measure,
+        client: Client::Own,
     };
     let mut v = vec![base("idle-10k", Kind::Idle, 10_000, 2)];
     if o.full {
@@ -177,6 +201,26 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
         rate: 200.0,
         ..base("sync-fanout", Kind::AppFanout, 1000, 2)
     });
+    // The tokio client plays the plain scenarios: each gets a twin named
+    // `NAME-tokio`, right after it; without `own` the originals go.
+    if o.clients.contains(&Client::Tokio) {
+        let own = o.clients.contains(&Client::Own);
+        v = v
+            .into_iter()
+            .flat_map(|sc| {
+                let plain = matches!(
+                    sc.kind,
+                    Kind::Idle | Kind::Echo | Kind::Fanout | Kind::Churn
+                ) && !sc.cluster;
+                let twin = plain.then(|| Scenario {
+                    name: format!("{}-tokio", sc.name),
+                    client: Client::Tokio,
+                    ..sc.clone()
+                });
+                (own || !plain).then_some(sc).into_iter().chain(twin)
+            })
+            .collect();
+    }
     if let Some(n) = o.conns {
         for sc in &mut v {
             sc.conns = n;
@@ -208,9 +252,11 @@ fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
     // `sync` in `--scenarios` names the sync server's three.
     let wanted = |list: &Option<Vec<String>>, name: &str| match list {
         None => true,
-        Some(l) => l
-            .iter()
-            .any(|x| x == name || (x == "sync" && name.starts_with("sync-"))),
+        Some(l) => l.iter().any(|x| {
+            x == name
+                || name.strip_suffix("-tokio") == Some(x.as_str())
+                || (x == "sync" && name.starts_with("sync-"))
+        }),
     };
     let mut out = Vec::new();
     for sc in scenarios(o) {
@@ -379,10 +425,15 @@ fn judge(row: &mut Row) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("loadgen") {
+    let generator = match args.get(1).map(String::as_str) {
+        Some("loadgen") => Some(loadgen::main as fn(&str) -> std::io::Result<()>),
+        Some("loadgen-tokio") => Some(loadgen_tokio::main as fn(&str) -> std::io::Result<()>),
+        _ => None,
+    };
+    if let Some(generator) = generator {
         let json = args.get(2).cloned().unwrap_or_default();
-        if let Err(e) = loadgen::main(&json) {
-            eprintln!("loadgen: {e}");
+        if let Err(e) = generator(&json) {
+            eprintln!("{}: {e}", args[1]);
             std::process::exit(1);
         }
         return;

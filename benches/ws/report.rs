@@ -373,6 +373,19 @@ pub fn bars(rows: &[Row]) -> Vec<String> {
         }
         None => out.push("fanout-rate foreman c=2: n/a".into()),
     }
+    // Issue 15: the count=2 tail no worse than uWebSockets.js's, under our
+    // load generator and under the tokio one.
+    for sc in ["fanout-rate", "fanout-rate-tokio"] {
+        let p99 = |f: Option<&Figures>| f.and_then(|f| f.get("p99_ms")).copied();
+        match (p99(ours(sc)), p99(uws(sc))) {
+            (Some(a), Some(b)) => out.push(format!(
+                "{sc} p99, foreman c=2 vs uWS.js (bar <= 1.0x): {a:.2} / {b:.2} ms = {:.2}x: {}",
+                a / b,
+                if a <= b { "met" } else { "NOT met" }
+            )),
+            _ => out.push(format!("{sc} p99, foreman c=2 vs uWS.js: n/a")),
+        }
+    }
     sync_bars(rows, &mut out);
     for sc in ["idle-10k", "idle-36k"] {
         match ours(sc).and_then(|f| f.get("rss_per_conn_b")) {

@@ -37,6 +37,25 @@ pub enum Kind {
     AppFanout,
 }
 
+/// Which load generator drives a scenario.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Client {
+    /// Ours: one mio loop per process, writes batched (`loadgen.rs`).
+    Own,
+    /// tokio-tungstenite, one task per connection (`loadgen_tokio.rs`).
+    Tokio,
+}
+
+impl Client {
+    /// The bench binary's subcommand that plays it.
+    fn subcommand(self) -> &'static str {
+        match self {
+            Client::Own => "loadgen",
+            Client::Tokio => "loadgen-tokio",
+        }
+    }
+}
+
 /// One scenario with its parameters.
 #[derive(Clone, Debug)]
 pub struct Scenario {
@@ -61,6 +80,8 @@ pub struct Scenario {
     pub warm: Duration,
     /// Measure window.
     pub measure: Duration,
+    /// The load generator.
+    pub client: Client,
 }
 
 impl Scenario {
@@ -166,7 +187,7 @@ fn drive(
     empty: Sample,
 ) -> Result<Figures, String> {
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
-    let mut lg = Loadgens::spawn(configs(spec, sc, &addrs))?;
+    let mut lg = Loadgens::spawn(configs(spec, sc, &addrs), sc.client)?;
     let mut fig = Figures::new();
     // The load generators give up on stuck attempts first and report them.
     let connect_deadline = Duration::from_millis(connect_bound_ms(sc) + 10_000);
@@ -390,8 +411,9 @@ struct Loadgens {
 }
 
 impl Loadgens {
-    /// Starts one child per config: this same binary with `loadgen <json>`.
-    fn spawn(configs: Vec<LoadConfig>) -> Result<Self, String> {
+    /// Starts one child per config: this same binary with `loadgen <json>`
+    /// (or `loadgen-tokio <json>`).
+    fn spawn(configs: Vec<LoadConfig>, client: Client) -> Result<Self, String> {
         // Our own image even if cargo relinked the file on disk meanwhile
         // (another build replacing it must not break a long run).
         let exe = "/proc/self/exe";
@@ -404,7 +426,7 @@ impl Loadgens {
         for (i, cfg) in configs.iter().enumerate() {
             let json = serde_json::to_string(cfg).map_err(|e| e.to_string())?;
             let mut child = Command::new(exe)
-                .args(["loadgen", &json])
+                .args([client.subcommand(), &json])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

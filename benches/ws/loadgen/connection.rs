@@ -202,14 +202,7 @@ impl Gen {
             return;
         };
         if let Some(next) = c.expect.get_mut(sender as usize) {
-            match seq.cmp(next) {
-                std::cmp::Ordering::Equal => *next += 1,
-                std::cmp::Ordering::Greater => {
-                    self.stats.reordered += 1;
-                    *next = seq + 1;
-                }
-                std::cmp::Ordering::Less => self.stats.duplicated += 1,
-            }
+            self.stats.order(next, seq);
         }
         let mine = c.sender == Some(sender) && c.awaiting && seq.wrapping_add(1) == c.seq;
         let closed_loop = self.cfg.scenario == "echo" || self.cfg.rate_per_sender <= 0.0;
