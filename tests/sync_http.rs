@@ -460,47 +460,63 @@ fn unavailable_is_503() {
     );
 }
 
-/// A sync server with `[amqp]` on the machine's broker, its updates queue,
-/// changes exchange and push queue named for this test alone; and a client
-/// of the broker. The names are returned to be deleted at the end.
-fn amqp_server(name: &str) -> (SyncServer, rabbit::Client, [String; 3]) {
-    let url = rabbit::machine_url();
-    let names = [
-        rabbit::unique("sync.updates"),
-        rabbit::unique("sync.changes"),
-        rabbit::unique("sync.push"),
-    ];
-    let [updates, changes, push] = &names;
-    let setup = Setup::default()
-        .sync("updates_queue", format!("{updates:?}"))
-        .sync("changes_exchange", format!("{changes:?}"))
-        .extra(&format!("[amqp]\nurl = \"{url}\"\nqueue = \"{push}\"\n"));
-    let server = SyncServer::start_with(name, setup);
-    let client = rabbit::Client::connect(&url, WAIT);
-    // Declared here too, so that what the test publishes before the
-    // server's bridge is up waits in the queue.
-    client.declare(updates);
-    (server, client, names)
+/// The broker's side of an `[amqp]` test: a client, and the queues and
+/// exchange named for this test alone, deleted when it ends, passed or not.
+struct Broker {
+    client: rabbit::Client,
+    updates: String,
+    changes: String,
+    /// The push queue and the test's own queues.
+    queues: Vec<String>,
 }
 
-fn amqp_cleanup(client: &rabbit::Client, names: &[String; 3], queues: &[&str]) {
-    let [updates, changes, push] = names;
-    for q in [updates, push]
-        .into_iter()
-        .map(String::as_str)
-        .chain(queues.iter().copied())
-    {
-        client.delete(q);
+impl Broker {
+    /// A queue of the test's own, declared (and deleted at the end).
+    fn queue(&mut self, prefix: &str) -> String {
+        let name = rabbit::unique(prefix);
+        self.client.declare(&name);
+        self.queues.push(name.clone());
+        name
     }
-    client.delete_exchange(changes);
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        for q in self.queues.iter().chain([&self.updates]) {
+            self.client.delete(q);
+        }
+        self.client.delete_exchange(&self.changes);
+    }
+}
+
+/// A sync server with `[amqp]` on the machine's broker, its updates queue,
+/// changes exchange and push queue named for this test alone.
+fn amqp_server(name: &str) -> (SyncServer, Broker) {
+    let url = rabbit::machine_url();
+    let broker = Broker {
+        client: rabbit::Client::connect(&url, WAIT),
+        updates: rabbit::unique("sync.updates"),
+        changes: rabbit::unique("sync.changes"),
+        queues: vec![rabbit::unique("sync.push")],
+    };
+    // Declared here too, so that what the test publishes before the
+    // server's bridge is up waits in the queue.
+    broker.client.declare(&broker.updates);
+    let setup = Setup::default()
+        .sync("updates_queue", format!("{:?}", broker.updates))
+        .sync("changes_exchange", format!("{:?}", broker.changes))
+        .extra(&format!(
+            "[amqp]\nurl = \"{url}\"\nqueue = \"{}\"\n",
+            broker.queues[0]
+        ));
+    (SyncServer::start_with(name, setup), broker)
 }
 
 #[test]
 fn queued_writes_are_answered_on_reply_to() {
-    let (server, rmq, names) = amqp_server("amqp-updates");
-    let updates = &names[0];
-    let replies = rabbit::unique("sync.replies");
-    rmq.declare(&replies);
+    let (server, mut broker) = amqp_server("amqp-updates");
+    let replies = broker.queue("sync.replies");
+    let (rmq, updates) = (&broker.client, &broker.updates);
     let mut device = Client::hello(&server, "phone");
     device.subscribe(&["doc"], None);
     let send = |body: &str, correlation: &str| {
@@ -551,15 +567,14 @@ fn queued_writes_are_answered_on_reply_to() {
     assert_eq!(answer("c6")["version"], 2);
     let change = device.expect_change("doc");
     assert_eq!(change["value"], json!({"a": 1, "b": 2}));
-    amqp_cleanup(&rmq, &names, &[&replies]);
 }
 
 #[test]
 fn every_change_reaches_the_changes_exchange_in_order() {
     const ROUNDS: usize = 8;
-    let (mut server, rmq, names) = amqp_server("amqp-changes");
-    let events = rabbit::unique("sync.events");
-    rmq.bind(&events, &names[1], "#");
+    let (mut server, mut broker) = amqp_server("amqp-changes");
+    let events = broker.queue("sync.events");
+    broker.client.bind(&events, &broker.changes, "#");
     let mut writers = clients_on_both_workers(&mut server, "w", 2);
     let mut heads = std::collections::BTreeMap::new();
     for key in ["k.a", "k.b", "k.c"] {
@@ -579,8 +594,7 @@ fn every_change_reaches_the_changes_exchange_in_order() {
     assert_eq!(r.status, 200, "{:?}", r.raw);
     *heads.get_mut("k.a").unwrap() += 1;
     let total: u64 = heads.values().sum();
-    let got = rmq.consume(&events, total as usize, WAIT);
-    amqp_cleanup(&rmq, &names, &[&events]);
+    let got = broker.client.consume(&events, total as usize, WAIT);
     let mut seen: std::collections::BTreeMap<String, u64> = Default::default();
     for (body, _) in &got {
         let c: Value = serde_json::from_str(body).expect("a change event");
