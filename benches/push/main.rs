@@ -17,7 +17,9 @@
 //! until both workers consume the push queue, and logs in `--users` users
 //! (uid = login name `u0000`, ...; each joins a room of its own name) from
 //! tasks on `--threads` client threads, until `/api/online` counts them
-//! all. Then, one after the other:
+//! all; `GET /api/uid/U` of each says how they split over the two workers
+//! (printed: a push to a user on the other worker crosses the bus). Then,
+//! one after the other:
 //!
 //! 1. **RabbitMQ -> WebSocket.** The bench publishes `--messages`
 //!    `/api/publish` bodies (`{"to": {"uid": U}, "data": {"type": "bench",
@@ -284,6 +286,8 @@ where
 /// The three rows of one run.
 struct RunFigs {
     rows: [Fig; 3],
+    /// The users' connections on each worker.
+    per_worker: Vec<usize>,
     /// What failed in a run that finished (lost, strays, nacks).
     failures: Vec<String>,
 }
@@ -383,6 +387,8 @@ async fn measure(
             },
         )
         .await?;
+        let per_worker = users_per_worker(addr, want).await?;
+        eprintln!("bench:   users per worker: {per_worker:?}");
         let consumer = {
             let (b1, b2) = (board.clone(), board.clone());
             broker
@@ -399,7 +405,10 @@ async fn measure(
         };
         let rows = rows(o, addr, broker, push_q, &board, &users).await;
         consumer.abort();
-        rows
+        rows.map(|mut r| {
+            r.per_worker = per_worker;
+            r
+        })
     }
     .await;
     users.close().await;
@@ -415,6 +424,29 @@ async fn measure(
         ));
     }
     Ok(figs)
+}
+
+/// How many of the `users` have their connection on each worker, from
+/// `GET /api/uid/U` (a connection id is `WORKER.SLOT.GENERATION`).
+async fn users_per_worker(addr: SocketAddr, users: usize) -> Result<Vec<usize>, String> {
+    let mut per = Vec::new();
+    for i in 0..users {
+        let path = format!("/api/uid/{}", uid(i));
+        let (status, body) = http::once(addr, "GET", &path, API_KEY, "").await?;
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        let worker = v["connections"][0]
+            .as_str()
+            .and_then(|c| c.split('.').next())
+            .and_then(|w| w.parse::<usize>().ok());
+        let Some(w) = worker.filter(|_| status == 200) else {
+            return Err(format!("GET {path} answered {status} {body}"));
+        };
+        if per.len() <= w {
+            per.resize(w + 1, 0);
+        }
+        per[w] += 1;
+    }
+    Ok(per)
 }
 
 /// The three rows, one after the other.
@@ -532,7 +564,11 @@ async fn rows(
             ));
         }
     }
-    Ok(RunFigs { rows, failures })
+    Ok(RunFigs {
+        rows,
+        failures,
+        per_worker: Vec::new(),
+    })
 }
 
 /// A row's figures on stderr as they come.
@@ -659,8 +695,10 @@ fn main() -> ExitCode {
             notes(k, f)
         );
     }
+    let split: Vec<String> = runs.iter().map(|r| format!("{:?}", r.per_worker)).collect();
+    println!("\nusers per worker in each run: {}", split.join(", "));
     println!(
-        "\nload average (1 min) at start and after each run: {}",
+        "load average (1 min) at start and after each run: {}",
         loads.join(", ")
     );
     let failures: Vec<String> = runs.iter().flat_map(|r| r.failures.clone()).collect();
@@ -673,6 +711,7 @@ fn main() -> ExitCode {
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "chat_count": 2,
         "loadavg_1min": loads,
+        "users_per_worker": runs.iter().map(|r| r.per_worker.clone()).collect::<Vec<_>>(),
         "rows": ROWS.iter().enumerate().map(|(k, name)| json!({
             "row": name,
             "median": med[k].json(),
