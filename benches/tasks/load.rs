@@ -49,12 +49,7 @@ impl Measured {
 
     /// The `q` quantile (0..=1) of the latency, milliseconds (nearest rank).
     pub fn quantile_ms(&self, q: f64) -> f64 {
-        let v = &self.latencies_us;
-        if v.is_empty() {
-            return 0.0;
-        }
-        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-        v[rank - 1] as f64 / 1000.0
+        crate::run::quantile_ms(&self.latencies_us, q)
     }
 }
 

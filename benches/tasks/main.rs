@@ -40,14 +40,19 @@
 #[path = "../common/cargo.rs"]
 mod cargo;
 mod load;
+#[path = "../common/proc.rs"]
+mod proc;
 mod procs;
+#[path = "../common/run.rs"]
+mod run;
 
-use cargo::{paths, Paths};
+use cargo::Paths;
+use run::{loadavg, median, TempDir};
 
 use load::{Load, Measured};
 use procs::Proc;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -94,27 +99,13 @@ fn parse_options(args: &[String]) -> Result<Option<Options>, String> {
         conns: 4,
         build: true,
     };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut number = |name: &str| -> Result<usize, String> {
-            it.next()
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|&n| n > 0)
-                .ok_or_else(|| format!("{name} needs a positive integer"))
-        };
-        match a.as_str() {
-            "--jobs" => o.jobs = number("--jobs")?,
-            "--runs" => o.runs = number("--runs")?,
-            "--inflight" => o.inflight = number("--inflight")?,
-            "--conns" => o.conns = number("--conns")?,
-            "--no-build" => o.build = false,
-            "--help" | "-h" => return Ok(None),
-            // cargo bench passes `--bench`.
-            "--bench" => {}
-            other => return Err(format!("unknown option {other:?}; see --help")),
-        }
-    }
-    Ok(Some(o))
+    let numbers = &mut [
+        ("--jobs", &mut o.jobs),
+        ("--runs", &mut o.runs),
+        ("--inflight", &mut o.inflight),
+        ("--conns", &mut o.conns),
+    ];
+    Ok(run::parse_args(args, numbers, &mut o.build)?.then_some(o))
 }
 
 /// Where the jobs are kept.
@@ -130,25 +121,6 @@ impl Store {
             Store::Disk => "disk",
             Store::Memory => "memory",
         }
-    }
-}
-
-/// A temp dir removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Result<TempDir, String> {
-        let dir =
-            std::env::temp_dir().join(format!("foreman-bench-tasks-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        Ok(TempDir(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -170,7 +142,7 @@ fn config(store: Store, dir: &Path) -> String {
 /// One run: a fresh scheduler and executors, the load, the final check.
 fn one_run(store: Store, run: usize, o: &Options, paths: &Paths) -> Result<Measured, String> {
     let tag = format!("{}-run{}", store.name(), run + 1);
-    let dir = TempDir::new(&tag)?;
+    let dir = TempDir::new("tasks", &tag)?;
     let toml = dir.0.join("tasks.toml");
     std::fs::write(&toml, config(store, &dir.0)).map_err(|e| format!("write config: {e}"))?;
     let logs = paths.out.join("logs");
@@ -297,20 +269,6 @@ impl Fig {
     }
 }
 
-/// The median of `v` (the mean of the middle two for an even count).
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// Medians over runs.
 fn medians(runs: &[Fig]) -> Fig {
     let m = |f: fn(&Fig) -> f64| median(runs.iter().map(f).collect());
@@ -322,34 +280,11 @@ fn medians(runs: &[Fig]) -> Fig {
     }
 }
 
-/// The 1-minute load average, from /proc/loadavg.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_default()
-}
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let o = match parse_options(&args) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            println!("{HELP}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("bench: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (o, paths) = match run::begin(HELP, parse_options, |o| o.build, &["tasks", "task_worker"]) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
-    let paths = paths();
-    if o.build {
-        if let Err(e) = cargo::build_release_examples(&paths.manifest, &["tasks", "task_worker"]) {
-            eprintln!("bench: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
     let stores = [Store::Disk, Store::Memory];
     let mut figs: Vec<Vec<Fig>> = vec![Vec::new(); stores.len()];
     let mut loads = vec![loadavg()];
@@ -419,12 +354,8 @@ fn main() -> ExitCode {
         "\nload average (1 min) at start and after each run: {}",
         loads.join(", ")
     );
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     let doc = json!({
-        "unix": unix,
+        "unix": run::unix_secs(),
         "command": format!("cargo bench --bench tasks -- --jobs {} --runs {} --inflight {} --conns {}",
             o.jobs, o.runs, o.inflight, o.conns),
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -443,18 +374,8 @@ fn main() -> ExitCode {
             "p99_ms": ratio(|f| f.p99_ms),
         },
     });
-    let path = paths.out.join("tasks-latest.json");
-    let written = std::fs::create_dir_all(&paths.out).and_then(|_| {
-        serde_json::to_string_pretty(&doc)
-            .map_err(std::io::Error::other)
-            .and_then(|t| std::fs::write(&path, t))
-    });
-    match written {
-        Ok(()) => println!("JSON: {}", path.display()),
-        Err(e) => {
-            eprintln!("bench: cannot write {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
+    if !run::write_json(&paths.out, "tasks-latest.json", &doc) {
+        return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }
