@@ -16,8 +16,10 @@
 //! checks in the protocol's order), `reply` (frames out), `merge` (RFC
 //! 7396), `store` (the store thread, SQLite), `store_redis` (the store on a
 //! cluster), `feed` (each key's stream of versions, in order and without
-//! gaps, to this worker's subscribers), `http` (`/doc/KEY`), `worker` (the
-//! handler), `page.html`.
+//! gaps, to this worker's subscribers), `http` (`/doc/KEY`), `changes`
+//! (every change to RabbitMQ, with `[amqp]`), `worker` (the handler, and
+//! writes from RabbitMQ), `page.html`; `../common/outbox.rs` (an outbox
+//! published with confirms, shared with the chat).
 
 #[path = "../common/app.rs"]
 mod app;
