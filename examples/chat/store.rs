@@ -482,6 +482,9 @@ thread_local! {
     static BUSY_TIMEOUT: Cell<Duration> = const { Cell::new(Duration::ZERO) };
     /// When the lock wait in progress on this thread began.
     static LOCKED_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Time this thread's transactions waited to begin (for the write
+    /// lock), for the writer's tally.
+    static LOCK_WAITED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
 }
 
 /// SQLite's busy handler: called with how many times it was already called
@@ -565,9 +568,12 @@ impl Store {
     fn try_run(&mut self, jobs: &[Job]) -> rusqlite::Result<Vec<Done>> {
         let mut done = Vec::with_capacity(jobs.len());
         if jobs.iter().any(Job::writes) {
+            let t0 = Instant::now();
             let tx = self
                 .db
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                .transaction_with_behavior(TransactionBehavior::Immediate);
+            LOCK_WAITED.with(|w| w.set(w.get() + t0.elapsed()));
+            let tx = tx?;
             for job in jobs {
                 apply(&tx, job, &mut done)?;
             }
@@ -822,9 +828,11 @@ impl Drop for Tally {
             return;
         }
         let life = self.started.elapsed().as_secs_f64().max(1e-9);
+        let waited = LOCK_WAITED.with(Cell::get).as_secs_f64();
         log::info!(
             "chat writer: {} batches of {} requests (mean {:.1}, largest {}); \
-             the store took {:.0} ms ({:.0}% of {:.1} s), slowest batch {:.1} ms",
+             the store took {:.0} ms ({:.0}% of {:.1} s), of which {:.0} ms waiting \
+             for the write lock; slowest batch {:.1} ms",
             self.batches,
             self.jobs,
             self.jobs as f64 / self.batches as f64,
@@ -832,6 +840,7 @@ impl Drop for Tally {
             self.busy.as_secs_f64() * 1e3,
             self.busy.as_secs_f64() / life * 100.0,
             life,
+            waited * 1e3,
             self.slowest.as_secs_f64() * 1e3,
         );
     }
