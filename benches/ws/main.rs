@@ -5,6 +5,7 @@
 //! cargo bench --bench ws -- --full           # long profile, median of 3 runs
 //! cargo bench --bench ws -- --servers foreman,uws --scenarios fanout-sat,echo
 //! cargo bench --bench ws -- --scenarios sync       # the sync server's three
+//! cargo bench --bench ws -- --servers chat,foreman,chat-cluster --scenarios chat,chat-sat
 //! ```
 //!
 //! The runner builds the server examples (`broadcast`, `echo`, `peer_tokio`,
