@@ -2,6 +2,11 @@
 //! connection on the server once, whichever worker holds it; and each worker
 //! sends the time to its own connections every `--tick-ms` (0 = off).
 //!
+//! With `--rooms`, a connection's first text message `join NAME` puts it in
+//! the group `NAME` instead (answered `joined NAME`), and its later text
+//! messages reach that group's members only, itself included: the shape of a
+//! chat room without its store, for the bench suite's `chat` scenario.
+//!
 //! This is the workload of the bench suite's `fanout` scenario.
 //!
 //! ```text
@@ -11,6 +16,7 @@
 use clap::Parser;
 use foreman::cli::Args;
 use foreman::{ConnId, Ctx, Handler, Message, TimerId};
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The command line: the library's commands and flags, and `--tick-ms`.
@@ -26,11 +32,16 @@ struct Cli {
     /// Milliseconds between each worker's time ticks to its connections (0 = off)
     #[arg(long, global = true, value_name = "MS", default_value_t = 0)]
     tick_ms: u64,
+    /// Rooms: `join NAME` first, then messages to that room only
+    #[arg(long, global = true)]
+    rooms: bool,
 }
 
 /// One per worker.
 struct Broadcast {
     tick: Duration,
+    /// With `--rooms`: each connection's room, once it has joined one.
+    rooms: Option<HashMap<ConnId, String>>,
 }
 
 impl Handler for Broadcast {
@@ -49,9 +60,33 @@ impl Handler for Broadcast {
         ctx.send_to_local(format!("{{\"time\":{ms}}}"));
     }
 
-    fn on_message(&mut self, ctx: &mut Ctx, _conn: ConnId, msg: Message) {
-        if msg.is_text() {
-            ctx.send_to_all(msg, &[]);
+    fn on_message(&mut self, ctx: &mut Ctx, conn: ConnId, msg: Message) {
+        let Some(rooms) = self.rooms.as_mut() else {
+            if msg.is_text() {
+                ctx.send_to_all(msg, &[]);
+            }
+            return;
+        };
+        let Some(text) = msg.as_text() else {
+            return;
+        };
+        match rooms.get(&conn) {
+            Some(room) => {
+                ctx.send_to_group(room, msg, &[]);
+            }
+            None => {
+                if let Some(room) = text.strip_prefix("join ").filter(|r| !r.is_empty()) {
+                    ctx.join_group(conn, room);
+                    ctx.send(conn, format!("joined {room}"));
+                    rooms.insert(conn, room.to_string());
+                }
+            }
+        }
+    }
+
+    fn on_close(&mut self, _ctx: &mut Ctx, conn: ConnId, _close: Option<&foreman::CloseFrame>) {
+        if let Some(rooms) = self.rooms.as_mut() {
+            rooms.remove(&conn);
         }
     }
 }
@@ -65,6 +100,9 @@ fn main() {
 
 fn run() -> foreman::Result<()> {
     let cli = Cli::parse();
-    let tick = Duration::from_millis(cli.tick_ms);
-    foreman::Server::with_args(&cli.server)?.run(move |_| Broadcast { tick })
+    let (tick, rooms) = (Duration::from_millis(cli.tick_ms), cli.rooms);
+    foreman::Server::with_args(&cli.server)?.run(move |_| Broadcast {
+        tick,
+        rooms: rooms.then(HashMap::new),
+    })
 }

@@ -39,6 +39,11 @@ impl AppFiles {
                  [chat]\ntick_interval_ms = 0\n[rate_limit]\nper_second = {UNLIMITED}\n\
                  burst = {UNLIMITED}\n[history]\ndatabase = \"chat.db\"\n"
             ),
+            // The `chat` scenario: the chat's defaults (its rate limit and
+            // tick too) but the database's place.
+            "chat-rooms" => "# benches/ws, scenario `chat`: the chat's defaults.\n\
+                             [history]\ndatabase = \"chat.db\"\n"
+                .to_string(),
             other => return Err(format!("no config for application {other}")),
         };
         let config = dir.join(format!("{app}.toml"));

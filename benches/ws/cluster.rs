@@ -50,21 +50,22 @@ impl Cluster {
 }
 
 /// One probe connection, blocking, with a short read timeout.
-struct Probe {
+pub struct Probe {
     stream: TcpStream,
     buf: Vec<u8>,
     rng: MaskRng,
 }
 
 impl Probe {
-    fn connect(addr: SocketAddr) -> Result<Probe, String> {
+    /// Connects to `addr` and upgrades on path `path`.
+    pub fn connect(addr: SocketAddr, path: &str) -> Result<Probe, String> {
         let err = |e: std::io::Error| format!("probe {addr}: {e}");
         let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(err)?;
         stream
             .set_read_timeout(Some(Duration::from_millis(100)))
             .map_err(err)?;
         stream
-            .write_all(&wire::upgrade_request(&addr.to_string(), "/"))
+            .write_all(&wire::upgrade_request(&addr.to_string(), path))
             .map_err(err)?;
         let mut p = Probe {
             stream,
@@ -108,7 +109,8 @@ impl Probe {
         }
     }
 
-    fn send(&mut self, text: &[u8]) -> Result<(), String> {
+    /// Sends text frame `text`.
+    pub fn send(&mut self, text: &[u8]) -> Result<(), String> {
         let mut frame = Vec::new();
         wire::encode_frame(&mut frame, wire::OP_TEXT, text, &mut self.rng);
         self.stream
@@ -116,11 +118,12 @@ impl Probe {
             .map_err(|e| format!("probe: {e}"))
     }
 
-    /// Whether a text frame `text` came in (other frames are dropped).
-    fn received(&mut self, text: &[u8]) -> Result<bool, String> {
+    /// Whether a text frame for which `hit` holds came in within the read
+    /// timeout (frames before it are dropped).
+    pub fn received_matching(&mut self, hit: impl Fn(&[u8]) -> bool) -> Result<bool, String> {
         self.fill()?;
         while let Some(f) = wire::parse_frame(&mut self.buf) {
-            let hit = f.opcode == wire::OP_TEXT && &self.buf[f.start..f.start + f.len] == text;
+            let hit = f.opcode == wire::OP_TEXT && hit(&self.buf[f.start..f.start + f.len]);
             self.buf.drain(..f.start + f.len);
             if hit {
                 return Ok(true);
@@ -130,26 +133,51 @@ impl Probe {
     }
 }
 
+/// How the probes speak to the nodes: the broadcast example's raw texts, or
+/// an application's protocol.
+pub struct Speech<'a> {
+    /// The WebSocket path.
+    pub path: &'a str,
+    /// Readies probe `i` (an application's login, ...) before any probe text.
+    pub setup: &'a dyn Fn(&mut Probe, usize) -> Result<(), String>,
+    /// The frame that sends probe text `text` to the other nodes.
+    pub say: &'a dyn Fn(&str) -> String,
+    /// What a frame that carries `text` contains.
+    pub heard: &'a dyn Fn(&str) -> String,
+}
+
+/// The broadcast example's: every text to every connection.
+pub const BROADCAST: Speech<'static> = Speech {
+    path: "/",
+    setup: &|_, _| Ok(()),
+    say: &|text| text.to_string(),
+    heard: &|text| text.to_string(),
+};
+
 /// Waits until a broadcast from each node reaches every other node, within
 /// `limit`: the nodes have found each other through Redis. The probe's
 /// connections close before the load generators connect.
-pub fn wait_routing(addrs: &[SocketAddr], limit: Duration) -> Result<(), String> {
-    let mut probes = addrs
-        .iter()
-        .map(|a| Probe::connect(*a))
-        .collect::<Result<Vec<_>, _>>()?;
+pub fn wait_routing(addrs: &[SocketAddr], limit: Duration, speech: &Speech) -> Result<(), String> {
+    let mut probes = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let mut probe = Probe::connect(*addr, speech.path)?;
+        (speech.setup)(&mut probe, i)?;
+        probes.push(probe);
+    }
     let deadline = Instant::now() + limit;
     for from in 0..probes.len() {
         for to in (0..probes.len()).filter(|t| *t != from) {
             let mut attempt = 0u32;
             'pair: loop {
                 let text = format!("probe {from}->{to} #{attempt}");
-                probes[from].send(text.as_bytes())?;
+                probes[from].send((speech.say)(&text).as_bytes())?;
+                let heard = (speech.heard)(&text);
                 // Resend every 500 ms: a node that was not subscribed yet
                 // missed the earlier ones.
                 let resend = Instant::now() + Duration::from_millis(500);
                 while Instant::now() < resend {
-                    if probes[to].received(text.as_bytes())? {
+                    let hit = |t: &[u8]| t.windows(heard.len()).any(|w| w == heard.as_bytes());
+                    if probes[to].received_matching(hit)? {
                         break 'pair;
                     }
                 }

@@ -19,6 +19,7 @@
 
 mod app;
 mod connection;
+mod rooms;
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, Write};
@@ -38,6 +39,7 @@ use connection::flush;
 const WAKER: Token = Token(usize::MAX);
 /// `sync-writes`: keys each client writes in turn.
 pub const KEYS_PER_WRITER: usize = 4;
+pub use rooms::{ROOMS, WINDOW};
 /// Source addresses used: 127.0.0.2 ..= 127.0.0.(1 + SOURCE_ADDRS).
 pub(crate) const SOURCE_ADDRS: usize = 32;
 
@@ -45,7 +47,8 @@ pub(crate) const SOURCE_ADDRS: usize = 32;
 #[derive(Clone, Serialize, Deserialize)]
 pub struct LoadConfig {
     /// `idle`, `echo`, `fanout`, `churn`, or an application's: `sync-writes`,
-    /// `sync-hot`, `sync-fanout`, `chat-fanout`.
+    /// `sync-hot`, `sync-fanout`, `chat-fanout`, `chat-rooms`,
+    /// `broadcast-rooms`.
     pub scenario: String,
     /// Server address.
     pub target: SocketAddr,
@@ -69,6 +72,10 @@ pub struct LoadConfig {
     pub deadline_ms: u64,
     /// Bound on waiting for messages in flight after the window, in ms.
     pub drain_ms: u64,
+    /// Connections over all processes (the rooms scenarios spread their
+    /// senders over them).
+    #[serde(default)]
+    pub conns_total: usize,
 }
 
 /// What a load generator reports; summed over processes by the runner.
@@ -107,6 +114,16 @@ pub struct Stats {
     /// protocol's, over the whole run.
     #[serde(default)]
     pub errors: u64,
+    /// Rooms: messages owed to each room's members over the whole run (the
+    /// chat: acked; the broadcast example: sent), by room.
+    #[serde(default)]
+    pub room_counts: Vec<u64>,
+    /// Rooms: acks received inside the measure window (stored messages).
+    #[serde(default)]
+    pub acked_in_window: u64,
+    /// Rooms: latency from a `say` sent inside the window to its `ack`.
+    #[serde(default)]
+    pub ack_latency: Histogram,
 }
 
 #[derive(PartialEq, Clone, Copy)]
@@ -297,7 +314,11 @@ impl Gen {
         let (verb, words) = command_words(line);
         match (verb, words.as_slice()) {
             (Some("run"), [start, warm, measure]) => self.run(*start, *warm, *measure, events),
-            (Some("expect"), [n]) => self.drain(*n, events),
+            (Some("expect"), [n]) => self.drain(|_| *n, events),
+            (Some("expect-rooms"), counts) => {
+                let counts = counts.to_vec();
+                self.drain(|c| rooms::owed(c, &counts), events)
+            }
             _ => Err(io::Error::other(format!("loadgen: bad command {line:?}"))),
         }
     }
@@ -375,21 +396,22 @@ impl Gen {
         Ok(())
     }
 
-    /// Fanout: waits until every receiving connection got `expected`
-    /// messages (an application's writer is not one: it is not subscribed).
-    fn drain(&mut self, expected: u64, events: &mut Events) -> io::Result<()> {
+    /// Fanout: waits until every receiving connection got the messages
+    /// `expected` of it (an application's writer is not one: it is not
+    /// subscribed; but a member of a room is, sender or not).
+    fn drain(&mut self, expected: impl Fn(&Conn) -> u64, events: &mut Events) -> io::Result<()> {
         let deadline = wire::mono_ns() + self.cfg.drain_ms * 1_000_000;
         let all_in = |g: &Gen| {
             g.receivers()
-                .all(|c| c.received >= expected || c.state == State::Dead)
+                .all(|c| c.received >= expected(c) || c.state == State::Dead)
         };
         while !all_in(self) && wire::mono_ns() < deadline {
             self.turn(events, Some(deadline))?;
         }
         let (lost, extra) = self.receivers().fold((0, 0), |(l, d), c| {
             (
-                l + expected.saturating_sub(c.received),
-                d + c.received.saturating_sub(expected),
+                l + expected(c).saturating_sub(c.received),
+                d + c.received.saturating_sub(expected(c)),
             )
         });
         self.stats.lost += lost;
@@ -401,7 +423,7 @@ impl Gen {
     /// The connections a fanout delivers to: all of them, but an
     /// application's writers, which are not subscribed.
     fn receivers(&self) -> impl Iterator<Item = &Conn> {
-        let writers_listen = self.app.is_none();
+        let writers_listen = self.app.is_none_or(App::rooms);
         self.conns
             .iter()
             .flatten()

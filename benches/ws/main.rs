@@ -5,6 +5,7 @@
 //! cargo bench --bench ws -- --full           # long profile, median of 3 runs
 //! cargo bench --bench ws -- --servers foreman,uws --scenarios fanout-sat,echo
 //! cargo bench --bench ws -- --scenarios sync       # the sync server's three
+//! cargo bench --bench ws -- --servers chat,foreman,chat-cluster --scenarios chat,chat-sat
 //! ```
 //!
 //! The runner builds the server examples (`broadcast`, `echo`, `peer_tokio`,
@@ -23,7 +24,10 @@
 //!   starts; it runs only `cluster-fanout`), `sync` and `chat` (the example
 //!   applications, count 2, each run with a fresh SQLite database under
 //!   `target/bench/apps/`, their defaults but a rate limit no load here
-//!   reaches and no chat tick; they run only the `sync-*` scenarios).
+//!   reaches and no chat tick; they run only the `sync-*` scenarios, and
+//!   the chat the `chat` scenario too, with its defaults), `chat-cluster`
+//!   (the chat with `[cluster]`: 2 nodes x count 1 and a durable Redis; it
+//!   runs only `chat`).
 //! - `--scenarios LIST`: among `idle-10k`, `idle-36k`, `echo`, `fanout-sat`,
 //!   `fanout-rate`, `churn`, `cluster-fanout` (`fanout-sat`'s load against
 //!   `foreman-cluster` and one `foreman` node with count 2), and the sync
@@ -34,6 +38,17 @@
 //!   - `sync-hot`: 50 clients `put` one key from their last seen version,
 //!     retrying each conflict from the version it carries; acks/s,
 //!     conflicts/s and the latency of a successful write from its first try.
+//!   - `chat` (issue 15; `chatrooms.rs`): 1,000 users logged in, 100 in
+//!     each of 10 rooms, 50 of them sending to their room at the chat's
+//!     default rate limit (20 msgs/s each), against the chat (SQLite on
+//!     disk) and the broadcast example's room mode under the same load:
+//!     stored messages/s, deliveries/s, ack and delivery latency, lost and
+//!     repeated deliveries (a row with any fails). Servers `chat`,
+//!     `foreman` (the broadcast example) and `chat-cluster`.
+//!   - `chat-sat`: the same rooms and senders at saturation, each keeping
+//!     8 messages in flight (the next sent when one is acked; when one came
+//!     back, to the broadcast example), the chat's rate limit lifted: where
+//!     the store is the limit.
 //!   - `sync-fanout`: 1,000 subscribers of one key and one more client
 //!     writing it at 200 writes/s (not waiting for acks), against the chat:
 //!     1,000 members of one room and one more sending to it at the same rate;
@@ -54,6 +69,7 @@
 mod apps;
 #[path = "../common/cargo.rs"]
 mod cargo;
+mod chatrooms;
 mod cluster;
 mod hist;
 mod nofile;
@@ -201,6 +217,14 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
         rate: 200.0,
         ..base("sync-fanout", Kind::AppFanout, 1000, 2)
     });
+    // Issue 15: the chat's own figures (`chatrooms.rs`).
+    v.push(chatrooms::scenario(base("chat", Kind::Rooms, 1000, 2)));
+    v.push(chatrooms::saturation(base(
+        "chat-sat",
+        Kind::Rooms,
+        1000,
+        2,
+    )));
     // The tokio client plays the plain scenarios: each gets a twin named
     // `NAME-tokio`, right after it; without `own` the originals go.
     if o.clients.contains(&Client::Tokio) {
@@ -248,6 +272,14 @@ fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
         ),
         ("sync", ServerSpec::single("sync", 2)),
         ("chat", ServerSpec::single("chat", 2)),
+        (
+            "chat-cluster",
+            ServerSpec {
+                name: "chat",
+                count: 1,
+                nodes: 2,
+            },
+        ),
     ];
     // `sync` in `--scenarios` names the sync server's three.
     let wanted = |list: &Option<Vec<String>>, name: &str| match list {
@@ -264,6 +296,12 @@ fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
             continue;
         }
         for (key, spec) in &servers {
+            if let Some(runs) = chatrooms::serves(key, &sc) {
+                if runs && wanted(&o.servers, key) {
+                    out.push((spec.clone(), sc.clone()));
+                }
+                continue;
+            }
             // count=1 of ours only in fanout, where the issue compares it.
             if *key == "foreman1" && (sc.kind != Kind::Fanout || sc.cluster) {
                 continue;
@@ -385,7 +423,7 @@ fn judge(row: &mut Row) {
     // The applications promise every change once and in order, and the
     // bench must never be refused (its rate limit is raised) nor meet a
     // conflict as a key's only writer.
-    if matches!(row.spec.name, "sync" | "chat") {
+    if matches!(row.spec.name, "sync" | "chat") || row.scenario.kind == Kind::Rooms {
         let mut checks = vec![
             ("reordered", "out of order"),
             ("duplicated", "repeated"),

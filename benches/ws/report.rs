@@ -132,10 +132,12 @@ fn kind_columns(kind: Kind) -> &'static [(&'static str, &'static str)] {
             ("client_cpu_pct", "client CPU %"),
             ("other_cpu_pct", "other CPU %"),
         ],
+        Kind::Rooms => crate::chatrooms::COLUMNS,
     }
 }
 
-fn fmt(v: f64) -> String {
+/// A figure as the tables show it.
+pub fn fmt(v: f64) -> String {
     if v.abs() >= 100.0 {
         let s = format!("{:.0}", v);
         // Thousands separators for readability.
@@ -259,6 +261,7 @@ pub fn describe(sc: &Scenario) -> String {
             fmt(sc.rate * sc.conns as f64),
             sc.size
         ),
+        Kind::Rooms => crate::chatrooms::describe(sc),
     }
 }
 
@@ -266,7 +269,8 @@ fn find<'a>(rows: &'a [Row], server: &str, count: usize, scenario: &str) -> Opti
     find_nodes(rows, server, 1, count, scenario)
 }
 
-fn find_nodes<'a>(
+/// The figures of `server` with `nodes` x `count` in `scenario`, if it ran.
+pub fn find_nodes<'a>(
     rows: &'a [Row],
     server: &str,
     nodes: usize,
@@ -387,6 +391,7 @@ pub fn bars(rows: &[Row]) -> Vec<String> {
         }
     }
     sync_bars(rows, &mut out);
+    crate::chatrooms::bars(rows, &mut out);
     for sc in ["idle-10k", "idle-36k"] {
         match ours(sc).and_then(|f| f.get("rss_per_conn_b")) {
             Some(b) => out.push(format!(

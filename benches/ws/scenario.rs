@@ -35,6 +35,9 @@ pub enum Kind {
     /// members of one chat room) and `senders` more connections writing
     /// it at `rate`.
     AppFanout,
+    /// Members of rooms, `senders` of them sending to their own room at
+    /// `rate` in all (`chatrooms.rs`).
+    Rooms,
 }
 
 /// Which load generator drives a scenario.
@@ -102,18 +105,25 @@ pub type Figures = BTreeMap<String, f64>;
 /// `tag` names the server log (`target/bench/logs/SERVER-cN-TAG.log`; a
 /// cluster node's tag ends in its name).
 pub fn run(spec: &ServerSpec, sc: &Scenario, tag: &str, paths: &Paths) -> Result<Figures, String> {
-    let mode = if sc.kind == Kind::Fanout {
-        "broadcast"
-    } else {
-        "echo"
+    let mode = match sc.kind {
+        Kind::Fanout => "broadcast",
+        Kind::Rooms => crate::chatrooms::MODE,
+        _ => "echo",
     };
     let cluster = if spec.nodes > 1 {
         Some(Cluster::start(spec.nodes, tag, &paths.out)?)
     } else {
         None
     };
+    if let (Some(c), "chat") = (&cluster, spec.name) {
+        crate::chatrooms::make_durable(&c.redis)?;
+    }
     // An application's config and fresh database, removed after the run.
     let app = match spec.name {
+        // The `chat` scenario at the chat's rate limit: its defaults.
+        "chat" if sc.kind == Kind::Rooms && sc.rate > 0.0 => {
+            Some(AppFiles::write("chat-rooms", tag, &paths.out)?)
+        }
         "sync" | "chat" => Some(AppFiles::write(spec.name, tag, &paths.out)?),
         _ => None,
     };
@@ -137,7 +147,12 @@ pub fn run(spec: &ServerSpec, sc: &Scenario, tag: &str, paths: &Paths) -> Result
     }
     if let (Some(_), Ok(_)) = (&cluster, &result) {
         let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
-        result = cluster::wait_routing(&addrs, Duration::from_secs(20)).map(|_| Figures::new());
+        let speech = match spec.name {
+            "chat" => crate::chatrooms::SPEECH,
+            _ => cluster::BROADCAST,
+        };
+        let limit = Duration::from_secs(20);
+        result = cluster::wait_routing(&addrs, limit, &speech).map(|_| Figures::new());
     }
     if result.is_ok() {
         let redis = cluster.as_ref().map(|c| &c.redis);
@@ -206,7 +221,7 @@ fn drive(
             sc.connections() as f64 - connected as f64,
         );
     }
-    if sc.kind == Kind::AppFanout {
+    if matches!(sc.kind, Kind::AppFanout | Kind::Rooms) {
         // The subscribers must be on every worker for the cross-worker path
         // to be measured: shown, not assumed.
         let per = apps::conns_per_worker(servers[0].pid(), servers[0].addr.port());
@@ -263,7 +278,12 @@ fn drive(
 
     let tail = Duration::from_secs(30);
     let fanout = matches!(sc.kind, Kind::Fanout | Kind::AppFanout);
-    let stats = if fanout {
+    let stats = if sc.kind == Kind::Rooms {
+        let sent = lg.expect_all("sent", tail)?;
+        let line = crate::chatrooms::expect_line(&sent, sc, &mut fig);
+        lg.send_all(&line)?;
+        lg.expect_all("done", tail)?
+    } else if fanout {
         let sent = lg.expect_all("sent", tail)?;
         // An application owes its subscribers the writes it acked.
         let total: u64 = if sc.kind == Kind::AppFanout {
@@ -331,6 +351,7 @@ fn drive(
             fig.insert("duplicated".into(), sum.duplicated as f64);
             fig.insert("reordered".into(), sum.reordered as f64);
         }
+        Kind::Rooms => crate::chatrooms::figures(&stats, &sum, secs, &mut fig),
         Kind::Idle => {}
     }
     if sc.kind != Kind::Churn {
@@ -348,6 +369,7 @@ fn loadgen_scenario(spec: &ServerSpec, sc: &Scenario) -> String {
         Kind::Writes => "sync-writes".into(),
         Kind::HotKey => "sync-hot".into(),
         Kind::AppFanout => format!("{}-fanout", spec.name),
+        Kind::Rooms => crate::chatrooms::loadgen_scenario(spec),
         kind => format!("{kind:?}").to_lowercase(),
     }
 }
@@ -383,6 +405,7 @@ fn configs(spec: &ServerSpec, sc: &Scenario, targets: &[SocketAddr]) -> Vec<Load
             rate_per_sender,
             deadline_ms: connect_bound_ms(sc),
             drain_ms: 10_000,
+            conns_total: sc.conns,
         });
         conn_base += conns;
         sender_base += senders as u32;

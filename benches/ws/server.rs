@@ -63,7 +63,8 @@ impl ServerSpec {
         }
     }
 
-    /// The command that starts this server in `mode` (`broadcast`/`echo`;
+    /// The command that starts this server in `mode` (`broadcast`/`echo`, or
+    /// `rooms`: the broadcast example's room mode;
     /// the applications have one mode) on an ephemeral port, or why it
     /// cannot run here. `config`: a foreman config file (`-c`), for a
     /// cluster node's `[cluster]` table or an application's settings.
@@ -77,10 +78,11 @@ impl ServerSpec {
         let count = self.count.to_string();
         match self.name {
             "foreman" | "sync" | "chat" => {
-                let bin = paths.examples.join(if self.name == "foreman" {
-                    mode
-                } else {
-                    self.name
+                // `rooms`: the broadcast example's room mode (`chat` scenario).
+                let bin = paths.examples.join(match (self.name, mode) {
+                    ("foreman", "rooms") => "broadcast",
+                    ("foreman", _) => mode,
+                    (app, _) => app,
                 });
                 if !bin.exists() {
                     return Err(format!("{} not built", bin.display()));
@@ -92,6 +94,9 @@ impl ServerSpec {
                 }
                 if self.name == "foreman" && mode == "broadcast" {
                     cmd.args(["--tick-ms", "0"]);
+                }
+                if self.name == "foreman" && mode == "rooms" {
+                    cmd.args(["--tick-ms", "0", "--rooms"]);
                 }
                 Ok(cmd)
             }

@@ -61,6 +61,7 @@ use crate::request::Target;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use foreman::ConnId;
 use rusqlite::{params, Connection, TransactionBehavior};
+use std::cell::Cell;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -469,6 +470,42 @@ fn dm_key(a: &str, b: &str) -> String {
     }
 }
 
+/// How often a writer locked out by another worker's transaction tries
+/// again. SQLite's own busy timeout sleeps 1, 2, 5, 10, 15, 20, 25 ms ...
+/// between tries: a writer that met the lock held by another worker's
+/// commit (a few ms: one fsync) slept on for up to twice that after the
+/// lock was free, and the two workers' writers took turns with idle gaps.
+const LOCK_POLL: Duration = Duration::from_micros(200);
+
+thread_local! {
+    /// The busy timeout of the store this thread opened.
+    static BUSY_TIMEOUT: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+    /// When the lock wait in progress on this thread began.
+    static LOCKED_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Time this thread's transactions waited to begin (for the write
+    /// lock), for the writer's tally.
+    static LOCK_WAITED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+}
+
+/// SQLite's busy handler: called with how many times it was already called
+/// for the same lock; tries again every [`LOCK_POLL`] until the busy
+/// timeout has passed since the first call.
+fn wait_for_lock(count: i32) -> bool {
+    let now = Instant::now();
+    let since = LOCKED_SINCE.with(|s| match s.get() {
+        Some(t) if count > 0 => t,
+        _ => {
+            s.set(Some(now));
+            now
+        }
+    });
+    if now.duration_since(since) >= BUSY_TIMEOUT.with(Cell::get) {
+        return false;
+    }
+    std::thread::sleep(LOCK_POLL);
+    true
+}
+
 /// One SQLite connection to the chat database.
 pub struct Store {
     /// The connection; used by one thread only.
@@ -480,7 +517,8 @@ impl Store {
     /// timeout, the schema.
     pub fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Store> {
         let db = Connection::open(path)?;
-        db.busy_timeout(busy_timeout)?;
+        BUSY_TIMEOUT.with(|t| t.set(busy_timeout));
+        db.busy_handler(Some(wait_for_lock))?;
         let mode: String = db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(rusqlite::Error::InvalidParameterName(format!(
@@ -530,9 +568,12 @@ impl Store {
     fn try_run(&mut self, jobs: &[Job]) -> rusqlite::Result<Vec<Done>> {
         let mut done = Vec::with_capacity(jobs.len());
         if jobs.iter().any(Job::writes) {
+            let t0 = Instant::now();
             let tx = self
                 .db
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                .transaction_with_behavior(TransactionBehavior::Immediate);
+            LOCK_WAITED.with(|w| w.set(w.get() + t0.elapsed()));
+            let tx = tx?;
             for job in jobs {
                 apply(&tx, job, &mut done)?;
             }
@@ -748,6 +789,63 @@ pub fn max_id(store: &Store) -> rusqlite::Result<i64> {
         })
 }
 
+/// What a writer thread did, logged when it ends: how many requests shared
+/// a batch (the group commit) and how much of its life the store took.
+struct Tally {
+    started: Instant,
+    batches: u64,
+    jobs: u64,
+    largest: usize,
+    busy: Duration,
+    slowest: Duration,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            started: Instant::now(),
+            batches: 0,
+            jobs: 0,
+            largest: 0,
+            busy: Duration::ZERO,
+            slowest: Duration::ZERO,
+        }
+    }
+
+    /// A batch of `jobs` ran in `took`.
+    fn batch(&mut self, jobs: usize, took: Duration) {
+        self.batches += 1;
+        self.jobs += jobs as u64;
+        self.largest = self.largest.max(jobs);
+        self.busy += took;
+        self.slowest = self.slowest.max(took);
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        if self.batches == 0 {
+            return;
+        }
+        let life = self.started.elapsed().as_secs_f64().max(1e-9);
+        let waited = LOCK_WAITED.with(Cell::get).as_secs_f64();
+        log::info!(
+            "chat writer: {} batches of {} requests (mean {:.1}, largest {}); \
+             the store took {:.0} ms ({:.0}% of {:.1} s), of which {:.0} ms waiting \
+             for the write lock; slowest batch {:.1} ms",
+            self.batches,
+            self.jobs,
+            self.jobs as f64 / self.batches as f64,
+            self.largest,
+            self.busy.as_secs_f64() * 1e3,
+            self.busy.as_secs_f64() / life * 100.0,
+            life,
+            waited * 1e3,
+            self.slowest.as_secs_f64() * 1e3,
+        );
+    }
+}
+
 /// A worker's writer thread and the channels to and from it.
 pub struct Writer {
     /// Jobs in; `None` once stopping.
@@ -776,6 +874,7 @@ impl Writer {
         let pending = Arc::new(AtomicUsize::new(0));
         let finished = pending.clone();
         let thread = std::thread::Builder::new().name(name).spawn(move || {
+            let mut tally = Tally::new();
             let mut store = match open() {
                 Ok(store) => store,
                 Err(e) => {
@@ -811,7 +910,9 @@ impl Writer {
                 let mut results = Vec::new();
                 let ran = batch.len();
                 if ran > 0 {
+                    let t0 = Instant::now();
                     results = store.run(&batch);
+                    tally.batch(ran, t0.elapsed());
                     batch.clear();
                 }
                 if store

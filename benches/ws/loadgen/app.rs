@@ -34,6 +34,11 @@ pub enum App {
     SyncFanout,
     /// `chat-fanout`: members of one room, senders to it.
     ChatFanout,
+    /// `chat-rooms`: members of several chat rooms, some sending to their
+    /// own (`rooms.rs`).
+    ChatRooms,
+    /// `broadcast-rooms`: the same against the broadcast example's rooms.
+    BroadcastRooms,
 }
 
 /// The key of `sync-hot` and `sync-fanout`, and the room of `chat-fanout`.
@@ -47,6 +52,8 @@ impl App {
             "sync-hot" => Some(App::SyncHot),
             "sync-fanout" => Some(App::SyncFanout),
             "chat-fanout" => Some(App::ChatFanout),
+            "chat-rooms" => Some(App::ChatRooms),
+            "broadcast-rooms" => Some(App::BroadcastRooms),
             _ => None,
         }
     }
@@ -54,14 +61,21 @@ impl App {
     /// The server's WebSocket path.
     pub fn path(self) -> &'static str {
         match self {
-            App::ChatFanout => "/ws",
+            App::ChatFanout | App::ChatRooms => "/ws",
+            App::BroadcastRooms => "/",
             _ => "/sync",
         }
     }
 
     /// Whether writers feed subscribers (else every client writes).
     pub fn fanout(self) -> bool {
-        matches!(self, App::SyncFanout | App::ChatFanout)
+        matches!(self, App::SyncFanout | App::ChatFanout) || self.rooms()
+    }
+
+    /// Whether members of rooms send to their own room (`rooms.rs`): the
+    /// senders are members too.
+    pub fn rooms(self) -> bool {
+        matches!(self, App::ChatRooms | App::BroadcastRooms)
     }
 }
 
@@ -81,10 +95,12 @@ pub struct AppConn {
     /// conflicts' retries keep it), for the latency of a successful write.
     first_try: u64,
     /// Fanout writers: writes sent and not yet answered.
-    in_flight: u64,
+    pub in_flight: u64,
     /// Subscribers: the position of the latest change seen (sync: its
     /// version; chat: the sender's sequence number + 1).
     last: u64,
+    /// Rooms: the connection's global index (its room, its user name).
+    pub global: usize,
 }
 
 /// The fields of a server frame the bench looks at; the rest is skipped.
@@ -108,6 +124,9 @@ struct Frame<'a> {
 impl Gen {
     /// Connection `i` upgraded: starts its setup.
     pub(super) fn app_open(&mut self, app: App, i: usize) {
+        if app.rooms() {
+            return self.rooms_open(app, i);
+        }
         let Some(c) = self.conns[i].as_mut() else {
             return;
         };
@@ -132,7 +151,7 @@ impl Gen {
     }
 
     /// Queues text frame `text` on connection `i` and writes what fits.
-    fn app_text(&mut self, i: usize, text: &str) {
+    pub(super) fn app_text(&mut self, i: usize, text: &str) {
         if let Some(c) = self.conns[i].as_mut() {
             wire::encode_frame(&mut c.wbuf, wire::OP_TEXT, text.as_bytes(), &mut self.rng);
             super::flush(c);
@@ -141,6 +160,9 @@ impl Gen {
 
     /// Sends connection `i`'s next write, stamped `ts`.
     pub(super) fn app_send(&mut self, app: App, i: usize, ts: u64) {
+        if app.rooms() {
+            return self.rooms_send(app, i, ts);
+        }
         let Some(c) = self.conns[i].as_mut() else {
             return;
         };
@@ -181,6 +203,9 @@ impl Gen {
 
     /// A server frame arrived on connection `i` at `now`.
     pub(super) fn app_message(&mut self, app: App, i: usize, payload: &[u8], now: u64) {
+        if app.rooms() {
+            return self.rooms_message(app, i, payload, now);
+        }
         let Ok(f) = serde_json::from_slice::<Frame>(payload) else {
             self.stats.errors += 1;
             return;
@@ -293,7 +318,7 @@ impl Gen {
     }
 
     /// Setup of connection `i` is answered.
-    fn app_ready(&mut self, i: usize) {
+    pub(super) fn app_ready(&mut self, i: usize) {
         if let Some(c) = self.conns[i].as_mut() {
             c.app.ready = true;
         }

@@ -45,7 +45,9 @@ impl Gen {
                         expect: Vec::new(),
                         app: AppConn::default(),
                     };
-                    if !churn {
+                    if self.app.is_some_and(App::rooms) {
+                        super::rooms::place(&mut conn, global, &self.cfg);
+                    } else if !churn {
                         let local = idx;
                         conn.sender = match (self.cfg.scenario.as_str(), self.app) {
                             ("echo", _) => Some((global) as u32),
@@ -201,9 +203,7 @@ impl Gen {
         let Some((sender, seq, _)) = parsed else {
             return;
         };
-        if let Some(next) = c.expect.get_mut(sender as usize) {
-            self.stats.order(next, seq);
-        }
+        check_order(&mut c.expect, &mut self.stats, sender, seq);
         let mine = c.sender == Some(sender) && c.awaiting && seq.wrapping_add(1) == c.seq;
         let closed_loop = self.cfg.scenario == "echo" || self.cfg.rate_per_sender <= 0.0;
         if mine {
@@ -272,6 +272,14 @@ impl Gen {
                 self.pending = self.pending.saturating_sub(1);
             }
         }
+    }
+}
+
+/// Checks message `seq` of `sender` against the next one `expect`ed of it:
+/// a later one counts as out of order, an earlier one as repeated.
+pub(super) fn check_order(expect: &mut [u32], stats: &mut super::Stats, sender: u32, seq: u32) {
+    if let Some(next) = expect.get_mut(sender as usize) {
+        stats.order(next, seq);
     }
 }
 
