@@ -24,7 +24,10 @@
 //!   applications, count 2, each run with a fresh SQLite database under
 //!   `target/bench/apps/`, their defaults but a rate limit no load here
 //!   reaches and no chat tick; they run only the `sync-*` scenarios).
-//! - `--scenarios LIST`: among `idle-10k`, `idle-36k`, `echo`, `fanout-sat`,
+//! - `--scenarios LIST`: among `idle-10k`, `idle-36k`, `idle-250k` (run only
+//!   when named: 250,000 connections from 16 load generators to the
+//!   `broadcast` server with count 16, kernel memory per socket, then one
+//!   broadcast to all and the time until the last has it), `echo`, `fanout-sat`,
 //!   `fanout-rate`, `churn`, `cluster-fanout` (`fanout-sat`'s load against
 //!   `foreman-cluster` and one `foreman` node with count 2), and the sync
 //!   server's (`sync` names all three):
@@ -146,6 +149,15 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
     if o.full {
         v.push(base("idle-36k", Kind::Idle, 36_000, 3));
     }
+    // Issue 15, only when named: 250,000 idle connections from 16 load
+    // generators (each under the 20,000-descriptor cap), then one
+    // broadcast to all (`scenario/quarter.rs`).
+    if o.scenarios.iter().flatten().any(|s| s == "idle-250k") {
+        v.push(Scenario {
+            senders: 1,
+            ..base("idle-250k", Kind::Idle, 250_000, 16)
+        });
+    }
     v.push(Scenario {
         size: 512,
         ..base("echo", Kind::Echo, 500, 2)
@@ -240,7 +252,11 @@ fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
                 continue;
             }
             if wanted(&o.servers, key) {
-                out.push((spec.clone(), sc.clone()));
+                let mut spec = spec.clone();
+                if spec.on_foreman() {
+                    spec.count = scenario::quarter::workers_for(sc.conns, spec.count);
+                }
+                out.push((spec, sc.clone()));
             }
         }
     }
