@@ -20,6 +20,7 @@
 use crate::id::ConnId;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// The replicated data of one connection; absent until something is set, so an
 /// idle connection costs only its serial in its [`Unit`].
@@ -133,11 +134,43 @@ impl Unit {
     }
 }
 
+/// Hashes a unit's (node, worker slot) with a multiplication per field
+/// (FxHash's): every registry call looks a unit up, and there are a few
+/// hundred at most, so SipHash's resistance is not worth its time here.
+#[derive(Default)]
+struct UnitHasher(u64);
+
+impl UnitHasher {
+    fn add(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for UnitHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.add(u64::from(b));
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+}
+
 /// The replica; see the module docs.
 #[derive(Default, Debug)]
 pub(crate) struct Registry {
     /// Every live connection on the server, by (node, worker slot).
-    units: HashMap<(u32, u16), Unit>,
+    units: HashMap<(u32, u16), Unit, BuildHasherDefault<UnitHasher>>,
     /// Connections in `units`.
     count: usize,
     /// The data of the connections that have some.
@@ -168,15 +201,16 @@ impl Registry {
 
     /// Forgets a connection and every binding it had.
     pub(crate) fn close(&mut self, id: ConnId) {
-        if !self.contains(id) {
+        let unit = (id.node, id.worker);
+        let Some(u) = self.units.get_mut(&unit) else {
+            return;
+        };
+        if u.get(id.key) != Some(id.serial) {
             return;
         }
-        let unit = (id.node, id.worker);
-        if let Some(u) = self.units.get_mut(&unit) {
-            u.remove(id.key);
-            if u.len == 0 {
-                self.units.remove(&unit);
-            }
+        u.remove(id.key);
+        if u.len == 0 {
+            self.units.remove(&unit);
         }
         self.count -= 1;
         self.forget(id);

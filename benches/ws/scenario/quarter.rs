@@ -41,6 +41,30 @@ pub(super) struct Kernel {
     tcp_mem_pages: u64,
     /// `TCP: inuse` of /proc/net/sockstat: TCP sockets.
     tcp_inuse: u64,
+    /// Bytes of the slab caches every socket takes an object of (see
+    /// [`SOCKET_SLABS`]), from /proc/slabinfo: active objects x size.
+    socket_slabs_b: u64,
+}
+
+/// The slab caches of a TCP socket with its file in an epoll set: the
+/// socket, its inode, its file, its epoll entry. Machine-wide `Slab` moves
+/// with everything else the machine does (dentries, page tables of other
+/// jobs); these hardly do. Each socket has a dentry too (192 B), in a cache
+/// every file shares, so it is left out.
+const SOCKET_SLABS: [&str; 4] = ["TCP", "sock_inode_cache", "filp", "eventpoll_epi"];
+
+/// [`SOCKET_SLABS`]' bytes in /proc/slabinfo (0 where unreadable).
+fn socket_slabs() -> u64 {
+    let info = fs::read_to_string("/proc/slabinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            // name active_objs num_objs objsize ...
+            let f: Vec<&str> = l.split_whitespace().take(4).collect();
+            let ours = SOCKET_SLABS.contains(f.first()?);
+            let bytes = f.get(1)?.parse::<u64>().ok()? * f.get(3)?.parse::<u64>().ok()?;
+            ours.then_some(bytes)
+        })
+        .sum()
 }
 
 impl Kernel {
@@ -71,13 +95,14 @@ impl Kernel {
             sunreclaim_kib: kib("SUnreclaim"),
             tcp_mem_pages: field("mem"),
             tcp_inuse: field("inuse"),
+            socket_slabs_b: socket_slabs(),
         }
     }
 
     /// What the sockets opened since `before` cost the kernel, per socket
     /// (both ends of every connection are on this machine): slab memory
     /// (socket, inode, file, epoll entry, ...), its unreclaimable part,
-    /// and buffer pages.
+    /// the socket's own caches alone, and buffer pages.
     pub(super) fn per_socket(&self, before: &Kernel, fig: &mut Figures) {
         let sockets = self.tcp_inuse.saturating_sub(before.tcp_inuse).max(1) as f64;
         let delta = |a: u64, b: u64| a as f64 - b as f64;
@@ -89,6 +114,10 @@ impl Kernel {
         fig.insert(
             "kernel_sunreclaim_per_socket_b".into(),
             delta(self.sunreclaim_kib, before.sunreclaim_kib) * 1024.0 / sockets,
+        );
+        fig.insert(
+            "kernel_socket_slabs_per_socket_b".into(),
+            delta(self.socket_slabs_b, before.socket_slabs_b) / sockets,
         );
         fig.insert(
             "kernel_tcp_mem_per_socket_b".into(),
@@ -216,6 +245,7 @@ pub fn columns(sc: &Scenario) -> Vec<(&'static str, &'static str)> {
     let mut cols = vec![
         ("kernel_slab_per_socket_b", "kernel slab/socket B"),
         ("kernel_sunreclaim_per_socket_b", "of it unreclaimable B"),
+        ("kernel_socket_slabs_per_socket_b", "socket caches/socket B"),
     ];
     if sc.senders > 0 {
         cols.extend([
