@@ -10,6 +10,10 @@
 //!   window. Echo and churn then print `done {json Stats}`; fanout prints
 //!   `sent {json Stats}` and waits for `expect N` (messages every connection
 //!   must have received) before draining and printing `done {json Stats}`.
+//! - `arm`, then `fire` (an idle scenario's one broadcast, `quarter.rs`):
+//!   count receipts from `arm` on, say `armed`; on `fire` the first load
+//!   generator sends one message, and each prints `bcast {json Stats}` once
+//!   all its connections have it.
 //! - stdin closed: close every connection with 1000 and exit.
 //!
 //! The `sync-*` and `chat-fanout` scenarios speak the applications' JSON
@@ -19,6 +23,7 @@
 
 mod app;
 mod connection;
+mod quarter;
 mod rooms;
 
 use std::collections::VecDeque;
@@ -41,7 +46,7 @@ const WAKER: Token = Token(usize::MAX);
 pub const KEYS_PER_WRITER: usize = 4;
 pub use rooms::{ROOMS, WINDOW};
 /// Source addresses used: 127.0.0.2 ..= 127.0.0.(1 + SOURCE_ADDRS).
-pub(crate) const SOURCE_ADDRS: usize = 32;
+pub const SOURCE_ADDRS: usize = 32;
 
 /// What one load generator process does (shipped as JSON on its command line).
 #[derive(Clone, Serialize, Deserialize)]
@@ -319,6 +324,11 @@ impl Gen {
                 let counts = counts.to_vec();
                 self.drain(|c| rooms::owed(c, &counts), events)
             }
+            (Some("arm"), []) => {
+                self.arm();
+                Ok(())
+            }
+            (Some("fire"), []) => self.fire(events),
             _ => Err(io::Error::other(format!("loadgen: bad command {line:?}"))),
         }
     }

@@ -28,7 +28,10 @@
 //!   the chat the `chat` scenario too, with its defaults), `chat-cluster`
 //!   (the chat with `[cluster]`: 2 nodes x count 1 and a durable Redis; it
 //!   runs only `chat`).
-//! - `--scenarios LIST`: among `idle-10k`, `idle-36k`, `echo`, `fanout-sat`,
+//! - `--scenarios LIST`: among `idle-10k`, `idle-36k`, `idle-250k` (run only
+//!   when named: 250,000 connections from 16 load generators to the
+//!   `broadcast` server with count 16, kernel memory per socket, then one
+//!   broadcast to all and the time until the last has it), `echo`, `fanout-sat`,
 //!   `fanout-rate`, `churn`, `cluster-fanout` (`fanout-sat`'s load against
 //!   `foreman-cluster` and one `foreman` node with count 2), and the sync
 //!   server's (`sync` names all three):
@@ -186,6 +189,15 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
     if o.full {
         v.push(base("idle-36k", Kind::Idle, 36_000, 3));
     }
+    // Issue 15, only when named: 250,000 idle connections from 16 load
+    // generators (each under the 20,000-descriptor cap), then one
+    // broadcast to all (`scenario/quarter.rs`).
+    if o.scenarios.iter().flatten().any(|s| s == "idle-250k") {
+        v.push(Scenario {
+            senders: 1,
+            ..base("idle-250k", Kind::Idle, 250_000, 16)
+        });
+    }
     v.push(Scenario {
         size: 512,
         ..base("echo", Kind::Echo, 500, 2)
@@ -235,7 +247,9 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
                 let plain = matches!(
                     sc.kind,
                     Kind::Idle | Kind::Echo | Kind::Fanout | Kind::Churn
-                ) && !sc.cluster;
+                ) && !sc.cluster
+                    // idle-250k's one broadcast is our generator's alone.
+                    && !(sc.kind == Kind::Idle && sc.senders > 0);
                 let twin = plain.then(|| Scenario {
                     name: format!("{}-tokio", sc.name),
                     client: Client::Tokio,
@@ -324,7 +338,11 @@ fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
                 continue;
             }
             if wanted(&o.servers, key) {
-                out.push((spec.clone(), sc.clone()));
+                let mut spec = spec.clone();
+                if spec.on_foreman() {
+                    spec.count = scenario::quarter::workers_for(sc.conns, spec.count);
+                }
+                out.push((spec, sc.clone()));
             }
         }
     }

@@ -61,6 +61,9 @@ pub fn combine(runs: &[Figures]) -> Figures {
 /// per CPU-second of both.
 fn columns(sc: &Scenario) -> Vec<(&'static str, &'static str)> {
     let mut cols = kind_columns(sc.kind).to_vec();
+    if sc.kind == Kind::Idle {
+        cols.extend(crate::scenario::quarter::columns(sc));
+    }
     if sc.cluster {
         let at = cols
             .iter()
@@ -215,6 +218,10 @@ pub fn tables(rows: &[Row]) -> String {
 /// One line saying what a scenario does.
 pub fn describe(sc: &Scenario) -> String {
     match sc.kind {
+        Kind::Idle if sc.senders > 0 => format!(
+            "hold {} connections, {} client processes, then one {} B broadcast to all",
+            sc.conns, sc.clients, sc.size
+        ),
         Kind::Idle => format!(
             "hold {} connections, {} client processes",
             sc.conns, sc.clients
@@ -392,6 +399,7 @@ pub fn bars(rows: &[Row]) -> Vec<String> {
     }
     sync_bars(rows, &mut out);
     crate::chatrooms::bars(rows, &mut out);
+    out.extend(crate::scenario::quarter::bars(rows));
     for sc in ["idle-10k", "idle-36k"] {
         match ours(sc).and_then(|f| f.get("rss_per_conn_b")) {
             Some(b) => out.push(format!(

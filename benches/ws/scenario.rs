@@ -16,6 +16,8 @@ use crate::redis_server::RedisServer;
 use crate::server::{self, Sample, ServerSpec};
 use crate::wire::mono_ns;
 
+pub mod quarter;
+
 /// What kind of traffic a scenario drives.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Kind {
@@ -105,8 +107,10 @@ pub type Figures = BTreeMap<String, f64>;
 /// `tag` names the server log (`target/bench/logs/SERVER-cN-TAG.log`; a
 /// cluster node's tag ends in its name).
 pub fn run(spec: &ServerSpec, sc: &Scenario, tag: &str, paths: &Paths) -> Result<Figures, String> {
+    // An idle scenario with a sender broadcasts once (`quarter.rs`).
     let mode = match sc.kind {
         Kind::Fanout => "broadcast",
+        Kind::Idle if sc.senders > 0 => "broadcast",
         Kind::Rooms => crate::chatrooms::MODE,
         _ => "echo",
     };
@@ -202,6 +206,8 @@ fn drive(
     empty: Sample,
 ) -> Result<Figures, String> {
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    quarter::check_limits(sc.connections(), sc.clients);
+    let kernel = quarter::Kernel::sample();
     let mut lg = Loadgens::spawn(configs(spec, sc, &addrs), sc.client)?;
     let mut fig = Figures::new();
     // The load generators give up on stuck attempts first and report them.
@@ -235,6 +241,7 @@ fn drive(
     if sc.kind == Kind::Idle {
         let per = (holding.rss as f64 - empty.rss as f64) / connected.max(1) as f64;
         fig.insert("rss_per_conn_b".into(), per);
+        quarter::after_idle(&mut lg, servers, sc, &kernel, &mut fig)?;
         return Ok(fig);
     }
 
