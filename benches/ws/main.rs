@@ -24,10 +24,16 @@
 //!   applications, count 2, each run with a fresh SQLite database under
 //!   `target/bench/apps/`, their defaults but a rate limit no load here
 //!   reaches and no chat tick; they run only the `sync-*` scenarios).
+//!   And `baseline`, only when named: foreman's `broadcast`/`echo` from the
+//!   directory in `FOREMAN_BENCH_BASELINE` (an earlier build, count 2), so
+//!   a change is measured against what it changes in one interleaved run.
 //! - `--scenarios LIST`: among `idle-10k`, `idle-36k`, `echo`, `fanout-sat`,
 //!   `fanout-rate`, `churn`, `cluster-fanout` (`fanout-sat`'s load against
-//!   `foreman-cluster` and one `foreman` node with count 2), and the sync
-//!   server's (`sync` names all three):
+//!   `foreman-cluster` and one `foreman` node with count 2), `idle-tls`,
+//!   `echo-tls` and `fanout-tls` (`idle-10k`, `echo` and `fanout-sat` over
+//!   `wss://`, every server with one self-signed certificate the runner
+//!   makes; `tls` names all three), and the sync server's (`sync` names all
+//!   three):
 //!   - `sync-writes`: 200 clients each `put` their own 4 keys in turn from
 //!     the version they hold, one write in flight; acks/s and the ack's
 //!     latency.
@@ -61,6 +67,7 @@ mod loadgen;
 mod report;
 mod scenario;
 mod server;
+mod tls;
 mod wire;
 
 use std::time::{Duration, Instant};
@@ -139,6 +146,7 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
         rate: 0.0,
         clients,
         cluster: false,
+        tls: false,
         warm,
         measure,
     };
@@ -160,6 +168,22 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
         ..base("fanout-rate", Kind::Fanout, 1000, 2)
     });
     v.push(base("churn", Kind::Churn, 64, 2));
+    // Issue 15: idle, echo and fan-out saturation over `wss://`, every
+    // server with the same certificate (`tls.rs`).
+    v.push(Scenario {
+        tls: true,
+        ..base("idle-tls", Kind::Idle, 10_000, 2)
+    });
+    v.push(Scenario {
+        size: 512,
+        tls: true,
+        ..base("echo-tls", Kind::Echo, 500, 2)
+    });
+    v.push(Scenario {
+        senders: 10,
+        tls: true,
+        ..base("fanout-tls", Kind::Fanout, 1000, 2)
+    });
     // Issue 11: the same saturation load over 2 nodes x 1 worker joined by
     // Redis (the servers of `foreman-cluster`; each load generator holds one
     // node's half) and over one node with count = 2 (`foreman`).
@@ -204,13 +228,17 @@ fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
         ),
         ("sync", ServerSpec::single("sync", 2)),
         ("chat", ServerSpec::single("chat", 2)),
+        ("baseline", ServerSpec::single("baseline", 2)),
     ];
-    // `sync` in `--scenarios` names the sync server's three.
+    // `sync` in `--scenarios` names the sync server's three, `tls` the
+    // three over `wss://`.
     let wanted = |list: &Option<Vec<String>>, name: &str| match list {
         None => true,
-        Some(l) => l
-            .iter()
-            .any(|x| x == name || (x == "sync" && name.starts_with("sync-"))),
+        Some(l) => l.iter().any(|x| {
+            x == name
+                || (x == "sync" && name.starts_with("sync-"))
+                || (x == "tls" && name.ends_with("-tls"))
+        }),
     };
     let mut out = Vec::new();
     for sc in scenarios(o) {
@@ -219,7 +247,7 @@ fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
         }
         for (key, spec) in &servers {
             // count=1 of ours only in fanout, where the issue compares it.
-            if *key == "foreman1" && (sc.kind != Kind::Fanout || sc.cluster) {
+            if *key == "foreman1" && (sc.kind != Kind::Fanout || sc.cluster || sc.tls) {
                 continue;
             }
             // The cluster runs only its scenario, which compares it with one
@@ -239,7 +267,12 @@ fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
             if !app_server {
                 continue;
             }
-            if wanted(&o.servers, key) {
+            // The baseline only when named: it needs FOREMAN_BENCH_BASELINE.
+            let named = o
+                .servers
+                .as_ref()
+                .is_some_and(|l| l.iter().any(|x| x == key));
+            if wanted(&o.servers, key) && (*key != "baseline" || named) {
                 out.push((spec.clone(), sc.clone()));
             }
         }
