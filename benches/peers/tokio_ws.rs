@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! peer_tokio --mode broadcast|echo --listen websocket://127.0.0.1:PORT [--count N] [--tick-ms 0]
+//!            [--tls-cert CERT.pem --tls-key KEY.pem]
 //! ```
 //!
 //! - Prints `listening on websocket://HOST:PORT` (flushed) once bound.
@@ -12,6 +13,8 @@
 //!   included, in the shape of tokio-tungstenite's broadcast example (a map of
 //!   per-peer unbounded channels behind a mutex). echo: back to its sender.
 //! - `--count N` is the number of runtime worker threads (one process).
+//! - `--tls-cert`/`--tls-key`: `wss://` through tokio-rustls (ring), each
+//!   connection's handshake in its own task before the upgrade.
 //! - SIGTERM closes every client with 1001 and exits.
 
 use std::collections::HashMap;
@@ -22,8 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -52,6 +57,7 @@ fn main() {
     let mut mode = Mode::Broadcast;
     let mut listen = "websocket://127.0.0.1:0".to_string();
     let mut count = 1usize;
+    let (mut cert, mut key) = (None, None);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -62,6 +68,8 @@ fn main() {
             "--listen" => listen = value,
             "--count" => count = value.parse().unwrap_or(1).max(1),
             "--tick-ms" => {}
+            "--tls-cert" => cert = Some(value),
+            "--tls-key" => key = Some(value),
             other => {
                 eprintln!("peer_tokio: unexpected argument {other:?} {value:?}");
                 std::process::exit(2);
@@ -83,10 +91,30 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(serve(&addr, mode));
+    let tls = match (cert, key) {
+        (Some(c), Some(k)) => Some(tls_acceptor(&c, &k)),
+        _ => None,
+    };
+    runtime.block_on(serve(&addr, mode, tls));
 }
 
-async fn serve(addr: &str, mode: Mode) {
+/// The TLS side of `--tls-cert`/`--tls-key`.
+fn tls_acceptor(cert: &str, key: &str) -> TlsAcceptor {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .expect("read --tls-cert");
+    let key = PrivateKeyDer::from_pem_file(key).expect("read --tls-key");
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .expect("TLS configuration");
+    TlsAcceptor::from(Arc::new(config))
+}
+
+async fn serve(addr: &str, mode: Mode, tls: Option<TlsAcceptor>) {
     let listener = TcpListener::bind(addr).await.expect("bind");
     let local = listener.local_addr().expect("local_addr");
     let mut out = std::io::stdout();
@@ -100,7 +128,20 @@ async fn serve(addr: &str, mode: Mode) {
             accepted = listener.accept() => {
                 if let Ok((stream, peer)) = accepted {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(handle_connection(peers.clone(), stream, peer, mode));
+                    let peers = peers.clone();
+                    match &tls {
+                        None => {
+                            tokio::spawn(handle_connection(peers, stream, peer, mode));
+                        }
+                        Some(acceptor) => {
+                            let accept = acceptor.accept(stream);
+                            tokio::spawn(async move {
+                                if let Ok(stream) = accept.await {
+                                    handle_connection(peers, stream, peer, mode).await;
+                                }
+                            });
+                        }
+                    }
                 }
             }
             _ = tick.tick() => {
@@ -125,7 +166,10 @@ async fn serve(addr: &str, mode: Mode) {
     }
 }
 
-async fn handle_connection(peers: PeerMap, stream: TcpStream, addr: SocketAddr, mode: Mode) {
+async fn handle_connection<S>(peers: PeerMap, stream: S, addr: SocketAddr, mode: Mode)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
         return;
     };

@@ -29,7 +29,9 @@ mod rooms;
 use std::collections::VecDeque;
 use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mio::net::TcpStream;
@@ -81,6 +83,9 @@ pub struct LoadConfig {
     /// senders over them).
     #[serde(default)]
     pub conns_total: usize,
+    /// `wss://`: the PEM certificate of the server, the only one trusted.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// What a load generator reports; summed over processes by the runner.
@@ -142,6 +147,8 @@ enum State {
 
 struct Conn {
     stream: TcpStream,
+    /// The client side of TLS, for `wss://`.
+    tls: Option<Box<rustls::ClientConnection>>,
     state: State,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
@@ -227,6 +234,8 @@ struct Gen {
     last_upgrade: u64,
     /// The application protocol spoken, if any (from `cfg.scenario`).
     app: Option<App>,
+    /// `wss://`: the configuration of every connection's TLS session.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Entry point of a load generator child; `arg` is the JSON [`LoadConfig`].
@@ -234,7 +243,7 @@ pub fn main(arg: &str) -> io::Result<()> {
     let cfg: LoadConfig = serde_json::from_str(arg).map_err(io::Error::other)?;
     crate::raise_nofile_limit();
     let poll = Poll::new()?;
-    let waker = std::sync::Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = mpsc::channel::<Option<String>>();
     std::thread::spawn(move || {
         for line in io::stdin().lock().lines() {
@@ -248,6 +257,10 @@ pub fn main(arg: &str) -> io::Result<()> {
         let _ = waker.wake();
     });
     let cfg_scenario = cfg.scenario.clone();
+    let tls = match &cfg.tls_ca {
+        Some(ca) => Some(crate::tls::client_config(ca).map_err(io::Error::other)?),
+        None => None,
+    };
     let mut g = Gen {
         host: cfg.target.to_string(),
         rng: MaskRng::new(cfg.conn_base as u32 ^ 0x9E37_79B9),
@@ -265,6 +278,7 @@ pub fn main(arg: &str) -> io::Result<()> {
         senders: Vec::new(),
         last_upgrade: 0,
         app: App::parse(&cfg_scenario),
+        tls,
     };
     let mut events = Events::with_capacity(1024);
     let churn = g.cfg.scenario == "churn";

@@ -27,14 +27,20 @@
 //!   reaches and no chat tick; they run only the `sync-*` scenarios, and
 //!   the chat the `chat` scenario too, with its defaults), `chat-cluster`
 //!   (the chat with `[cluster]`: 2 nodes x count 1 and a durable Redis; it
-//!   runs only `chat`).
+//!   runs only `chat`). And `baseline`, only when named: foreman's
+//!   `broadcast`/`echo` from the directory in `FOREMAN_BENCH_BASELINE` (an
+//!   earlier build, count 2), so a change is measured against what it
+//!   changes in one interleaved run.
 //! - `--scenarios LIST`: among `idle-10k`, `idle-36k`, `idle-250k` (run only
 //!   when named: 250,000 connections from 16 load generators to the
 //!   `broadcast` server with count 16, kernel memory per socket, then one
 //!   broadcast to all and the time until the last has it), `echo`, `fanout-sat`,
 //!   `fanout-rate`, `churn`, `cluster-fanout` (`fanout-sat`'s load against
-//!   `foreman-cluster` and one `foreman` node with count 2), and the sync
-//!   server's (`sync` names all three):
+//!   `foreman-cluster` and one `foreman` node with count 2), `idle-tls`,
+//!   `echo-tls` and `fanout-tls` (`idle-10k`, `echo` and `fanout-sat` over
+//!   `wss://`, every server with one self-signed certificate the runner
+//!   makes; `tls` names all three), and the sync server's (`sync` names all
+//!   three):
 //!   - `sync-writes`: 200 clients each `put` their own 4 keys in turn from
 //!     the version they hold, one write in flight; acks/s and the ack's
 //!     latency.
@@ -85,6 +91,7 @@ mod loadgen_tokio;
 mod report;
 mod scenario;
 mod server;
+mod tls;
 mod wire;
 
 use std::time::{Duration, Instant};
@@ -181,6 +188,7 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
         rate: 0.0,
         clients,
         cluster: false,
+        tls: false,
         warm,
         measure,
         client: Client::Own,
@@ -212,6 +220,22 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
         ..base("fanout-rate", Kind::Fanout, 1000, 2)
     });
     v.push(base("churn", Kind::Churn, 64, 2));
+    // Issue 15: idle, echo and fan-out saturation over `wss://`, every
+    // server with the same certificate (`tls.rs`).
+    v.push(Scenario {
+        tls: true,
+        ..base("idle-tls", Kind::Idle, 10_000, 2)
+    });
+    v.push(Scenario {
+        size: 512,
+        tls: true,
+        ..base("echo-tls", Kind::Echo, 500, 2)
+    });
+    v.push(Scenario {
+        senders: 10,
+        tls: true,
+        ..base("fanout-tls", Kind::Fanout, 1000, 2)
+    });
     // Issue 11: the same saturation load over 2 nodes x 1 worker joined by
     // Redis (the servers of `foreman-cluster`; each load generator holds one
     // node's half) and over one node with count = 2 (`foreman`).
@@ -244,12 +268,14 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
         v = v
             .into_iter()
             .flat_map(|sc| {
-                let plain = matches!(
-                    sc.kind,
-                    Kind::Idle | Kind::Echo | Kind::Fanout | Kind::Churn
-                ) && !sc.cluster
-                    // idle-250k's one broadcast is our generator's alone.
-                    && !(sc.kind == Kind::Idle && sc.senders > 0);
+                // Not the cluster's, TLS or idle-250k's one broadcast: our
+                // generator's alone.
+                let plain = match sc.kind {
+                    Kind::Idle => sc.senders == 0,
+                    Kind::Echo | Kind::Fanout | Kind::Churn => true,
+                    _ => false,
+                } && !sc.cluster
+                    && !sc.tls;
                 let twin = plain.then(|| Scenario {
                     name: format!("{}-tokio", sc.name),
                     client: Client::Tokio,
@@ -294,14 +320,17 @@ fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
                 nodes: 2,
             },
         ),
+        ("baseline", ServerSpec::single("baseline", 2)),
     ];
-    // `sync` in `--scenarios` names the sync server's three.
+    // `sync` in `--scenarios` names the sync server's three, `tls` the
+    // three over `wss://`.
     let wanted = |list: &Option<Vec<String>>, name: &str| match list {
         None => true,
         Some(l) => l.iter().any(|x| {
             x == name
                 || name.strip_suffix("-tokio") == Some(x.as_str())
                 || (x == "sync" && name.starts_with("sync-"))
+                || (x == "tls" && name.ends_with("-tls"))
         }),
     };
     let mut out = Vec::new();
@@ -317,7 +346,7 @@ fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
                 continue;
             }
             // count=1 of ours only in fanout, where the issue compares it.
-            if *key == "foreman1" && (sc.kind != Kind::Fanout || sc.cluster) {
+            if *key == "foreman1" && (sc.kind != Kind::Fanout || sc.cluster || sc.tls) {
                 continue;
             }
             // The cluster runs only its scenario, which compares it with one
@@ -337,7 +366,12 @@ fn plan(o: &Options) -> Vec<(ServerSpec, Scenario)> {
             if !app_server {
                 continue;
             }
-            if wanted(&o.servers, key) {
+            // The baseline only when named: it needs FOREMAN_BENCH_BASELINE.
+            let named = o
+                .servers
+                .as_ref()
+                .is_some_and(|l| l.iter().any(|x| x == key));
+            if wanted(&o.servers, key) && (*key != "baseline" || named) {
                 let mut spec = spec.clone();
                 if spec.on_foreman() {
                     spec.count = scenario::quarter::workers_for(sc.conns, spec.count);

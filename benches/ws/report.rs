@@ -397,6 +397,7 @@ pub fn bars(rows: &[Row]) -> Vec<String> {
             _ => out.push(format!("{sc} p99, foreman c=2 vs uWS.js: n/a")),
         }
     }
+    tls_bars(rows, &mut out);
     sync_bars(rows, &mut out);
     crate::chatrooms::bars(rows, &mut out);
     out.extend(crate::scenario::quarter::bars(rows));
@@ -411,6 +412,45 @@ pub fn bars(rows: &[Row]) -> Vec<String> {
         }
     }
     out
+}
+
+/// The `*-tls` lines: idle memory against its bar, and our throughput
+/// over `wss://` against uWebSockets.js's `SSLApp` and against the
+/// baseline build when one ran.
+fn tls_bars(rows: &[Row], out: &mut Vec<String>) {
+    let get = |server: &str, sc: &str, key: &str| {
+        find(rows, server, if server == "uws" { 1 } else { 2 }, sc)
+            .and_then(|f| f.get(key).copied())
+    };
+    match get("foreman", "idle-tls", "rss_per_conn_b") {
+        Some(b) => out.push(format!(
+            "idle-tls foreman c=2: {} B RSS/conn (bar <= 4096): {}",
+            fmt(b),
+            if b <= 4096.0 { "met" } else { "NOT met" }
+        )),
+        None => out.push("idle-tls foreman c=2: n/a".into()),
+    }
+    for (sc, key) in [
+        ("idle-tls", "rss_per_conn_b"),
+        ("echo-tls", "msgs_per_s"),
+        ("fanout-tls", "deliveries_per_s"),
+        ("idle-10k", "rss_per_conn_b"),
+        ("fanout-sat", "deliveries_per_s"),
+    ] {
+        for other in ["uws", "baseline"] {
+            if other == "uws" && !sc.ends_with("-tls") {
+                continue;
+            }
+            if let (Some(x), Some(y)) = (get("foreman", sc, key), get(other, sc, key)) {
+                out.push(format!(
+                    "{sc} {key}, foreman c=2 vs {other}: {} / {} = {:.2}x",
+                    fmt(x),
+                    fmt(y),
+                    x / y
+                ));
+            }
+        }
+    }
 }
 
 /// The sync server's lines: its write rates, and its fan-out against the

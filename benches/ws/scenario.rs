@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use crate::cluster::{self, Cluster};
 use crate::loadgen::{LoadConfig, Stats};
 use crate::redis_server::RedisServer;
 use crate::server::{self, Sample, ServerSpec};
+use crate::tls::BenchCert;
 use crate::wire::mono_ns;
 
 pub mod quarter;
@@ -81,6 +83,9 @@ pub struct Scenario {
     /// The cluster comparison: runs on a cluster of foreman nodes (load
     /// generator `i` talking to node `i % nodes`) and on one foreman node.
     pub cluster: bool,
+    /// Over `wss://`: every server serves the bench's certificate
+    /// ([`crate::tls::BenchCert`]) and the load generators trust it.
+    pub tls: bool,
     /// Warm-up before the measure window.
     pub warm: Duration,
     /// Measure window.
@@ -131,15 +136,24 @@ pub fn run(spec: &ServerSpec, sc: &Scenario, tag: &str, paths: &Paths) -> Result
         "sync" | "chat" => Some(AppFiles::write(spec.name, tag, &paths.out)?),
         _ => None,
     };
+    let cert = if sc.tls {
+        Some(BenchCert::get(&paths.out)?)
+    } else {
+        None
+    };
     let mut servers = Vec::new();
     let mut result = Ok(Figures::new());
     for i in 0..spec.nodes {
         let started = match &cluster {
             Some(c) => {
                 let (name, config) = c.node(i);
-                server::start(spec, mode, &format!("{tag}-{name}"), paths, Some(config))
+                let tag = format!("{tag}-{name}");
+                server::start(spec, mode, &tag, paths, Some(config), None)
             }
-            None => server::start(spec, mode, tag, paths, app.as_ref().map(|a| &*a.config)),
+            None => {
+                let config = app.as_ref().map(|a| &*a.config);
+                server::start(spec, mode, tag, paths, config, cert.as_ref())
+            }
         };
         match started {
             Ok(s) => servers.push(s),
@@ -161,7 +175,8 @@ pub fn run(spec: &ServerSpec, sc: &Scenario, tag: &str, paths: &Paths) -> Result
     if result.is_ok() {
         let redis = cluster.as_ref().map(|c| &c.redis);
         let empty = sample_all(&mut servers);
-        result = drive(&mut servers, redis, spec, sc, empty);
+        let ca = cert.as_ref().map(|c| c.cert.clone());
+        result = drive(&mut servers, redis, spec, sc, empty, ca);
     }
     for srv in &mut servers {
         if let Some(status) = srv.exited() {
@@ -204,11 +219,12 @@ fn drive(
     spec: &ServerSpec,
     sc: &Scenario,
     empty: Sample,
+    tls_ca: Option<PathBuf>,
 ) -> Result<Figures, String> {
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
     quarter::check_limits(sc.connections(), sc.clients);
     let kernel = quarter::Kernel::sample();
-    let mut lg = Loadgens::spawn(configs(spec, sc, &addrs), sc.client)?;
+    let mut lg = Loadgens::spawn(configs(spec, sc, &addrs, tls_ca), sc.client)?;
     let mut fig = Figures::new();
     // The load generators give up on stuck attempts first and report them.
     let connect_deadline = Duration::from_millis(connect_bound_ms(sc) + 10_000);
@@ -382,8 +398,14 @@ fn loadgen_scenario(spec: &ServerSpec, sc: &Scenario) -> String {
 }
 
 /// Splits the scenario's connections (and senders) over its client
-/// processes; client `i` talks to `targets[i % targets.len()]`.
-fn configs(spec: &ServerSpec, sc: &Scenario, targets: &[SocketAddr]) -> Vec<LoadConfig> {
+/// processes; client `i` talks to `targets[i % targets.len()]`, over TLS
+/// trusting `tls_ca` if given.
+fn configs(
+    spec: &ServerSpec,
+    sc: &Scenario,
+    targets: &[SocketAddr],
+    tls_ca: Option<PathBuf>,
+) -> Vec<LoadConfig> {
     let n = sc.clients.max(1);
     let mut out = Vec::new();
     let (mut conn_base, mut sender_base) = (0, 0);
@@ -413,6 +435,7 @@ fn configs(spec: &ServerSpec, sc: &Scenario, targets: &[SocketAddr]) -> Vec<Load
             deadline_ms: connect_bound_ms(sc),
             drain_ms: 10_000,
             conns_total: sc.conns,
+            tls_ca: tls_ca.clone(),
         });
         conn_base += conns;
         sender_base += senders as u32;

@@ -3,6 +3,7 @@
 //! bounded SIGTERM stop.
 
 use crate::cargo::Paths;
+use crate::tls::BenchCert;
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -46,7 +47,7 @@ impl ServerSpec {
 
     /// Whether it is foreman's (a master and `count` workers).
     pub fn on_foreman(&self) -> bool {
-        matches!(self.name, "foreman" | "sync" | "chat")
+        matches!(self.name, "foreman" | "sync" | "chat" | "baseline")
     }
 
     /// Whether all connections live in one process (bound by its fd cap).
@@ -68,22 +69,36 @@ impl ServerSpec {
     /// the applications have one mode) on an ephemeral port, or why it
     /// cannot run here. `config`: a foreman config file (`-c`), for a
     /// cluster node's `[cluster]` table or an application's settings.
+    /// `tls`: serve `wss://` with that certificate (foreman: its config
+    /// file, in place of `config`; the peers: `--tls-cert`/`--tls-key`).
     pub fn command(
         &self,
         mode: &str,
         paths: &Paths,
         config: Option<&Path>,
+        tls: Option<&BenchCert>,
     ) -> Result<Command, String> {
         let listen = "websocket://127.0.0.1:0";
         let count = self.count.to_string();
+        let config = tls.map(|t| t.toml.as_path()).or(config);
+        let tls_args = |cmd: &mut Command| {
+            if let Some(t) = tls {
+                cmd.arg("--tls-cert").arg(&t.cert);
+                cmd.arg("--tls-key").arg(&t.key);
+            }
+        };
         match self.name {
-            "foreman" | "sync" | "chat" => {
+            "foreman" | "sync" | "chat" | "baseline" => {
                 // `rooms`: the broadcast example's room mode (`chat` scenario).
-                let bin = paths.examples.join(match (self.name, mode) {
-                    ("foreman", "rooms") => "broadcast",
-                    ("foreman", _) => mode,
-                    (app, _) => app,
-                });
+                let exe = if mode == "rooms" { "broadcast" } else { mode };
+                let bin = match self.name {
+                    "foreman" => paths.examples.join(exe),
+                    "baseline" => match std::env::var_os("FOREMAN_BENCH_BASELINE") {
+                        Some(dir) => PathBuf::from(dir).join(exe),
+                        None => return Err("not built: set FOREMAN_BENCH_BASELINE".into()),
+                    },
+                    app => paths.examples.join(app),
+                };
                 if !bin.exists() {
                     return Err(format!("{} not built", bin.display()));
                 }
@@ -92,7 +107,7 @@ impl ServerSpec {
                 if let Some(c) = config {
                     cmd.arg("-c").arg(c);
                 }
-                if self.name == "foreman" && mode == "broadcast" {
+                if matches!(self.name, "foreman" | "baseline") && mode == "broadcast" {
                     cmd.args(["--tick-ms", "0"]);
                 }
                 if self.name == "foreman" && mode == "rooms" {
@@ -107,6 +122,7 @@ impl ServerSpec {
                 }
                 let mut cmd = Command::new(bin);
                 cmd.args(["--mode", mode, "--listen", listen, "--count", &count]);
+                tls_args(&mut cmd);
                 Ok(cmd)
             }
             "uws" | "ws" => {
@@ -134,6 +150,7 @@ impl ServerSpec {
                     listen,
                 ]);
                 cmd.args(["--count", &count]);
+                tls_args(&mut cmd);
                 Ok(cmd)
             }
             other => Err(format!("unknown server {other}")),
@@ -173,16 +190,17 @@ pub struct Sample {
     pub procs: usize,
 }
 
-/// Starts the server (`config`: see [`ServerSpec::command`]) and waits
-/// (bounded) for its `listening on` line and for its workers to appear.
+/// Starts the server (`config`, `tls`: see [`ServerSpec::command`]) and
+/// waits (bounded) for its `listening on` line and for its workers to appear.
 pub fn start(
     spec: &ServerSpec,
     mode: &str,
     tag: &str,
     paths: &Paths,
     config: Option<&Path>,
+    tls: Option<&BenchCert>,
 ) -> Result<Running, String> {
-    let mut cmd = spec.command(mode, paths, config)?;
+    let mut cmd = spec.command(mode, paths, config, tls)?;
     let log = paths
         .out
         .join("logs")

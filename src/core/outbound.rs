@@ -116,7 +116,8 @@ impl Core {
         let dial = c.dial.as_ref()?;
         c.life.connected(self.now + dial.opts.timeout);
         if let Some((config, name)) = &dial.tls {
-            let session = rustls::ClientConnection::new(config.clone(), name.clone());
+            let session =
+                rustls::client::UnbufferedClientConnection::new(config.clone(), name.clone());
             match (session, c.io.take()) {
                 (Ok(session), Some(Transport::Plain(sock))) => {
                     c.io = Some(Transport::tls(sock, session));

@@ -114,7 +114,7 @@ impl<H: Handler> Worker<H> {
         let tls = self.tls.as_ref().filter(|_| from.listener == 0);
         let io = match tls {
             None => Transport::Plain(sock),
-            Some(config) => match rustls::ServerConnection::new(config.clone()) {
+            Some(config) => match rustls::server::UnbufferedServerConnection::new(config.clone()) {
                 Ok(session) => Transport::tls(sock, session),
                 Err(e) => {
                     log::error!("TLS session for {peer}: {e}");

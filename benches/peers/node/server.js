@@ -2,7 +2,11 @@
 // following the same contract as foreman's `echo` and `broadcast` examples:
 //
 //   node server.js --impl uws|ws --mode broadcast|echo \
-//        --listen websocket://127.0.0.1:PORT [--count 1] [--tick-ms 0]
+//        --listen websocket://127.0.0.1:PORT [--count 1] [--tick-ms 0] \
+//        [--tls-cert CERT.pem --tls-key KEY.pem]
+//
+// With --tls-cert and --tls-key it serves wss:// (uWebSockets.js's SSLApp;
+// ws under Node's https server).
 //
 // Prints `listening on websocket://HOST:PORT` once bound; broadcast sends every
 // text message to every connection (sender included); echo returns it to its
@@ -23,6 +27,7 @@ if (count !== 1) {
   console.error(`server.js: node peers are single-process; --count ${count} is not supported`);
   process.exit(2);
 }
+const tls = args["tls-cert"] && args["tls-key"] ? { cert: args["tls-cert"], key: args["tls-key"] } : null;
 const host = m[1];
 const port = Number(m[2]);
 
@@ -40,7 +45,7 @@ if (impl === "uws") {
   const { loadNativeUws } = require("./uws-native.js");
   const uWS = loadNativeUws();
   const sockets = new Set();
-  const app = uWS.App();
+  const app = tls ? uWS.SSLApp({ cert_file_name: tls.cert, key_file_name: tls.key }) : uWS.App();
   app.ws("/*", {
     compression: uWS.DISABLED,
     maxPayloadLength: 16 * 1024 * 1024,
@@ -77,8 +82,17 @@ if (impl === "uws") {
   });
 } else {
   const { WebSocketServer } = require("ws");
-  const wss = new WebSocketServer({ host, port, perMessageDeflate: false, clientTracking: true });
-  wss.on("listening", () => announce(wss.address().port));
+  const options = { perMessageDeflate: false, clientTracking: true };
+  let wss;
+  if (tls) {
+    const fs = require("fs");
+    const server = require("https").createServer({ cert: fs.readFileSync(tls.cert), key: fs.readFileSync(tls.key) });
+    wss = new WebSocketServer({ server, ...options });
+    server.listen(port, host, () => announce(server.address().port));
+  } else {
+    wss = new WebSocketServer({ host, port, ...options });
+    wss.on("listening", () => announce(wss.address().port));
+  }
   wss.on("connection", (ws) => {
     ws.on("message", (data, isBinary) => {
       if (mode === "broadcast") {

@@ -33,6 +33,7 @@ impl Gen {
                     });
                     let mut conn = Conn {
                         stream,
+                        tls: None,
                         state: State::Connecting,
                         rbuf: Vec::new(),
                         wbuf: Vec::new(),
@@ -92,6 +93,12 @@ impl Gen {
             match c.stream.take_error() {
                 Ok(None) if c.stream.peer_addr().is_ok() => {
                     let _ = c.stream.set_nodelay(true);
+                    if let Some(config) = &self.tls {
+                        match client_session(config) {
+                            Ok(s) => c.tls = Some(s),
+                            Err(_) => return self.finish_attempt(i, false),
+                        }
+                    }
                     let path = self.app.map_or("/", App::path);
                     c.wbuf
                         .extend_from_slice(&wire::upgrade_request(&self.host, path));
@@ -107,12 +114,23 @@ impl Gen {
             let Some(c) = self.conns[i].as_mut() else {
                 return;
             };
-            match c.stream.read(&mut self.scratch) {
+            let got = match c.tls.as_deref_mut() {
+                None => c.stream.read(&mut self.scratch),
+                Some(tls) => read_tls(tls, &mut c.stream, &mut self.scratch, &mut c.rbuf),
+            };
+            match got {
                 Ok(0) => return self.gone(i),
-                Ok(n) => c.rbuf.extend_from_slice(&self.scratch[..n]),
+                Ok(n) if c.tls.is_none() => c.rbuf.extend_from_slice(&self.scratch[..n]),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return self.gone(i),
+            }
+        }
+        if let Some(c) = self.conns[i].as_mut() {
+            // Handshake answers, or output the handshake held back.
+            if c.tls.as_ref().is_some_and(|t| t.wants_write()) {
+                flush(c);
             }
         }
         self.parse(i);
@@ -290,9 +308,26 @@ pub(super) fn begin_close(c: &mut Conn, rng: &mut wire::MaskRng) {
     flush(c);
 }
 
-/// Writes as much of the connection's queued output as the socket takes.
+/// Writes as much of the connection's queued output as the socket takes
+/// (under TLS: hands all of it to the session, which encrypts it once its
+/// handshake is done, and writes what ciphertext the socket takes).
 pub(super) fn flush(c: &mut Conn) {
     if c.state == State::Connecting {
+        return;
+    }
+    if let Some(tls) = c.tls.as_deref_mut() {
+        if !c.wbuf.is_empty() {
+            // Unlimited plaintext buffer (set at creation): all of it goes.
+            let _ = tls.writer().write_all(&c.wbuf);
+            c.wbuf.clear();
+        }
+        while tls.wants_write() {
+            match tls.write_tls(&mut c.stream) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break, // as below
+            }
+        }
         return;
     }
     let mut done = 0;
@@ -304,6 +339,39 @@ pub(super) fn flush(c: &mut Conn) {
         }
     }
     c.wbuf.drain(..done);
+}
+
+/// A TLS session for a new connection to the bench's server.
+fn client_session(
+    config: &std::sync::Arc<rustls::ClientConfig>,
+) -> Result<Box<rustls::ClientConnection>, rustls::Error> {
+    let name = rustls::pki_types::ServerName::try_from(crate::tls::SERVER_NAME)
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut s = rustls::ClientConnection::new(config.clone(), name)?;
+    s.set_buffer_limit(None);
+    Ok(Box::new(s))
+}
+
+/// One read of ciphertext from `sock` into `tls`; the plaintext it brings
+/// is appended to `rbuf` (through `scratch`). Returns the ciphertext's
+/// length: 0 at end of stream, as a plain read.
+fn read_tls(
+    tls: &mut rustls::ClientConnection,
+    sock: &mut TcpStream,
+    scratch: &mut [u8],
+    rbuf: &mut Vec<u8>,
+) -> io::Result<usize> {
+    let n = tls.read_tls(sock)?;
+    tls.process_new_packets().map_err(io::Error::other)?;
+    loop {
+        match tls.reader().read(scratch) {
+            Ok(0) => return Ok(0), // close_notify
+            Ok(m) => rbuf.extend_from_slice(&scratch[..m]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Starts a non-blocking connect from `src` (port chosen at connect time).
