@@ -554,6 +554,10 @@ async fn rows(
         if r.lost > 0 {
             failures.push(format!("row {}: {} of {} lost", k + 1, r.lost, r.count));
         }
+        // At least once allows repeats after a fault; this run has none.
+        if r.dups > 0 {
+            failures.push(format!("row {}: {} delivered twice", k + 1, r.dups));
+        }
     }
     for (k, t) in [&board.amqp, &board.events, &board.http].iter().enumerate() {
         if t.stray() > 0 {

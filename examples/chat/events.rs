@@ -40,6 +40,7 @@ pub fn routing_key(m: &StoredMessage) -> String {
 
 impl Source for Store {
     fn rows_after(&mut self, after: i64, limit: usize) -> Result<Vec<Row>, String> {
+        self.on_this_thread();
         let list = self
             .messages_after(after, limit)
             .map_err(|e| e.to_string())?;
@@ -54,6 +55,7 @@ impl Source for Store {
     }
 
     fn save_cursor(&mut self, id: i64) -> Result<(), String> {
+        self.on_this_thread();
         self.save_outbox_cursor(CURSOR, id)
             .map_err(|e| e.to_string())
     }

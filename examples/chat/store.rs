@@ -508,11 +508,21 @@ fn wait_for_lock(count: i32) -> bool {
 
 /// One SQLite connection to the chat database.
 pub struct Store {
-    /// The connection; used by one thread only.
+    /// The connection; used by one thread at a time.
     db: Connection,
+    /// Its busy timeout, for [`Store::on_this_thread`].
+    busy_timeout: Duration,
 }
 
 impl Store {
+    /// Gives this thread the store's busy timeout: the lock wait reads it
+    /// per thread, so a store moved to another thread (the publisher's,
+    /// from job to job on the blocking pool) calls this first, or a
+    /// locked database fails at once.
+    pub fn on_this_thread(&self) {
+        BUSY_TIMEOUT.with(|t| t.set(self.busy_timeout));
+    }
+
     /// Opens (creating if needed) the database: WAL, full sync, the busy
     /// timeout, the schema.
     pub fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Store> {
@@ -527,7 +537,7 @@ impl Store {
         }
         db.pragma_update(None, "synchronous", "FULL")?;
         db.execute_batch(SCHEMA)?;
-        Ok(Store { db })
+        Ok(Store { db, busy_timeout })
     }
 
     /// Runs a batch: jobs that write share one immediate transaction, retried

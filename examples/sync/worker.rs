@@ -150,6 +150,8 @@ pub struct SyncWorker {
     instance: String,
     /// Worker 0 with `[amqp]` (and SQLite): changes to RabbitMQ.
     changes: Option<crate::changes::Publisher>,
+    /// Queued writes to try again at the next tick ([`Self::amqp_later`]).
+    amqp_retry: Vec<AmqpMessage>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -236,6 +238,7 @@ impl SyncWorker {
             http_ops: 0,
             instance: String::new(),
             changes: None,
+            amqp_retry: Vec::new(),
         }
     }
 
@@ -693,9 +696,15 @@ impl SyncWorker {
     /// (never requeued); one the store cannot take now goes back to the
     /// queue.
     fn amqp_write(&mut self, ctx: &mut Ctx, msg: &AmqpMessage) {
-        let parsed = std::str::from_utf8(&msg.body)
-            .map_err(|_| Refusal::new(ErrorCode::BadJson, "the body is not UTF-8"))
-            .and_then(|text| request::parse_write(text, self.config.max_value_bytes));
+        let max = self.config.server.max_frame_bytes;
+        let parsed = if msg.body.len() > max {
+            let text = format!("the body is over max_frame_bytes ({max})");
+            Err(Refusal::new(ErrorCode::TooLarge, text))
+        } else {
+            std::str::from_utf8(&msg.body)
+                .map_err(|_| Refusal::new(ErrorCode::BadJson, "the body is not UTF-8"))
+                .and_then(|text| request::parse_write(text, self.config.max_value_bytes))
+        };
         let write = match parsed {
             Ok(request) => write_of(request, AMQP_CLIENT.into()).expect("parse_write gives writes"),
             Err(refusal) => {
@@ -712,8 +721,7 @@ impl SyncWorker {
             }
         };
         if self.store_full() {
-            ctx.amqp_requeue(msg.id);
-            return;
+            return self.amqp_later(msg, "the store is busy");
         }
         let pending = Pending::Amqp {
             msg: Box::new(msg.clone()),
@@ -721,14 +729,26 @@ impl SyncWorker {
             op: write.op.clone(),
         };
         if !self.submit(Work::Write(write), pending) {
-            ctx.amqp_requeue(msg.id);
+            self.amqp_later(msg, "the store is not available");
         }
     }
 
+    /// A queued write that cannot be done (or answered) now is tried again
+    /// at the next tick, not handed back to the broker, which would give it
+    /// straight back: held here, unacked, at most `prefetch` of them. Taken
+    /// again after a commit, it is answered from op memory.
+    fn amqp_later(&mut self, msg: &AmqpMessage, why: &str) {
+        if self.amqp_retry.is_empty() {
+            log::warn!("sync: {why}: queued writes wait, tried again every {TICK:?}");
+        }
+        self.amqp_retry.push(msg.clone());
+    }
+
     /// The store decided a queued write: the answer to its `reply_to`,
-    /// then the ack. An answer that cannot be published now puts the
-    /// message back instead: taken again, it is answered from op memory,
-    /// not written twice.
+    /// then the ack (once the answer is handed to the bridge, not on the
+    /// broker's confirm of it). An answer that cannot be published now
+    /// holds the message for the next tick instead: taken again, it is
+    /// answered from op memory, not written twice.
     fn finish_amqp(
         &mut self,
         ctx: &mut Ctx,
@@ -744,24 +764,16 @@ impl SyncWorker {
                 ctx.amqp_reject(msg.id);
                 return;
             }
-            Err(e) => {
-                log::warn!("sync: store failed on a queued write ({e}); back to the queue");
-                ctx.amqp_requeue(msg.id);
-                return;
-            }
+            Err(e) => return self.amqp_later(msg, &format!("the store failed ({e})")),
         };
         let answered = msg.reply_to.is_none()
-            || match ctx.amqp_reply(msg, reply::write_outcome(key, op, &outcome, None)) {
-                Ok(_) => true,
-                Err(e) => {
-                    log::warn!("sync: cannot answer a queued write now ({e}); back to the queue");
-                    false
-                }
-            };
+            || ctx
+                .amqp_reply(msg, reply::write_outcome(key, op, &outcome, None))
+                .is_ok();
         if answered {
             ctx.amqp_ack(msg.id);
         } else {
-            ctx.amqp_requeue(msg.id);
+            self.amqp_later(msg, "its answer cannot be published now");
         }
         if let Outcome::Decided {
             change: Some(change),
@@ -782,6 +794,9 @@ impl SyncWorker {
     }
 
     fn on_tick(&mut self, ctx: &mut Ctx) {
+        for msg in std::mem::take(&mut self.amqp_retry) {
+            self.amqp_write(ctx, &msg);
+        }
         let now = Instant::now();
         if !self.welcomes.is_empty() {
             self.expire_welcomes(ctx, now);

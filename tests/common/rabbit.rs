@@ -408,22 +408,66 @@ impl Client {
     /// Consumes from `queue` until `n` messages came or `timeout` passed,
     /// acking each: their bodies and correlation ids.
     pub fn consume(&self, queue: &str, n: usize, timeout: Duration) -> Vec<Got> {
+        self.consume_then_quiet(queue, n, timeout, Duration::ZERO)
+    }
+
+    /// [`Client::consume`], then goes on taking what comes until `quiet`
+    /// passes without a message: a test that wants `n` and no more sees
+    /// a repeat after the last. The consumer is cancelled at the end, so
+    /// that it takes nothing more from the queue.
+    pub fn consume_then_quiet(
+        &self,
+        queue: &str,
+        n: usize,
+        timeout: Duration,
+        quiet: Duration,
+    ) -> Vec<Got> {
+        let mut consumer = self.subscribe(queue);
+        let got = self.take(&mut consumer, n, timeout, quiet);
+        let _ = self.rt.block_on(self.channel.basic_cancel(
+            consumer.tag().as_str(),
+            lapin::options::BasicCancelOptions::default(),
+        ));
+        got
+    }
+
+    /// A consumer of `queue` for several [`Client::take`]s (a reply queue
+    /// read answer by answer: consumers made one per read would share the
+    /// queue's messages among them).
+    pub fn subscribe(&self, queue: &str) -> lapin::Consumer {
+        self.rt
+            .block_on(self.channel.basic_consume(
+                queue,
+                &unique("test-consumer"),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ))
+            .expect("basic.consume")
+    }
+
+    /// Takes from `consumer` until `n` messages came or `timeout` passed,
+    /// then what comes until `quiet` passes without one, acking each: their
+    /// bodies and correlation ids.
+    pub fn take(
+        &self,
+        consumer: &mut lapin::Consumer,
+        n: usize,
+        timeout: Duration,
+        quiet: Duration,
+    ) -> Vec<Got> {
         use futures_util::StreamExt;
         self.rt.block_on(async {
-            let mut consumer = self
-                .channel
-                .basic_consume(
-                    queue,
-                    &unique("test-consumer"),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .expect("basic.consume");
             let mut got = Vec::new();
             let deadline = tokio::time::Instant::now() + timeout;
-            while got.len() < n {
-                match tokio::time::timeout_at(deadline, consumer.next()).await {
+            loop {
+                let until = if got.len() < n {
+                    deadline
+                } else if quiet.is_zero() {
+                    break;
+                } else {
+                    tokio::time::Instant::now() + quiet
+                };
+                match tokio::time::timeout_at(until, consumer.next()).await {
                     Ok(Some(Ok(d))) => {
                         got.push((
                             String::from_utf8_lossy(&d.data).into_owned(),

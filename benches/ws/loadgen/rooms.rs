@@ -8,7 +8,7 @@
 //! `stride = conns_total / senders_total` connections is a sender, spread
 //! over the connect order (and so over the server's workers) and the rooms
 //! alike: `g` with `g % stride == (g / stride) % ROOMS`, sender id
-//! `g / stride`, in room `(g / stride) % ROOMS`; each room has
+//! `g / stride`, in room `g % ROOMS` like every connection; each room has
 //! `senders_total / ROOMS` of them. Every member, a sender too, receives each
 //! message of its room once; the delivery latency is recorded at the other
 //! members only. A chat `say` carries the bench payload as its text and its

@@ -146,7 +146,7 @@ pub(super) fn check_limits(conns: usize, clients: usize) {
         .collect();
     if let [lo, hi] = range[..] {
         if hi.saturating_sub(lo) + 1 < ports_needed {
-            let lo = lo.min(65_535 - ports_needed);
+            let lo = lo.min(65_535u64.saturating_sub(ports_needed));
             raise(
                 "net/ipv4/ip_local_port_range",
                 &ports,
@@ -185,7 +185,7 @@ fn raise(key: &str, from: &str, to: &str) {
         return;
     }
     match fs::write(format!("/proc/sys/{key}"), to) {
-        Ok(()) => eprintln!("bench: raised {name} from {from} to {to} for this run"),
+        Ok(()) => eprintln!("bench: raised {name} from {from} to {to} (machine-wide, left so)"),
         Err(e) => eprintln!("bench: {name} is {from}, below {to}, and cannot be raised: {e}"),
     }
 }
