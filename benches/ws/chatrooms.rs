@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::{Probe, Speech};
 use crate::loadgen::{Stats, ROOMS, WINDOW};
+use crate::plan::{Figures, Kind, Scenario};
 use crate::redis_server::RedisServer;
-use crate::report::{self, Row};
-use crate::scenario::{Figures, Kind, Scenario};
+use crate::rows::{self, Row};
 use crate::server::ServerSpec;
 
 /// The chat's default rate limit (`[rate_limit] per_second` in chat.toml,
@@ -178,15 +178,15 @@ pub fn bars(rows: &[Row], out: &mut Vec<String>) {
 
 fn scenario_bars(rows: &[Row], scenario: &str, bar: &str, out: &mut Vec<String>) {
     let find = |name: &str, nodes: usize, count: usize| {
-        report::find_nodes(rows, name, nodes, count, scenario)
+        rows::find_nodes(rows, name, nodes, count, scenario)
     };
     let (chat, bcast) = (find("chat", 1, 2), find("foreman", 1, 2));
     let get = |f: &Figures, k: &str| f.get(k).copied().unwrap_or(f64::NAN);
     let ratio = |what: &str, key: &str, bar: &str| match (chat, bcast) {
         (Some(c), Some(b)) if get(b, key) > 0.0 => format!(
             "{scenario} {what}, chat c=2 / broadcast rooms c=2: {} / {} = {:.2}x{bar}",
-            report::fmt(get(c, key)),
-            report::fmt(get(b, key)),
+            rows::fmt(get(c, key)),
+            rows::fmt(get(b, key)),
             get(c, key) / get(b, key)
         ),
         _ => format!("{scenario} {what}: n/a (a side was skipped or failed)"),
@@ -203,14 +203,14 @@ fn scenario_bars(rows: &[Row], scenario: &str, bar: &str, out: &mut Vec<String>)
         out.push(format!(
             "{scenario} {label}: {} stored msgs/s, {} deliveries/s, ack p50 {:.2} / p99 {:.2} \
              ms, delivery p50 {:.2} / p99 {:.2} ms, lost {}, duplicated {} (bar 0 and 0)",
-            report::fmt(get(c, "acks_per_s")),
-            report::fmt(get(c, "deliveries_per_s")),
+            rows::fmt(get(c, "acks_per_s")),
+            rows::fmt(get(c, "deliveries_per_s")),
             get(c, "ack_p50_ms"),
             get(c, "ack_p99_ms"),
             get(c, "p50_ms"),
             get(c, "p99_ms"),
-            report::fmt(get(c, "lost")),
-            report::fmt(get(c, "duplicated")),
+            rows::fmt(get(c, "lost")),
+            rows::fmt(get(c, "duplicated")),
         ));
     }
 }

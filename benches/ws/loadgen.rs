@@ -187,9 +187,13 @@ impl Window {
 }
 
 impl Stats {
-    /// Fanout: a delivery of sequence `seq` from a sender whose next one
-    /// was `next`; counts it out of order or repeated.
-    pub(crate) fn order(&mut self, next: &mut u32, seq: u32) {
+    /// Fanout: a delivery of sequence `seq` from `sender`, against the
+    /// next sequence expected of each sender; counts it out of order or
+    /// repeated.
+    pub(crate) fn check_order(&mut self, expect: &mut [u32], sender: u32, seq: u32) {
+        let Some(next) = expect.get_mut(sender as usize) else {
+            return;
+        };
         match seq.cmp(next) {
             std::cmp::Ordering::Equal => *next += 1,
             std::cmp::Ordering::Greater => {

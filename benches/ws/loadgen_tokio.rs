@@ -415,9 +415,7 @@ impl Conn {
                 s.settled.notify_one();
             }
             if let Some((sender, seq, _)) = parsed {
-                if let Some(next) = self.expect.get_mut(sender as usize) {
-                    s.stats.order(next, seq);
-                }
+                s.stats.check_order(&mut self.expect, sender, seq);
             }
         }
         let Some((sender, seq, _)) = parsed else {

@@ -82,6 +82,7 @@ mod chatrooms;
 mod cluster;
 mod hist;
 mod nofile;
+mod plan;
 #[path = "../common/redis_server.rs"]
 mod redis_server;
 
@@ -89,6 +90,7 @@ pub use nofile::raise_nofile_limit;
 mod loadgen;
 mod loadgen_tokio;
 mod report;
+mod rows;
 mod scenario;
 mod server;
 mod tls;
@@ -97,8 +99,8 @@ mod wire;
 use std::time::{Duration, Instant};
 
 use cargo::{paths, Paths};
-use report::Row;
-use scenario::{Client, Kind, Scenario};
+use plan::{Client, Kind, Scenario};
+use rows::Row;
 use server::ServerSpec;
 
 /// Command-line options of the runner.

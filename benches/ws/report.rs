@@ -6,24 +6,8 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::scenario::{Figures, Kind, Scenario};
-use crate::server::ServerSpec;
-
-/// The outcome of one (server, scenario) pair over its runs.
-pub struct Row {
-    /// Server under test.
-    pub spec: ServerSpec,
-    /// Scenario driven.
-    pub scenario: Scenario,
-    /// `ok`, `skipped` or `failed`.
-    pub status: &'static str,
-    /// Why skipped or failed.
-    pub reason: String,
-    /// Figures of each run.
-    pub runs: Vec<Figures>,
-    /// Median of each figure over runs; for error counts, the maximum.
-    pub median: Figures,
-}
+use crate::plan::{Figures, Kind, Scenario};
+use crate::rows::{find, find_nodes, fmt, Row};
 
 /// Figures where the worst run, not the median, is reported.
 const WORST: &[&str] = &[
@@ -139,27 +123,6 @@ fn kind_columns(kind: Kind) -> &'static [(&'static str, &'static str)] {
     }
 }
 
-/// A figure as the tables show it.
-pub fn fmt(v: f64) -> String {
-    if v.abs() >= 100.0 {
-        let s = format!("{:.0}", v);
-        // Thousands separators for readability.
-        let (sign, digits) = s.strip_prefix('-').map(|d| ("-", d)).unwrap_or(("", &s));
-        let mut out = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
-                out.push(',');
-            }
-            out.push(c);
-        }
-        format!("{sign}{out}")
-    } else if v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
 /// Markdown tables, one per scenario, in plan order.
 pub fn tables(rows: &[Row]) -> String {
     let mut out = String::new();
@@ -270,29 +233,6 @@ pub fn describe(sc: &Scenario) -> String {
         ),
         Kind::Rooms => crate::chatrooms::describe(sc),
     }
-}
-
-fn find<'a>(rows: &'a [Row], server: &str, count: usize, scenario: &str) -> Option<&'a Figures> {
-    find_nodes(rows, server, 1, count, scenario)
-}
-
-/// The figures of `server` with `nodes` x `count` in `scenario`, if it ran.
-pub fn find_nodes<'a>(
-    rows: &'a [Row],
-    server: &str,
-    nodes: usize,
-    count: usize,
-    scenario: &str,
-) -> Option<&'a Figures> {
-    rows.iter()
-        .find(|r| {
-            r.spec.name == server
-                && r.spec.nodes == nodes
-                && r.spec.count == count
-                && r.scenario.name == scenario
-                && !r.median.is_empty()
-        })
-        .map(|r| &r.median)
 }
 
 /// The bars, as lines of text (figures, not pass/fail gates).

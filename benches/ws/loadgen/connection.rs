@@ -221,7 +221,7 @@ impl Gen {
         let Some((sender, seq, _)) = parsed else {
             return;
         };
-        check_order(&mut c.expect, &mut self.stats, sender, seq);
+        self.stats.check_order(&mut c.expect, sender, seq);
         let mine = c.sender == Some(sender) && c.awaiting && seq.wrapping_add(1) == c.seq;
         let closed_loop = self.cfg.scenario == "echo" || self.cfg.rate_per_sender <= 0.0;
         if mine {
@@ -290,14 +290,6 @@ impl Gen {
                 self.pending = self.pending.saturating_sub(1);
             }
         }
-    }
-}
-
-/// Checks message `seq` of `sender` against the next one `expect`ed of it:
-/// a later one counts as out of order, an earlier one as repeated.
-pub(super) fn check_order(expect: &mut [u32], stats: &mut super::Stats, sender: u32, seq: u32) {
-    if let Some(next) = expect.get_mut(sender as usize) {
-        stats.order(next, seq);
     }
 }
 

@@ -192,7 +192,7 @@ impl Gen {
         }
         self.stats
             .delivery(self.window, now, Some(ts).filter(|_| !mine));
-        super::connection::check_order(&mut c.expect, &mut self.stats, sender, seq);
+        self.stats.check_order(&mut c.expect, sender, seq);
         if mine && app == App::BroadcastRooms {
             self.rooms_again(app, i, now);
         }

@@ -6,10 +6,11 @@
 use std::fs;
 use std::time::Duration;
 
-use super::{Figures, Loadgens, Scenario};
+use super::Loadgens;
 use crate::hist::Histogram;
 use crate::loadgen::SOURCE_ADDRS;
-use crate::report::Row;
+use crate::plan::{Figures, Scenario};
+use crate::rows::Row;
 use crate::server::Running;
 
 /// Connections a worker can hold under this machine's 20,000-descriptor
