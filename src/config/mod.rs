@@ -85,6 +85,8 @@ pub struct ServerSection {
     pub tls_cert: Option<String>,
     /// PEM file with the private key for `tls_cert`.
     pub tls_key: Option<String>,
+    /// Expanded TLS 1.3 record keys each worker keeps for busy connections.
+    pub tls_key_cache: Option<usize>,
     /// Threads of each worker's blocking-work pool.
     pub blocking_threads: Option<usize>,
     /// Jobs that may wait for a blocking-pool thread before more are refused.
@@ -163,6 +165,13 @@ pub struct Config {
     pub tls_cert: Option<String>,
     /// PEM private key for [`Config::tls_cert`].
     pub tls_key: Option<String>,
+    /// Expanded TLS 1.3 record keys (about 560 B each) a worker keeps, for
+    /// the connections that seal or open records; an idle connection keeps
+    /// only its raw keys (64 B), and one whose expanded key was taken by
+    /// others expands it again at its next record (about 0.1-0.3 µs). Set
+    /// it to at least twice the connections of one worker that are busy at
+    /// once (1 to 1,048,576). Default 1024.
+    pub tls_key_cache: usize,
     /// Threads of each worker's pool for [`crate::Ctx::spawn_blocking`],
     /// started at the first job (1 to 256). Default 4.
     pub blocking_threads: usize,
@@ -251,6 +260,7 @@ impl Default for Config {
             bus_peer_buffer_bytes: 64 << 20,
             tls_cert: None,
             tls_key: None,
+            tls_key_cache: 1024,
             blocking_threads: 4,
             blocking_queue: 1024,
             max_connections_per_ip: 0,
@@ -394,6 +404,7 @@ impl Config {
             (&mut c.max_output_bytes, s.max_output_bytes),
             (&mut c.max_http_body_bytes, s.max_http_body_bytes),
             (&mut c.bus_peer_buffer_bytes, s.bus_peer_buffer_bytes),
+            (&mut c.tls_key_cache, s.tls_key_cache),
             (&mut c.blocking_threads, s.blocking_threads),
             (&mut c.blocking_queue, s.blocking_queue),
             (&mut c.max_connections_per_ip, s.max_connections_per_ip),
@@ -533,6 +544,12 @@ impl Config {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("server.tls_cert and tls_key go together: set both or neither".into());
         }
+        if !(1..=1 << 20).contains(&self.tls_key_cache) {
+            return bad(format!(
+                "server.tls_key_cache = {}: must be 1 to 1048576",
+                self.tls_key_cache
+            ));
+        }
         if !(1..=256).contains(&self.blocking_threads) {
             return bad(format!(
                 "server.blocking_threads = {}: must be 1 to 256",
@@ -643,6 +660,10 @@ mod tests {
         assert!(e.to_string().contains("count"), "{e}");
         let e = Config::from_toml_str("[server]\nlisten = \"nohost\"").unwrap_err();
         assert!(e.to_string().contains("host:port"), "{e}");
+        let e = Config::from_toml_str("[server]\ntls_key_cache = 0").unwrap_err();
+        assert!(e.to_string().contains("server.tls_key_cache"), "{e}");
+        let c = Config::from_toml_str("[server]\ntls_key_cache = 4096").expect("config");
+        assert_eq!(c.tls_key_cache, 4096);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 
 mod out_queue;
 pub(crate) mod tls;
+mod tls_keys;
 mod transport;
 
 pub(crate) use out_queue::OutQueue;
+pub(crate) use tls_keys::set_cache as set_tls_key_cache;
 pub(crate) use transport::{Input, Transport};

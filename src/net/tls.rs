@@ -1,4 +1,6 @@
 //! TLS configurations, built with rustls (ring provider) from PEM files.
+//! A server's TLS 1.3 sessions hold their record keys expanded only while
+//! they are in use ([`super::tls_keys`]), so an idle one costs less.
 //!
 //! A listener's [`server_config`] is loaded by the master before it forks
 //! and again on `reload`, so a renewed certificate takes effect with the
@@ -71,7 +73,7 @@ pub(crate) fn server_config(
         path: key.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+    let config = rustls::ServerConfig::builder_with_provider(super::tls_keys::provider())
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
         .map_err(|e| TlsError::Refused(e.to_string()))?;
@@ -99,4 +101,29 @@ pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::Client
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// For tests: a server config as [`server_config`] makes it (this crate's
+/// provider) for a fresh self-signed `localhost` certificate, and a client
+/// config on ring's own provider that trusts only that certificate.
+#[cfg(test)]
+pub(crate) fn test_configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let der = made.cert.der().clone();
+    let key = PrivateKeyDer::try_from(made.key_pair.serialize_der()).expect("key");
+    let server = rustls::ServerConfig::builder_with_provider(super::tls_keys::provider())
+        .with_safe_default_protocol_versions()
+        .and_then(|b| {
+            b.with_no_client_auth()
+                .with_single_cert(vec![der.clone()], key)
+        })
+        .expect("server config");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).expect("root");
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Arc::new(server), Arc::new(client))
 }

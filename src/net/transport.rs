@@ -609,41 +609,21 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use std::io::Write;
-    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     /// A server `Transport` over loopback and a rustls client session on
     /// the other (blocking) end, trusting a fresh self-signed certificate.
     fn pair() -> (Transport, std::net::TcpStream, rustls::ClientConnection) {
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
-        let der = made.cert.der().clone();
-        let key =
-            rustls::pki_types::PrivateKeyDer::try_from(made.key_pair.serialize_der()).expect("key");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .and_then(|b| {
-                b.with_no_client_auth()
-                    .with_single_cert(vec![der.clone()], key)
-            })
-            .expect("server config");
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(der).expect("root");
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let (server, client) = crate::net::tls::test_configs();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let peer =
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (sock, _) = listener.accept().expect("accept");
         sock.set_nonblocking(true).expect("nonblocking");
-        let session =
-            rustls::server::UnbufferedServerConnection::new(Arc::new(server)).expect("session");
+        let session = rustls::server::UnbufferedServerConnection::new(server).expect("session");
         let io = Transport::tls(TcpStream::from_std(sock), session);
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let client = rustls::ClientConnection::new(Arc::new(client), name).expect("client");
+        let client = rustls::ClientConnection::new(client, name).expect("client");
         (io, peer, client)
     }
 

@@ -169,6 +169,7 @@ impl<H: Handler> Worker<H> {
             cfg.bus_peer_buffer_bytes,
         )?;
         let ws_config = crate::proto::ws::config(cfg.max_frame_bytes, cfg.max_message_bytes);
+        crate::net::set_tls_key_cache(cfg.tls_key_cache);
         let max_conns = cfg.max_connections.min(fd_cap(cfg.count)).max(1);
         let core = Core::new(CoreParts {
             cfg,
