@@ -1,8 +1,18 @@
 //! The second load generator (`--client tokio`): the same line protocol,
 //! scenarios and payload as [`crate::loadgen`], but written the way a
 //! tokio user would write a client: one current-thread runtime per
-//! process, one task per connection, tokio-tungstenite for the protocol,
-//! `send` (a write per message) for every frame.
+//! process, tokio-tungstenite (defaults but a 4 KiB read buffer), each
+//! WebSocket split (`StreamExt::split`) into a read half that its own task
+//! drives (`while let Some(m) = stream.next().await`) and a write half,
+//! and `send` (a write and a flush) for every frame.
+//!
+//! A connection that sends gets a sender task at `run` too: at a rate it
+//! sends every message on its own `sleep_until`; in a closed loop (echo,
+//! fan-out saturation) it sends the first, and the reader sends each next
+//! one when its own comes back, through the write half they share (a
+//! `tokio::sync::Mutex`). A connection that only receives does nothing
+//! but read. When stdin closes, the driver closes every write half
+//! (status 1000) and the readers read to the end, within 2 s.
 //!
 //! It is the bench binary started as `ws loadgen-tokio '<json LoadConfig>'`.
 //! Our own generator batches its writes in one mio loop; a server whose
@@ -16,10 +26,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, Mutex, Notify, Semaphore};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -28,28 +40,36 @@ use crate::wire::{self, mono_ns};
 
 type Ws = WebSocketStream<TcpStream>;
 
-/// What the connections are told to do.
-#[derive(Clone, Copy)]
-enum Phase {
-    /// Connected, waiting for `run`.
-    Wait,
-    /// Drive the scenario: senders start at `start`.
-    Run { start: u64, window: Window },
-    /// Close with 1000 and end.
-    Close,
-}
+/// Each connection's read buffer: 4 KiB, as tungstenite's documentation
+/// suggests for many connections, not its default 128 KiB (the one
+/// setting changed from the defaults). tungstenite
+/// zero-fills the buffer's free capacity before every read (the one that
+/// finds the socket empty too), so at 128 KiB `memset` was a quarter of
+/// this client's cycles in `fanout-rate` (`perf record`), where frames
+/// are 66 bytes and a read finds few.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// A connection's write half, shared by its sender task, its reader (a
+/// closed loop's next message) and the driver (close).
+type Out = Rc<Mutex<Writer>>;
 
 /// What every connection task shares (one thread: no locks).
 struct Shared {
     stats: Stats,
+    /// The window deliveries count against (set at `run`).
+    window: Window,
     /// Messages received over the whole run, per connection.
     received: Vec<u64>,
+    /// Closed loops: the sequence each connection has in flight.
+    in_flight: Vec<Option<u32>>,
     /// Connections with a message of theirs in flight (echo, saturation).
     awaiting: usize,
     /// Fanout: what each receiver must reach in the drain (`expect N`).
     expected: Option<u64>,
     /// Connections the server closed.
     dead: Vec<bool>,
+    /// Stdin closed: the driver is closing every connection.
+    closing: bool,
     /// Woken when a receiver reaches `expected` or a closed loop settles.
     settled: Rc<Notify>,
 }
@@ -68,7 +88,8 @@ async fn open(cfg: &LoadConfig, global: usize) -> Option<Ws> {
     let stream = socket.connect(cfg.target).await.ok()?;
     stream.set_nodelay(true).ok()?;
     let url = format!("ws://{}/", cfg.target);
-    tokio_tungstenite::client_async(url, stream)
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .ok()
         .map(|(ws, _)| ws)
@@ -107,6 +128,15 @@ fn report(tag: &str, stats: &Stats) {
     let _ = out.flush();
 }
 
+/// Rate mode's period in ns; 0 for a closed loop (echo, saturation).
+fn period(cfg: &LoadConfig) -> u64 {
+    if cfg.scenario == "fanout" && cfg.rate_per_sender > 0.0 {
+        (1e9 / cfg.rate_per_sender) as u64
+    } else {
+        0
+    }
+}
+
 async fn drive(
     cfg: Rc<LoadConfig>,
     mut commands: mpsc::UnboundedReceiver<String>,
@@ -114,15 +144,20 @@ async fn drive(
     let settled = Rc::new(Notify::new());
     let shared = Rc::new(RefCell::new(Shared {
         stats: Stats::default(),
+        window: Window::default(),
         received: vec![0; cfg.conns],
+        in_flight: vec![None; cfg.conns],
         awaiting: 0,
         expected: None,
         dead: vec![false; cfg.conns],
+        closing: false,
         settled: Rc::clone(&settled),
     }));
-    let (phase_tx, phase_rx) = watch::channel(Phase::Wait);
     let churn = cfg.scenario == "churn";
-    let mut tasks = Vec::new();
+    let period = period(&cfg);
+    // Every connection's write half, with its sender id if it sends.
+    let mut outs: Vec<(Option<u32>, Out)> = Vec::new();
+    let mut readers = Vec::new();
     if !churn {
         let t0 = mono_ns();
         let deadline = at(t0 + cfg.deadline_ms * 1_000_000);
@@ -147,8 +182,29 @@ async fn drive(
                         "fanout" if i < cfg.senders => Some(cfg.sender_base + i as u32),
                         _ => None,
                     };
-                    let conn = Conn::new(i, sender, &cfg, Rc::clone(&shared));
-                    tasks.push(tokio::task::spawn_local(conn.run(ws, phase_rx.clone())));
+                    let (sink, stream) = ws.split();
+                    let out = Rc::new(Mutex::new(Writer {
+                        sink,
+                        index: i,
+                        id: sender.unwrap_or(0),
+                        closed_loop: period == 0,
+                        seq: 0,
+                        msg: vec![0; cfg.size.max(wire::PAYLOAD_MIN)],
+                    }));
+                    let reader = Reader {
+                        index: i,
+                        looped: sender
+                            .filter(|_| period == 0)
+                            .map(|id| (id, Rc::clone(&out))),
+                        shared: Rc::clone(&shared),
+                        expect: if cfg.scenario == "fanout" {
+                            vec![0; cfg.senders_total as usize]
+                        } else {
+                            Vec::new()
+                        },
+                    };
+                    readers.push(tokio::task::spawn_local(reader.run(stream)));
+                    outs.push((sender, out));
                 }
                 None => shared.borrow_mut().stats.failed += 1,
             }
@@ -169,12 +225,27 @@ async fn drive(
                     report("done", &shared.borrow().stats);
                     continue;
                 }
-                let _ = phase_tx.send(Phase::Run {
-                    start: *start,
-                    window,
-                });
+                shared.borrow_mut().window = window;
+                let mut senders = Vec::new();
+                for (id, out) in &outs {
+                    if let Some(id) = *id {
+                        let first = match period {
+                            0 => *start,
+                            p => start + p * id as u64 / cfg.senders_total.max(1) as u64,
+                        };
+                        let out = Rc::clone(out);
+                        let shared = Rc::clone(&shared);
+                        let task = send_loop(out, shared, first, period, window.end);
+                        senders.push(tokio::task::spawn_local(task));
+                    }
+                }
                 tokio::time::sleep_until(at(window.end)).await;
                 if cfg.scenario == "fanout" {
+                    // A sender behind its timer still sends what was due
+                    // before the end: `sent` counts it.
+                    let deadline = at(mono_ns() + cfg.drain_ms * 1_000_000);
+                    let all = futures_util::future::join_all(senders);
+                    let _ = tokio::time::timeout_at(deadline, all).await;
                     report("sent", &shared.borrow().stats);
                     continue;
                 }
@@ -222,13 +293,17 @@ async fn drive(
             }
         }
     }
-    // Stdin closed: every connection closes with 1000, bounded by 2 s.
-    let _ = phase_tx.send(Phase::Close);
-    let _ = tokio::time::timeout(
-        Duration::from_secs(2),
-        futures_util::future::join_all(tasks),
-    )
-    .await;
+    // Stdin closed: every connection closes with 1000 and its reader reads
+    // the server's close, bounded by 2 s.
+    shared.borrow_mut().closing = true;
+    let close = async {
+        futures_util::future::join_all(outs.iter().map(|(_, out)| async move {
+            let _ = out.lock().await.sink.close().await;
+        }))
+        .await;
+        futures_util::future::join_all(readers).await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
     Ok(())
 }
 
@@ -263,179 +338,125 @@ async fn churn_window(cfg: &Rc<LoadConfig>, shared: &Rc<RefCell<Shared>>, start:
     futures_util::future::join_all(loops).await;
 }
 
-/// One connection's state, driven by its own task.
-struct Conn {
+/// A sending connection's task from `run`, its first message due at
+/// `first` (ns): at a rate (`period` ns) it sends every message due before
+/// `end`; in a closed loop (`period` 0) only the first, and its reader the
+/// rest.
+async fn send_loop(out: Out, shared: Rc<RefCell<Shared>>, first: u64, period: u64, end: u64) {
+    let mut due = first;
+    loop {
+        tokio::time::sleep_until(at(due)).await;
+        let ts = if period == 0 { mono_ns() } else { due };
+        if out.lock().await.send(&shared, ts).await.is_err() || period == 0 {
+            return;
+        }
+        due += period;
+        if due >= end {
+            return;
+        }
+    }
+}
+
+/// A connection's write half and what it stamps on its messages.
+struct Writer {
+    sink: SplitSink<Ws, Message>,
     index: usize,
-    sender: Option<u32>,
-    cfg: Rc<LoadConfig>,
-    shared: Rc<RefCell<Shared>>,
-    /// Fanout: next expected sequence per global sender.
-    expect: Vec<u32>,
+    /// The global sender id in the payload.
+    id: u32,
+    /// Echo, saturation: a message is in flight until it comes back.
+    closed_loop: bool,
+    /// The next sequence number.
     seq: u32,
-    awaiting: bool,
-    /// Rate mode: when the next message is due (ns); `u64::MAX`: none.
-    next_due: u64,
-    window: Option<Window>,
     msg: Vec<u8>,
 }
 
-impl Conn {
-    fn new(
-        index: usize,
-        sender: Option<u32>,
-        cfg: &Rc<LoadConfig>,
-        shared: Rc<RefCell<Shared>>,
-    ) -> Conn {
-        Conn {
-            index,
-            sender,
-            expect: if cfg.scenario == "fanout" {
-                vec![0; cfg.senders_total as usize]
-            } else {
-                Vec::new()
-            },
-            seq: 0,
-            awaiting: false,
-            next_due: u64::MAX,
-            window: None,
-            msg: vec![0; cfg.size.max(wire::PAYLOAD_MIN)],
-            cfg: Rc::clone(cfg),
-            shared,
-        }
-    }
-
-    /// Rate mode's period in ns; 0 for a closed loop (echo, saturation).
-    fn period(&self) -> u64 {
-        if self.cfg.scenario == "fanout" && self.cfg.rate_per_sender > 0.0 {
-            (1e9 / self.cfg.rate_per_sender) as u64
-        } else {
-            0
-        }
-    }
-
-    async fn run(mut self, mut ws: Ws, mut phase: watch::Receiver<Phase>) {
-        let period = self.period();
-        loop {
-            let due = self
-                .window
-                .filter(|w| period > 0 && self.next_due < w.end)
-                .map(|_| at(self.next_due));
-            tokio::select! {
-                biased;
-                changed = phase.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    let now_phase = *phase.borrow();
-                    match now_phase {
-                        Phase::Run { start, window } => {
-                            self.window = Some(window);
-                            if let Some(id) = self.sender {
-                                if period > 0 {
-                                    let total = self.cfg.senders_total.max(1) as u64;
-                                    self.next_due = start + period * id as u64 / total;
-                                } else {
-                                    tokio::time::sleep_until(at(start)).await;
-                                    if self.send(&mut ws, mono_ns()).await.is_err() {
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                        Phase::Close => {
-                            let _ = ws.close(None).await;
-                            let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                                while let Some(Ok(_)) = ws.next().await {}
-                            })
-                            .await;
-                            return;
-                        }
-                        Phase::Wait => {}
-                    }
-                }
-                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
-                    let ts = self.next_due;
-                    self.next_due += period;
-                    if self.send(&mut ws, ts).await.is_err() {
-                        break;
-                    }
-                }
-                m = ws.next() => match m {
-                    Some(Ok(Message::Text(t))) => {
-                        if self.message(&mut ws, t.as_bytes()).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(Ok(Message::Binary(b))) => {
-                        if self.message(&mut ws, &b).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => break,
-                },
+impl Writer {
+    /// Sends the next bench message stamped `ts`.
+    async fn send(&mut self, shared: &RefCell<Shared>, ts: u64) -> Result<(), ()> {
+        wire::write_payload(&mut self.msg, self.id, self.seq, ts);
+        {
+            let mut s = shared.borrow_mut();
+            s.stats.sent += 1;
+            if self.closed_loop && s.in_flight[self.index].replace(self.seq).is_none() {
+                s.awaiting += 1;
             }
         }
-        // The server closed or broke the connection.
+        self.seq = self.seq.wrapping_add(1);
+        // The payload is ASCII (hex digits and padding).
+        let text = String::from_utf8_lossy(&self.msg).into_owned();
+        self.sink.send(Message::text(text)).await.map_err(|_| ())
+    }
+}
+
+/// A connection's read half's task: counts every message and checks its
+/// order; in a closed loop, its own one back sends the next.
+struct Reader {
+    index: usize,
+    /// Closed loop: this connection's sender id and write half.
+    looped: Option<(u32, Out)>,
+    shared: Rc<RefCell<Shared>>,
+    /// Fanout: next expected sequence per global sender.
+    expect: Vec<u32>,
+}
+
+impl Reader {
+    async fn run(mut self, mut stream: SplitStream<Ws>) {
+        while let Some(m) = stream.next().await {
+            let sent = match m {
+                Ok(Message::Text(t)) => self.message(t.as_bytes()).await,
+                Ok(Message::Binary(b)) => self.message(&b).await,
+                Ok(_) => Ok(()),
+                Err(_) => break,
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
         let mut s = self.shared.borrow_mut();
+        if s.closing {
+            return;
+        }
+        // The server closed or broke the connection.
         s.stats.closed_by_server += 1;
         s.dead[self.index] = true;
-        if self.awaiting {
+        if s.in_flight[self.index].take().is_some() {
             s.awaiting -= 1;
         }
         s.settled.notify_one();
     }
 
-    /// Sends the next bench message stamped `ts`.
-    async fn send(&mut self, ws: &mut Ws, ts: u64) -> Result<(), ()> {
-        let id = self.sender.unwrap_or(0);
-        wire::write_payload(&mut self.msg, id, self.seq, ts);
-        self.seq = self.seq.wrapping_add(1);
-        if !self.awaiting {
-            self.awaiting = true;
-            self.shared.borrow_mut().awaiting += 1;
-        }
-        self.shared.borrow_mut().stats.sent += 1;
-        // The payload is ASCII (hex digits and padding).
-        let text = String::from_utf8_lossy(&self.msg).into_owned();
-        ws.send(Message::text(text)).await.map_err(|_| ())
-    }
-
     /// A message arrived: counted, its order checked; in a closed loop,
-    /// our own one back sends the next.
-    async fn message(&mut self, ws: &mut Ws, payload: &[u8]) -> Result<(), ()> {
+    /// our own one back sends the next (an error: the send failed).
+    async fn message(&mut self, payload: &[u8]) -> Result<(), ()> {
         let now = mono_ns();
-        let w = self.window.unwrap_or_default();
         let parsed = wire::read_payload(payload);
-        {
-            let mut s = self.shared.borrow_mut();
-            s.stats.delivery(w, now, parsed.map(|p| p.2));
+        let send_next = {
+            let mut guard = self.shared.borrow_mut();
+            let s = &mut *guard;
+            s.stats.delivery(s.window, now, parsed.map(|p| p.2));
             s.received[self.index] += 1;
             if s.expected == Some(s.received[self.index]) {
                 s.settled.notify_one();
             }
-            if let Some((sender, seq, _)) = parsed {
-                s.stats.check_order(&mut self.expect, sender, seq);
+            let Some((sender, seq, _)) = parsed else {
+                return Ok(());
+            };
+            s.stats.check_order(&mut self.expect, sender, seq);
+            let mine = matches!(self.looped, Some((id, _)) if id == sender)
+                && s.in_flight[self.index] == Some(seq);
+            if !mine {
+                return Ok(());
             }
-        }
-        let Some((sender, seq, _)) = parsed else {
-            return Ok(());
-        };
-        let mine = self.sender == Some(sender) && self.awaiting && seq.wrapping_add(1) == self.seq;
-        if !mine {
-            return Ok(());
-        }
-        self.awaiting = false;
-        {
-            let mut s = self.shared.borrow_mut();
+            s.in_flight[self.index] = None;
             s.awaiting -= 1;
             if s.awaiting == 0 {
                 s.settled.notify_one();
             }
+            s.window.end > 0 && now < s.window.end
+        };
+        match &self.looped {
+            Some((_, out)) if send_next => out.lock().await.send(&self.shared, now).await,
+            _ => Ok(()),
         }
-        if self.period() == 0 && w.end > 0 && now < w.end {
-            self.send(ws, now).await?;
-        }
-        Ok(())
     }
 }
