@@ -18,7 +18,8 @@
 //! ws) need `scripts/setup-bench-peers.sh`; without it they are reported as
 //! skipped. Options:
 //!
-//! - `--full`: 10 s windows, 3 runs per pair (median), adds `idle-36k`.
+//! - `--full`: 10 s windows, 3 runs per pair (median), adds `idle-36k`
+//!   (which also runs when named).
 //! - `--servers LIST`: among `foreman`, `foreman1` (count 1), `tokio`, `uws`, `ws`,
 //!   `foreman-cluster` (2 nodes x count 1 joined by a `redis-server` the bench
 //!   starts; it runs only `cluster-fanout`), `sync` and `chat` (the example
@@ -196,7 +197,8 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
         client: Client::Own,
     };
     let mut v = vec![base("idle-10k", Kind::Idle, 10_000, 2)];
-    if o.full {
+    // With --full, or when named.
+    if o.full || o.scenarios.iter().flatten().any(|s| s == "idle-36k") {
         v.push(base("idle-36k", Kind::Idle, 36_000, 3));
     }
     // Issue 15, only when named: 250,000 idle connections from 16 load
