@@ -31,6 +31,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Mutex, Notify, Semaphore};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -244,8 +246,10 @@ async fn drive(
                     // A sender behind its timer still sends what was due
                     // before the end: `sent` counts it.
                     let deadline = at(mono_ns() + cfg.drain_ms * 1_000_000);
-                    let all = futures_util::future::join_all(senders);
+                    let all = futures_util::future::join_all(senders.iter_mut());
                     let _ = tokio::time::timeout_at(deadline, all).await;
+                    // One still behind after the bound sends nothing more.
+                    senders.iter().for_each(|t| t.abort());
                     report("sent", &shared.borrow().stats);
                     continue;
                 }
@@ -298,13 +302,23 @@ async fn drive(
     shared.borrow_mut().closing = true;
     let close = async {
         futures_util::future::join_all(outs.iter().map(|(_, out)| async move {
-            let _ = out.lock().await.sink.close().await;
+            let mut out = out.lock().await;
+            let _ = out.sink.send(Message::Close(Some(normal_close()))).await;
+            let _ = out.sink.close().await;
         }))
         .await;
         futures_util::future::join_all(readers).await
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
     Ok(())
+}
+
+/// A close frame with code 1000 (`close(None)` would send none: 1005).
+fn normal_close() -> CloseFrame {
+    CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }
 }
 
 /// Churn: `conns` loops, each opening, upgrading and closing a connection
@@ -326,7 +340,7 @@ async fn churn_window(cfg: &Rc<LoadConfig>, shared: &Rc<RefCell<Shared>>, start:
                             if w.contains(mono_ns()) {
                                 shared.borrow_mut().stats.connected += 1;
                             }
-                            let _ = ws.close(None).await;
+                            let _ = ws.close(Some(normal_close())).await;
                         }
                         Ok(None) => shared.borrow_mut().stats.failed += 1,
                         Err(_) => break, // the window ended mid-attempt
@@ -347,7 +361,7 @@ async fn send_loop(out: Out, shared: Rc<RefCell<Shared>>, first: u64, period: u6
     loop {
         tokio::time::sleep_until(at(due)).await;
         let ts = if period == 0 { mono_ns() } else { due };
-        if out.lock().await.send(&shared, ts).await.is_err() || period == 0 {
+        if out.lock().await.send(&shared, ts, false).await.is_err() || period == 0 {
             return;
         }
         due += period;
@@ -371,10 +385,13 @@ struct Writer {
 }
 
 impl Writer {
-    /// Sends the next bench message stamped `ts`.
-    async fn send(&mut self, shared: &RefCell<Shared>, ts: u64) -> Result<(), ()> {
+    /// Sends the next bench message stamped `ts`. `counted`: the caller
+    /// already counted it as sent (and in flight), in the same borrow that
+    /// decided to send it, so that a report between that decision and this
+    /// send (the lock may yield) already includes it.
+    async fn send(&mut self, shared: &RefCell<Shared>, ts: u64, counted: bool) -> Result<(), ()> {
         wire::write_payload(&mut self.msg, self.id, self.seq, ts);
-        {
+        if !counted {
             let mut s = shared.borrow_mut();
             s.stats.sent += 1;
             if self.closed_loop && s.in_flight[self.index].replace(self.seq).is_none() {
@@ -447,15 +464,23 @@ impl Reader {
             if !mine {
                 return Ok(());
             }
-            s.in_flight[self.index] = None;
-            s.awaiting -= 1;
-            if s.awaiting == 0 {
-                s.settled.notify_one();
+            let send_next = s.window.end > 0 && now < s.window.end;
+            if send_next {
+                // The next one (the writer's next sequence) is sent and in
+                // flight from here on.
+                s.stats.sent += 1;
+                s.in_flight[self.index] = Some(seq.wrapping_add(1));
+            } else {
+                s.in_flight[self.index] = None;
+                s.awaiting -= 1;
+                if s.awaiting == 0 {
+                    s.settled.notify_one();
+                }
             }
-            s.window.end > 0 && now < s.window.end
+            send_next
         };
         match &self.looped {
-            Some((_, out)) if send_next => out.lock().await.send(&self.shared, now).await,
+            Some((_, out)) if send_next => out.lock().await.send(&self.shared, now, true).await,
             _ => Ok(()),
         }
     }

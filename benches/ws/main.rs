@@ -198,7 +198,13 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
     };
     let mut v = vec![base("idle-10k", Kind::Idle, 10_000, 2)];
     // With --full, or when named.
-    if o.full || o.scenarios.iter().flatten().any(|s| s == "idle-36k") {
+    let named = |name: &str| {
+        o.scenarios
+            .iter()
+            .flatten()
+            .any(|s| s.strip_suffix("-tokio").unwrap_or(s) == name)
+    };
+    if o.full || named("idle-36k") {
         v.push(base("idle-36k", Kind::Idle, 36_000, 3));
     }
     // Issue 15, only when named: 250,000 idle connections from 16 load

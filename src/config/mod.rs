@@ -167,7 +167,7 @@ pub struct Config {
     pub tls_key: Option<String>,
     /// Expanded TLS 1.3 record keys (about 560 B each) a worker keeps, for
     /// the connections that seal or open records; an idle connection keeps
-    /// only its raw keys (64 B), and one whose expanded key was taken by
+    /// only its raw keys (about 80 B a direction), and one whose expanded key was taken by
     /// others expands it again at its next record (about 0.1-0.3 µs). Set
     /// it to at least twice the connections of one worker that are busy at
     /// once (1 to 1,048,576). Default 1024.

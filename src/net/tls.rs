@@ -108,6 +108,14 @@ pub(crate) fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::Client
 /// config on ring's own provider that trusts only that certificate.
 #[cfg(test)]
 pub(crate) fn test_configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    test_configs_offering(None)
+}
+
+/// [`test_configs`] with a client that offers only `suite`, when given.
+#[cfg(test)]
+pub(crate) fn test_configs_offering(
+    suite: Option<rustls::SupportedCipherSuite>,
+) -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
     let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
     let der = made.cert.der().clone();
     let key = PrivateKeyDer::try_from(made.key_pair.serialize_der()).expect("key");
@@ -120,7 +128,11 @@ pub(crate) fn test_configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientCo
         .expect("server config");
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der).expect("root");
-    let client = rustls::ClientConfig::builder_with_provider(provider())
+    let mut client_provider = rustls::crypto::ring::default_provider();
+    if let Some(suite) = suite {
+        client_provider.cipher_suites = vec![suite];
+    }
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(client_provider))
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(roots)
