@@ -70,6 +70,8 @@
 //!   both; the tokio client's rows are the plain scenarios named
 //!   `NAME-tokio` (`--scenarios fanout-rate` picks both).
 //! - `--runs N`, `--measure-ms N`, `--conns N`: override the profile.
+//! - `--client-procs N`: load generator processes per scenario (fanout and
+//!   echo use 2 by default; each holds at most 15,000 connections).
 //! - `--no-build`: use the examples as they are in `target/release/examples`.
 //!
 //! With several runs, the runs of one scenario interleave over its servers
@@ -115,6 +117,8 @@ struct Options {
     build: bool,
     /// Load generators: ours, tokio's, or both.
     clients: Vec<Client>,
+    /// Load generator processes per scenario, instead of its own number.
+    client_procs: Option<usize>,
 }
 
 fn parse_options(args: &[String]) -> Options {
@@ -127,6 +131,7 @@ fn parse_options(args: &[String]) -> Options {
         conns: None,
         build: true,
         clients: vec![Client::Own],
+        client_procs: None,
     };
     let list = |v: Option<&String>| v.map(|s| s.split(',').map(str::to_string).collect());
     let mut i = 0;
@@ -164,6 +169,10 @@ fn parse_options(args: &[String]) -> Options {
                         }
                     })
                     .collect();
+                i += 1;
+            }
+            "--client-procs" => {
+                o.client_procs = args.get(i + 1).and_then(|v| v.parse().ok());
                 i += 1;
             }
             "--measure-ms" => {
@@ -299,6 +308,12 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
         for sc in &mut v {
             sc.conns = n;
             sc.clients = sc.clients.max(n.div_ceil(15_000));
+        }
+    }
+    if let Some(n) = o.client_procs {
+        for sc in &mut v {
+            // Each process under the descriptor cap.
+            sc.clients = n.max(sc.conns.div_ceil(15_000)).max(1);
         }
     }
     v
