@@ -304,16 +304,12 @@ fn scenarios(o: &Options) -> Vec<Scenario> {
             })
             .collect();
     }
-    if let Some(n) = o.conns {
+    if o.conns.is_some() || o.client_procs.is_some() {
         for sc in &mut v {
-            sc.conns = n;
-            sc.clients = sc.clients.max(n.div_ceil(15_000));
-        }
-    }
-    if let Some(n) = o.client_procs {
-        for sc in &mut v {
-            // Each process under the descriptor cap.
-            sc.clients = n.max(sc.conns.div_ceil(15_000)).max(1);
+            sc.conns = o.conns.unwrap_or(sc.conns);
+            // As many processes as asked, each under the descriptor cap.
+            let procs = o.client_procs.unwrap_or(sc.clients).max(1);
+            sc.clients = procs.max(sc.conns.div_ceil(15_000));
         }
     }
     v

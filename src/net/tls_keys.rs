@@ -370,28 +370,29 @@ mod tests {
         pair
     }
 
+    /// Everything `from` has to write, read and processed by `to`.
+    fn pump<A, B>(
+        from: &mut rustls::ConnectionCommon<A>,
+        to: &mut rustls::ConnectionCommon<B>,
+    ) -> Result<(), Error> {
+        let mut wire = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut wire).expect("out");
+        }
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            to.read_tls(&mut rest).expect("in");
+            to.process_new_packets()?;
+        }
+        Ok(())
+    }
+
     impl Pair {
         /// Moves every pending record both ways until neither has more.
         fn flow(&mut self) -> Result<(), Error> {
             while self.client.wants_write() || self.server.wants_write() {
-                let mut wire = Vec::new();
-                while self.client.wants_write() {
-                    self.client.write_tls(&mut wire).expect("client out");
-                }
-                let mut rest = &wire[..];
-                while !rest.is_empty() {
-                    self.server.read_tls(&mut rest).expect("server in");
-                    self.server.process_new_packets()?;
-                }
-                wire.clear();
-                while self.server.wants_write() {
-                    self.server.write_tls(&mut wire).expect("server out");
-                }
-                let mut rest = &wire[..];
-                while !rest.is_empty() {
-                    self.client.read_tls(&mut rest).expect("client in");
-                    self.client.process_new_packets()?;
-                }
+                pump(&mut self.client, &mut self.server)?;
+                pump(&mut self.server, &mut self.client)?;
             }
             Ok(())
         }
