@@ -5,6 +5,10 @@
 //!   `CLOCK_MONOTONIC` once per loop turn; the master reads the stamps and
 //!   replaces a worker that has not come back to its loop for
 //!   `handler_timeout` (see `master/supervise.rs`).
+//! - **Load, for a shared listener.** Each worker publishes how many
+//!   connections it holds and whether it is waiting in its poll; a worker
+//!   woken for a new connection on a listener all workers share leaves it
+//!   to a less loaded one that will take it (see [`Scoreboard::fair_to_accept`]).
 //! - **Connections per client address.** Each worker keeps a table of how
 //!   many connections it holds per address (IPv6: per /64); a worker
 //!   accepting a connection sums that address over every worker's table, so
@@ -72,7 +76,24 @@ struct Cell {
     /// connections), whatever the number of restarts. (Serials used to be
     /// `incarnation << 40 | n`, which repeated after 2^24 restarts.)
     serial: AtomicU64,
+    /// Connections the slot's worker holds, or [`ABSENT`] while no worker
+    /// of the slot accepts (before the first fork, after a death, once it
+    /// stops).
+    load: AtomicU64,
+    /// 1 while the worker waits in its poll: it wakes for a new connection
+    /// at once, however old its heartbeat.
+    polling: AtomicU64,
 }
+
+/// The load of a slot whose worker does not accept.
+const ABSENT: u64 = u64::MAX;
+
+/// How many connections a worker may hold past the least loaded other one
+/// (plus a thirty-second of that one's) and still accept from a shared
+/// listener: small enough to keep workers within a few percent of each
+/// other, large enough that workers in step do not hand connections back
+/// and forth.
+const BALANCE_SLACK: u64 = 8;
 
 /// One worker's address table.
 #[repr(C, align(4096))]
@@ -159,13 +180,17 @@ impl Scoreboard {
                 MapFlags::MAP_SHARED,
             )
         }?;
-        Ok(Scoreboard(Arc::new(Mapping {
+        let board = Scoreboard(Arc::new(Mapping {
             base: base.cast(),
             len,
             slots,
             tables: cells,
             seed: entropy::next_u64(),
-        })))
+        }));
+        for slot in 0..slots {
+            board.cell(slot).load.store(ABSENT, Ordering::Relaxed);
+        }
+        Ok(board)
     }
 
     fn cell(&self, slot: usize) -> &Cell {
@@ -214,6 +239,50 @@ impl Scoreboard {
             return Duration::ZERO;
         }
         Duration::from_millis(monotonic_ms().saturating_sub(beat))
+    }
+
+    /// Says whether `slot`'s worker is waiting in its poll (`true`, just
+    /// before) or turning (`false`, just after).
+    pub(crate) fn polling(&self, slot: usize, waiting: bool) {
+        self.cell(slot)
+            .polling
+            .store(waiting as u64, Ordering::Relaxed);
+    }
+
+    /// Publishes the connections `slot`'s worker holds; `None`: it no
+    /// longer accepts (it is stopping).
+    pub(crate) fn set_load(&self, slot: usize, held: Option<usize>) {
+        let v = held.map_or(ABSENT, |n| n as u64);
+        self.cell(slot).load.store(v, Ordering::Relaxed);
+    }
+
+    /// Whether `slot`'s worker, holding `held` connections, should take the
+    /// next one from a listener every worker shares: yes unless another
+    /// worker that accepts and answers holds fewer by more than
+    /// [`BALANCE_SLACK`] plus a thirty-second of its own. A worker answers
+    /// when it waits in its poll (it wakes for the connection at once) or
+    /// stamped its heartbeat within `stale`; one stuck in a handler longer
+    /// is passed over, so nobody waits on it.
+    ///
+    /// With one shared listener, each new connection wakes every worker and
+    /// the first to call `accept` takes it, or the whole backlog: a worker
+    /// that is already running takes more and more (the known "one worker
+    /// takes all the load" of shared sockets). Leaving it to the least
+    /// loaded worker keeps the split even.
+    pub(crate) fn fair_to_accept(&self, slot: usize, held: usize, stale: Duration) -> bool {
+        let stale_ms = stale.as_millis() as u64;
+        let now = monotonic_ms();
+        let least = (0..self.0.slots)
+            .filter(|&s| s != slot)
+            .map(|s| self.cell(s))
+            .filter(|c| {
+                c.polling.load(Ordering::Relaxed) == 1
+                    || now.saturating_sub(c.beat_ms.load(Ordering::Relaxed)) < stale_ms
+            })
+            .map(|c| c.load.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(ABSENT);
+        least == ABSENT || held as u64 <= least + least / 32 + BALANCE_SLACK
     }
 
     /// Connections refused by the per-address limit in `slot`, and those
@@ -316,6 +385,9 @@ impl Scoreboard {
     /// Forgets every connection `slot` counted: its worker is gone. The
     /// master calls this, before forking a replacement.
     pub(crate) fn clear(&self, slot: usize) {
+        let cell = self.cell(slot);
+        cell.load.store(ABSENT, Ordering::Relaxed);
+        cell.polling.store(0, Ordering::Relaxed);
         let table = self.table(slot);
         let ptr = NonNull::from(table).cast();
         // SAFETY: the range is the slot's own page-aligned table inside the
@@ -396,6 +468,40 @@ mod tests {
         assert!(stale >= Duration::from_secs(3), "{stale:?}");
         board.beat(0);
         assert!(board.since_beat(0) < stale, "a fresh stamp is younger");
+    }
+
+    #[test]
+    fn a_shared_listener_is_left_to_the_least_loaded_worker_that_answers() {
+        let board = Scoreboard::new(3).expect("map");
+        let stale = Duration::from_millis(50);
+        // Nobody else accepts yet: take it.
+        assert!(board.fair_to_accept(0, 1_000, stale));
+        for slot in 0..3 {
+            board.beat(slot);
+        }
+        board.set_load(1, Some(100));
+        board.set_load(2, Some(400));
+        // Slot 1 is the least loaded: up to 100 + 3 + 8 others may hold.
+        assert!(board.fair_to_accept(0, 111, stale));
+        assert!(!board.fair_to_accept(0, 112, stale));
+        assert!(!board.fair_to_accept(2, 400, stale));
+        assert!(board.fair_to_accept(1, 100, stale), "the least takes it");
+        // A worker stuck in a handler (old heartbeat, not in its poll) is
+        // passed over; one asleep in its poll is not.
+        let old = monotonic_ms() - 1_000;
+        board.cell(1).beat_ms.store(old, Ordering::Relaxed);
+        assert!(board.fair_to_accept(0, 112, stale), "slot 1 is stuck");
+        assert!(!board.fair_to_accept(0, 421, stale), "slot 2 still counts");
+        board.polling(1, true);
+        assert!(
+            !board.fair_to_accept(0, 112, stale),
+            "slot 1 sleeps, it wakes"
+        );
+        // A stopping worker, or a dead one, no longer counts.
+        board.set_load(1, None);
+        assert!(board.fair_to_accept(0, 412, stale));
+        board.clear(2);
+        assert!(board.fair_to_accept(0, 100_000, stale));
     }
 
     #[test]

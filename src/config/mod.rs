@@ -50,6 +50,8 @@ pub struct ServerSection {
     pub count: Option<usize>,
     /// One SO_REUSEPORT socket per worker instead of one shared socket.
     pub reuse_port: Option<bool>,
+    /// Shared listeners are left to the least loaded worker.
+    pub balance_accept: Option<bool>,
     /// The path that accepts WebSocket upgrades; absent: every path.
     pub websocket_path: Option<String>,
     /// A name for logs and status output.
@@ -122,6 +124,13 @@ pub struct Config {
     /// kernel; the master keeps each slot's socket open across worker restarts
     /// so no queued connection is lost.
     pub reuse_port: bool,
+    /// `true`: a worker woken for a new connection on a listener every
+    /// worker shares leaves it to a less loaded one (within 8 plus a
+    /// thirty-second), never waiting on a worker stuck for 50 ms; without
+    /// it (default `false`), the worker that calls `accept` first takes it
+    /// and the split can be very uneven. Off by default for now: see the
+    /// README (*Spreading connections over workers*).
+    pub balance_accept: bool,
     /// The path that accepts WebSocket upgrades (`/ws`); `None` (default):
     /// every path does. Other requests go to `on_http_request`.
     pub websocket_path: Option<String>,
@@ -243,6 +252,7 @@ impl Default for Config {
             addr: "127.0.0.1:8000".into(),
             count: 1,
             reuse_port: false,
+            balance_accept: false,
             websocket_path: None,
             name: "foreman".into(),
             pid_file: None,
@@ -376,6 +386,9 @@ impl Config {
         }
         if let Some(v) = s.reuse_port {
             c.reuse_port = v;
+        }
+        if let Some(v) = s.balance_accept {
+            c.balance_accept = v;
         }
         c.websocket_path.clone_from(&s.websocket_path);
         if let Some(v) = &s.name {

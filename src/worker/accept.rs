@@ -1,7 +1,8 @@
 //! Accepting: take connections off the listener until it would block, under
 //! the connection cap, pausing after running out of descriptors, and
 //! refusing a client address past `max_connections_per_ip` (counted over
-//! every worker in the [`crate::shm::Scoreboard`]).
+//! every worker in the [`crate::shm::Scoreboard`]), and leaving a shared
+//! listener to a less loaded worker.
 
 use super::Worker;
 use crate::core::conn::{Conn, Lifecycle, Proto};
@@ -14,7 +15,7 @@ use bytes::BytesMut;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 use std::io::{self, Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Which listener a connection came from, and its wire.
 #[derive(Clone, Copy)]
@@ -25,6 +26,24 @@ struct Origin {
 
 /// How long accepting pauses after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How often a worker that left a shared listener to a less loaded one
+/// looks again (the other may have filled up meanwhile).
+const BALANCE_RECHECK: Duration = Duration::from_millis(2);
+
+/// A worker that neither waits in its poll nor came back to its loop for
+/// this long is not waited for (a handler blocks it); and what a shared
+/// listener still holds this long after it was left to another worker is
+/// taken anyway.
+const BALANCE_WAIT: Duration = Duration::from_millis(50);
+
+/// A listener left to a less loaded worker: look again at `next`, and take
+/// what it still holds at `until` whatever the loads.
+#[derive(Clone, Copy)]
+pub(super) struct Deferral {
+    pub(super) next: Instant,
+    until: Instant,
+}
 
 /// The answer to an HTTP or WebSocket client past `max_connections_per_ip`.
 const PER_IP_REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
@@ -56,6 +75,9 @@ impl<H: Handler> Worker<H> {
                 self.accept_full = true;
                 return;
             }
+            if !self.my_turn_to_accept(n) {
+                return;
+            }
             let (accepted, wire) = match n {
                 0 => match self.listener.as_ref() {
                     Some(l) => (l.accept(), self.core.wire),
@@ -75,9 +97,14 @@ impl<H: Handler> Worker<H> {
                     };
                     if let Some(counted) = self.limit_per_ip(&sock, peer, from) {
                         self.admit(sock, peer, counted, from);
+                        self.publish_load();
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Nothing left: whoever was waited for took it.
+                    self.deferred[n] = None;
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EPROTO)) => {}
                 Err(e) => {
@@ -91,6 +118,53 @@ impl<H: Handler> Worker<H> {
                 }
             }
         }
+    }
+
+    /// Whether to take the next connection of listener `n` now. A shared
+    /// listener is left to a less loaded worker that answers
+    /// ([`crate::shm::Scoreboard::fair_to_accept`]); the listener is looked
+    /// at again every [`BALANCE_RECHECK`], and what it still holds after
+    /// [`BALANCE_WAIT`] is taken.
+    fn my_turn_to_accept(&mut self, n: usize) -> bool {
+        let shared = n > 0 || !self.core.cfg.reuse_port;
+        if !self.balance || !shared {
+            return true;
+        }
+        let now = self.core.now;
+        if self.deferred[n].is_some_and(|d| now >= d.until) {
+            return true;
+        }
+        let slot = self.core.slot as usize;
+        let held = self.core.conns.len();
+        if self.core.board.fair_to_accept(slot, held, BALANCE_WAIT) {
+            return true;
+        }
+        let until = self.deferred[n].map_or(now + BALANCE_WAIT, |d| d.until);
+        self.deferred[n] = Some(Deferral {
+            next: now + BALANCE_RECHECK,
+            until,
+        });
+        false
+    }
+
+    /// Listeners left to another worker whose look-again time has come.
+    pub(super) fn recheck_deferred(&mut self) {
+        let now = self.core.now;
+        for n in 0..self.deferred.len() {
+            if self.deferred[n].is_some_and(|d| d.next <= now) {
+                self.accept_from(n);
+                // Not looked at (stopping, paused, at the cap: those resume
+                // on their own), or looked at and drained: done.
+                if self.deferred[n].is_some_and(|d| d.next <= now) {
+                    self.deferred[n] = None;
+                }
+            }
+        }
+    }
+
+    /// The earliest look-again time of a listener left to another worker.
+    pub(super) fn next_recheck(&self) -> Option<Instant> {
+        self.deferred.iter().flatten().map(|d| d.next).min()
     }
 
     fn admit(
@@ -187,6 +261,20 @@ impl<H: Handler> Worker<H> {
                 log::debug!("{peer}: over max_connections_per_ip ({limit}); refused");
                 None
             }
+        }
+    }
+
+    /// Tells the other workers how many connections this one holds (while
+    /// it accepts; a stopping worker said `None` once).
+    pub(super) fn publish_load(&self) {
+        if self.balance && self.stop_deadline.is_none() {
+            let slot = self.core.slot as usize;
+            // Paused after running out of descriptors: not one to wait on.
+            let held = self
+                .accept_resume
+                .is_none()
+                .then_some(self.core.conns.len());
+            self.core.board.set_load(slot, held);
         }
     }
 

@@ -33,7 +33,15 @@ impl<H: Handler> Worker<H> {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
+            // Asleep, a worker still takes a connection left to it at once.
+            let sleeps = self.balance && timeout != Some(Duration::ZERO);
+            if sleeps {
+                self.core.board.polling(self.core.slot as usize, true);
+            }
             let polled = self.poll.poll(&mut events, timeout);
+            if sleeps {
+                self.core.board.polling(self.core.slot as usize, false);
+            }
             // Back in the loop: the master judges stuck workers by this.
             self.core.board.beat(self.core.slot as usize);
             match polled {
@@ -79,6 +87,7 @@ impl<H: Handler> Worker<H> {
             self.core.timers.next_due(),
             self.core.bus.next_retry(),
             self.accept_resume,
+            self.next_recheck(),
             self.stop_deadline,
             self.core.next_redial(),
             self.core.cluster.as_ref().map(|c| c.next_due()),
@@ -203,6 +212,7 @@ impl<H: Handler> Worker<H> {
             self.accept_resume = None;
             self.accept();
         }
+        self.recheck_deferred();
         self.core.cluster_tick();
         self.amqp_events();
         self.run_deferred();
@@ -218,6 +228,7 @@ impl<H: Handler> Worker<H> {
             self.accept_full = false;
             self.accept();
         }
+        self.publish_load();
     }
 
     /// Handles what the RabbitMQ bridge brought (at most

@@ -87,6 +87,11 @@ pub(crate) struct Worker<H: Handler> {
     /// Accepting stopped at the connection cap; resume below it.
     accept_full: bool,
     accept_resume: Option<Instant>,
+    /// With more than one worker: listeners every worker shares are left to
+    /// the least loaded worker (see [`crate::shm::Scoreboard::fair_to_accept`]).
+    balance: bool,
+    /// Per listener, when it was last left to a less loaded worker.
+    deferred: Vec<Option<accept::Deferral>>,
     /// Accepting ran out of descriptors and said so; quiet until it works.
     accept_starved: bool,
     next_sweep: Instant,
@@ -171,6 +176,12 @@ impl<H: Handler> Worker<H> {
         let ws_config = crate::proto::ws::config(cfg.max_frame_bytes, cfg.max_message_bytes);
         crate::net::set_tls_key_cache(cfg.tls_key_cache);
         let max_conns = cfg.max_connections.min(fd_cap(cfg.count)).max(1);
+        let (balance, also_len) = (cfg.count > 1 && cfg.balance_accept, also.len());
+        // A worker that does not balance says nothing of its load, so that
+        // balancing ones (mid-reload) never wait on it.
+        setup
+            .board
+            .set_load(setup.slot as usize, balance.then_some(0));
         let core = Core::new(CoreParts {
             cfg,
             slot: setup.slot,
@@ -196,6 +207,8 @@ impl<H: Handler> Worker<H> {
             max_conns,
             accept_full: false,
             accept_resume: None,
+            balance,
+            deferred: vec![None; 1 + also_len],
             accept_starved: false,
             next_sweep,
             stop_deadline: None,

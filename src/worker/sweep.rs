@@ -128,6 +128,8 @@ impl<H: Handler> Worker<H> {
             .saturating_sub(Duration::from_millis(200));
         self.stop_deadline = Some(self.core.now + grace);
         self.core.stopping = true;
+        // The other workers no longer leave connections to this one.
+        self.core.board.set_load(self.core.slot as usize, None);
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 /// Starts `testbed` with `count` workers and waits for them. Uses one
 /// SO_REUSEPORT socket per worker: the kernel spreads connections over the
-/// workers by hash, so a few hundred clients reach every worker (with one
-/// shared socket, whoever accepts first wins, and a worker may get none).
+/// workers by hash, so a few hundred clients reach every worker, also one
+/// that started late (a shared socket spreads them by the workers' loads,
+/// tested in `core_listeners.rs`).
 #[track_caller]
 pub fn start_testbed(count: usize, toml: Option<&str>) -> Server {
     let server = Server::start_ws("testbed", count, &["--reuse-port"], toml);
