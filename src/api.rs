@@ -363,27 +363,23 @@ fn parse_to(t: &Map<String, Value>) -> Result<To, ApiError> {
 /// Hands `p` to the registry's send. Returns the connections it was handed
 /// to (as this worker's registry lists them) and whether the send reached
 /// every worker and node (false: too large for the bus, or the cluster
-/// link down; see [`Ctx::send_to_all`]).
+/// link down; see [`Ctx::send_to_all`]). A uid, uids, group or all target
+/// this worker's replica lists no connection for is sent all the same:
+/// each worker resolves it against its own connections, so a uid bound on
+/// another worker a moment ago, whose bind has not reached this replica
+/// yet, still gets it. A `conn` target needs the replica's entry to be
+/// routed, and one it does not list is not sent.
 pub(crate) fn deliver(ctx: &mut Ctx, p: &Publish) -> (usize, bool) {
     let msg = Message::from(p.data.clone());
     match &p.to {
-        To::Uid(uid) => {
-            let n = ctx.conns_of_uid(uid).len();
-            (n, n == 0 || ctx.send_to_uid(uid, msg))
-        }
+        To::Uid(uid) => (ctx.conns_of_uid(uid).len(), ctx.send_to_uid(uid, msg)),
         To::Uids(uids) => {
             let n = uids.iter().map(|u| ctx.conns_of_uid(u).len()).sum();
             let refs: Vec<&str> = uids.iter().map(String::as_str).collect();
-            (n, n == 0 || ctx.send_to_uids(&refs, msg))
+            (n, ctx.send_to_uids(&refs, msg))
         }
-        To::Group(g) => {
-            let n = ctx.group_conn_count(g);
-            (n, n == 0 || ctx.send_to_group(g, msg, &[]))
-        }
-        To::All => {
-            let n = ctx.connection_count();
-            (n, n == 0 || ctx.send_to_all(msg, &[]))
-        }
+        To::Group(g) => (ctx.group_conn_count(g), ctx.send_to_group(g, msg, &[])),
+        To::All => (ctx.connection_count(), ctx.send_to_all(msg, &[])),
         To::Conn(c) => {
             if ctx.is_online(*c) {
                 (1, ctx.send(*c, msg))

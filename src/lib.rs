@@ -119,7 +119,8 @@ pub use crate::core::pool::{JobId, JobResult, PoolBusy};
 pub use crate::core::Waker;
 pub use config::{
     AmqpConfig, AmqpExchange, AmqpSection, ApiConfig, ApiSection, ClusterConfig, ClusterSection,
-    Config, ExchangeKind, ExchangeSection, Listen, OverflowPolicy, RedisUrl, ServerSection,
+    Config, ExchangeKind, ExchangeSection, Listen, OverflowPolicy, QueueType, RedisUrl,
+    ServerSection,
 };
 pub use ctx::{ConnInfo, Ctx};
 pub use error::{ConnError, ConnectError, Error, Result};

@@ -139,6 +139,16 @@ fn collect(peers: &mut [Peer], want: &[BTreeSet<String>]) -> Vec<BTreeMap<String
         .collect()
 }
 
+/// Checks that user `i` got nothing but the messages it wanted (each of
+/// them [`collect`] waited for).
+#[track_caller]
+fn assert_got_only_wanted(seen: &[BTreeMap<String, usize>], want: &[BTreeSet<String>]) {
+    for (i, (seen, want)) in seen.iter().zip(want).enumerate() {
+        let got: BTreeSet<_> = seen.keys().cloned().collect();
+        assert_eq!(&got, want, "user u{i}");
+    }
+}
+
 /// Sends a marker from one peer of each worker to everyone and reads every
 /// peer up to all markers, adding what came before them to `seen`. A
 /// worker's marker follows, on every link, whatever it delivered before.
@@ -199,12 +209,8 @@ fn ten_thousand_confirmed_messages_reach_their_users_exactly_once() {
     for (i, seen) in seen.iter().enumerate() {
         let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
         assert!(twice.is_empty(), "user u{i} got some twice: {twice:?}");
-        assert_eq!(
-            seen.keys().cloned().collect::<BTreeSet<_>>(),
-            want[i],
-            "user u{i}"
-        );
     }
+    assert_got_only_wanted(&seen, &want);
     let s = stats(&mut peers);
     assert_eq!(sum(&s, "consumed"), MESSAGES as u64 + 2, "{s:?}");
     assert_eq!(sum(&s, "disconnects"), 0, "{s:?}");
@@ -213,6 +219,33 @@ fn ten_thousand_confirmed_messages_reach_their_users_exactly_once() {
         0,
         "the poison messages are not requeued"
     );
+    drop(server);
+    client.delete(&queue);
+}
+
+/// `queue_type = "quorum"`: the bridge declares the push queue as one (a
+/// plain declare of a quorum queue is refused by the broker, so without the
+/// key nothing would be consumed) and pushes from it reach their users.
+#[test]
+fn a_quorum_push_queue_is_consumed() {
+    const USERS: usize = 4;
+    const MESSAGES: usize = 200;
+    let url = rabbit::machine_url();
+    let queue = rabbit::unique("foreman.test.push.quorum");
+    let client = Client::connect(&url, REPLY_TIMEOUT);
+    client.declare_quorum(&queue);
+    let server = testbed(&config(&url, &queue, "queue_type = \"quorum\""));
+    let mut peers = users(&server, USERS);
+    let sent = client.publish_confirmed(
+        &queue,
+        bodies(0..MESSAGES, USERS),
+        BasicProperties::default(),
+        100,
+    );
+    assert_eq!(sent, Ok(MESSAGES));
+    let want: Vec<_> = (0..USERS).map(|i| wanted(0..MESSAGES, USERS, i)).collect();
+    let seen = collect(&mut peers, &want);
+    assert_got_only_wanted(&seen, &want);
     drop(server);
     client.delete(&queue);
 }
@@ -368,18 +401,19 @@ fn a_worker_killed_mid_stream_has_its_unacked_messages_redelivered() {
         })
         .collect();
     let seen = collect(&mut peers, &want);
-    for (i, seen) in seen.iter().enumerate() {
-        assert_eq!(
-            seen.keys().cloned().collect::<BTreeSet<_>>(),
-            want[i],
-            "peer {i}"
-        );
-    }
+    assert_got_only_wanted(&seen, &want);
     eprintln!("{held} messages held by the killed worker, all redelivered");
     drop(server);
     client.delete(&queue);
 }
 
+/// The broker is stopped cleanly once after the queue is declared, as a
+/// deployment's queue has outlived restarts before a crash: RabbitMQ 3.10
+/// SIGKILLed about a second after the declare sometimes comes back without
+/// the queue ("Recovering 0 queues" at the restart, 1 of 8 runs under
+/// load; with it every message it confirmed), which is no test of the
+/// bridge. Waiting 5 s instead avoided it as well (10 of 10 runs of a
+/// probe that lost the queue in 1 of 10 without): the broker's, timing.
 #[test]
 fn a_broker_restarted_mid_stream_loses_no_confirmed_message() {
     const USERS: usize = 20;
@@ -388,8 +422,10 @@ fn a_broker_restarted_mid_stream_loses_no_confirmed_message() {
     let mut broker = RabbitServer::start();
     let url = broker.url();
     let queue = rabbit::unique("foreman.test.push");
-    let mut client = Client::connect(&url, REPLY_TIMEOUT);
-    client.declare(&queue);
+    Client::connect(&url, REPLY_TIMEOUT).declare(&queue);
+    broker.stop();
+    broker.start_again();
+    let mut client = Client::connect(&url, FLOW);
     let pid_file = temp_dir("amqp", "restart").join("testbed.pid");
     let config_file = TempFile::new(
         "toml",
@@ -458,13 +494,7 @@ fn a_broker_restarted_mid_stream_loses_no_confirmed_message() {
     );
     let want: Vec<_> = (0..USERS).map(|i| wanted(0..MESSAGES, USERS, i)).collect();
     let seen = collect(&mut peers, &want);
-    for (i, seen) in seen.iter().enumerate() {
-        assert_eq!(
-            seen.keys().cloned().collect::<BTreeSet<_>>(),
-            want[i],
-            "user u{i}"
-        );
-    }
+    assert_got_only_wanted(&seen, &want);
     let s = stats(&mut peers);
     assert!(
         sum(&s, "disconnects") >= 2,

@@ -8,7 +8,7 @@
 //! ack of an old id does nothing.
 
 use super::{AmqpId, AmqpMessage, Command, Event};
-use crate::config::{AmqpConfig, ExchangeKind};
+use crate::config::{AmqpConfig, ExchangeKind, QueueType};
 use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
 use futures_util::stream::{SelectAll, StreamExt};
@@ -17,7 +17,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -191,7 +191,8 @@ impl Bridge {
                     durable: true,
                     ..QueueDeclareOptions::default()
                 };
-                inp.queue_declare(q, durable, FieldTable::default()).await?;
+                inp.queue_declare(q, durable, queue_args(self.cfg.queue_type))
+                    .await?;
                 let tag = format!("foreman-{}-{}-{n}", std::process::id(), self.slot);
                 let c = inp
                     .basic_consume(
@@ -357,4 +358,17 @@ impl Bridge {
         }
         Ok(())
     }
+}
+
+/// The arguments a queue of this type is declared with: none for a classic
+/// queue, so that one declared before without `x-queue-type` still matches.
+fn queue_args(t: QueueType) -> FieldTable {
+    let mut args = FieldTable::default();
+    if t == QueueType::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
+    args
 }

@@ -30,6 +30,22 @@ pub struct AmqpSection {
     /// The application's own durable queues, declared and consumed; their
     /// messages reach [`crate::Handler::on_amqp_message`].
     pub consume: Option<Vec<String>>,
+    /// `classic` (default) or `quorum`: the type the push queue and the
+    /// `consume` queues are declared with.
+    pub queue_type: Option<String>,
+}
+
+/// The type the bridge declares its queues with ([`AmqpConfig::queue_type`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    /// A classic queue, declared without `x-queue-type` (so a queue that
+    /// exists already without one is taken as it is).
+    #[default]
+    Classic,
+    /// A quorum queue (`x-queue-type = quorum`): replicated over a Raft
+    /// log that is on disk before the broker confirms a publish; the type
+    /// RabbitMQ recommends for data that must not be lost.
+    Quorum,
 }
 
 /// One entry of `[amqp] exchanges`, as written.
@@ -95,6 +111,8 @@ pub struct AmqpConfig {
     pub exchanges: Vec<AmqpExchange>,
     /// The application's queues, declared durable and consumed.
     pub consume: Vec<String>,
+    /// The type of the push queue and the `consume` queues. Default classic.
+    pub queue_type: QueueType,
 }
 
 impl fmt::Debug for AmqpConfig {
@@ -106,6 +124,7 @@ impl fmt::Debug for AmqpConfig {
             .field("max_pending", &self.max_pending)
             .field("exchanges", &self.exchanges)
             .field("consume", &self.consume)
+            .field("queue_type", &self.queue_type)
             .finish()
     }
 }
@@ -188,6 +207,15 @@ impl AmqpConfig {
                 "[amqp] consume: a queue is listed twice".into(),
             ));
         }
+        let queue_type = match s.queue_type.as_deref() {
+            None | Some("classic") => QueueType::Classic,
+            Some("quorum") => QueueType::Quorum,
+            Some(t) => {
+                return Err(Error::Config(format!(
+                    "[amqp] queue_type: {t:?} is not one of classic, quorum"
+                )))
+            }
+        };
         Ok(Some(AmqpConfig {
             url: url.into(),
             queue,
@@ -195,6 +223,7 @@ impl AmqpConfig {
             max_pending,
             exchanges,
             consume,
+            queue_type,
         }))
     }
 
@@ -246,7 +275,7 @@ mod tests {
         let c = AmqpConfig::from_section(&section(
             "url = \"amqp://127.0.0.1\"\nqueue = \"q\"\nprefetch = 8\nmax_pending = 5\n\
              exchanges = [{name = \"chat.messages\"}, {name = \"f\", kind = \"fanout\"}]\n\
-             consume = [\"sync.updates\"]",
+             consume = [\"sync.updates\"]\nqueue_type = \"quorum\"",
         ))
         .unwrap()
         .unwrap();
@@ -254,6 +283,9 @@ mod tests {
         assert_eq!(c.exchanges[0].kind, ExchangeKind::Topic);
         assert_eq!(c.exchanges[1].kind, ExchangeKind::Fanout);
         assert_eq!(c.consume, ["sync.updates"]);
+        assert_eq!(c.queue_type, QueueType::Quorum);
+        let c = AmqpConfig::new("amqp://127.0.0.1").unwrap();
+        assert_eq!(c.queue_type, QueueType::Classic);
     }
 
     #[test]
@@ -280,6 +312,10 @@ mod tests {
             (
                 "url = \"amqp://h\"\nconsume = [\"a\", \"a\"]",
                 "[amqp] consume",
+            ),
+            (
+                "url = \"amqp://h\"\nqueue_type = \"stream\"",
+                "[amqp] queue_type",
             ),
         ] {
             let e = AmqpConfig::from_section(&section(text)).unwrap_err();

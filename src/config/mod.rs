@@ -9,7 +9,7 @@ mod amqp;
 mod api;
 mod cluster;
 
-pub use amqp::{AmqpConfig, AmqpExchange, AmqpSection, ExchangeKind, ExchangeSection};
+pub use amqp::{AmqpConfig, AmqpExchange, AmqpSection, ExchangeKind, ExchangeSection, QueueType};
 pub use api::{ApiConfig, ApiSection};
 pub(crate) use cluster::node_number;
 pub use cluster::{ClusterConfig, ClusterSection, RedisUrl};

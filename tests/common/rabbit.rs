@@ -207,6 +207,25 @@ impl RabbitServer {
         }
     }
 
+    /// Stops the node cleanly (SIGTERM: RabbitMQ shuts down and writes
+    /// out its state) and waits for it to exit.
+    #[track_caller]
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.broker.take() else {
+            return;
+        };
+        let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + RABBIT_START;
+        while c.try_wait().ok().flatten().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "rabbitmq-server did not stop within {RABBIT_START:?} of SIGTERM:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILLs the node (its whole process group), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.broker.take() {
@@ -283,17 +302,28 @@ impl Client {
         Client { rt, conn, channel }
     }
 
-    /// Declares a durable queue.
+    /// Declares a durable (classic) queue.
     pub fn declare(&self, queue: &str) {
+        self.declare_with(queue, FieldTable::default());
+    }
+
+    /// Declares a quorum queue.
+    pub fn declare_quorum(&self, queue: &str) {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+        self.declare_with(queue, args);
+    }
+
+    fn declare_with(&self, queue: &str, args: FieldTable) {
         let opts = QueueDeclareOptions {
             durable: true,
             ..QueueDeclareOptions::default()
         };
         self.rt
-            .block_on(
-                self.channel
-                    .queue_declare(queue, opts, FieldTable::default()),
-            )
+            .block_on(self.channel.queue_declare(queue, opts, args))
             .unwrap_or_else(|e| panic!("declare {queue}: {e}"));
     }
 
