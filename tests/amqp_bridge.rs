@@ -412,8 +412,9 @@ fn a_worker_killed_mid_stream_has_its_unacked_messages_redelivered() {
 /// SIGKILLed about a second after the declare sometimes comes back without
 /// the queue ("Recovering 0 queues" at the restart, 1 of 8 runs under
 /// load; with it every message it confirmed), which is no test of the
-/// bridge. Waiting 5 s instead avoided it as well (10 of 10 runs of a
-/// probe that lost the queue in 1 of 10 without): the broker's, timing.
+/// bridge. Why is the broker's own matter: in a probe without foreman,
+/// waiting 5 s before the kill avoided it as well (10 of 10 rounds, against
+/// 1 lost queue in 10 without).
 #[test]
 fn a_broker_restarted_mid_stream_loses_no_confirmed_message() {
     const USERS: usize = 20;
